@@ -95,3 +95,20 @@ class GPUBackend(Protocol):
     def close(self) -> None:
         """Release the library / event set."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerShare:
+    """What one container was allocated on one GPU (the plugin's allocation record).
+
+    Produced by the allocation bookkeeping of the gRPC service, consumed by metrics and the
+    `tensor.ai/allocated` annotation.
+    """
+
+    namespace: str
+    pod_name: str
+    pod_uid: str
+    container_name: str
+    gpu_uuid: str
+    milli: int
+    memory_mib: int

@@ -1,0 +1,97 @@
+"""Typed inputs and outputs of the pure scheduling core.
+
+The extender's cluster view and the trace simulator both build a `ClusterArrays` and a
+`PodDemand`, and call the same functions in `tensorai.scheduler.core` on them. Nothing here does
+I/O, reads a clock or draws random numbers it was not handed.
+
+(Skeleton written by the lead to fix the shape both drivers code against; the scheduling-core
+owner may add fields and helpers, but must not rename or remove these.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class ClusterArrays:
+    """Struct-of-arrays view of every schedulable node and GPU; N nodes, G = max GPUs per node.
+
+    Per-GPU arrays are (N, G); slots beyond a node's `gpu_count` hold free_milli = -1 and
+    healthy = False so vectorised masks never pick them.
+    """
+
+    node_names: list[str]
+    models: list[str]  # model id -> model name
+    node_model: np.ndarray  # (N,) int32, index into models (-1 = no GPUs)
+    node_cpu_free_milli: np.ndarray  # (N,) int64
+    node_memory_free_mib: np.ndarray  # (N,) int64
+    node_schedulable: np.ndarray  # (N,) bool: False for stale inventory, cordoned, ...
+    gpu_count: np.ndarray  # (N,) int32
+    gpu_free_milli: np.ndarray  # (N, G) int32, 0..1000, -1 for padding
+    gpu_free_memory_mib: np.ndarray  # (N, G) int64: usable (total - reserved) minus assigned
+    gpu_usable_memory_mib: np.ndarray  # (N, G) int64: total - reserved
+    gpu_healthy: np.ndarray  # (N, G) bool
+    gpu_numa: np.ndarray  # (N, G) int32, -1 unknown
+    gpu_uuids: list[list[str]]  # per node, per GPU index
+    gpu_exclusive: np.ndarray  # (N, G) bool: holds a pod that asked for exclusive use
+    # anti-affinity groups present on each GPU: (node index, gpu slot) -> group names
+    gpu_groups: dict[tuple[int, int], frozenset[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerDemand:
+    """One container's GPU request: `gpu_count` GPUs with `milli` and `memory_mib` on each.
+
+    Fractional: gpu_count == 1 and milli < 1000. Whole: milli == 1000, gpu_count >= 1.
+    memory_mib None = the share of the chosen GPU's usable memory (milli/1000 of it).
+    """
+
+    name: str
+    milli: int
+    gpu_count: int
+    memory_mib: int | None = None
+    init: bool = False  # init containers run before the others and release their GPUs
+
+
+@dataclass(frozen=True, slots=True)
+class PodDemand:
+    """Everything the core needs to know about a pod."""
+
+    namespace: str
+    name: str
+    uid: str
+    containers: tuple[ContainerDemand, ...]
+    cpu_milli: int = 0
+    memory_mib: int = 0
+    allowed_models: frozenset[str] | None = None  # None = any model
+    excluded_models: frozenset[str] = frozenset()
+    allowed_uuids: frozenset[str] | None = None
+    excluded_uuids: frozenset[str] = frozenset()
+    exclusive: bool = False
+    anti_affinity_group: str | None = None
+    policy: str | None = None  # per-pod override of the cluster policy
+
+
+@dataclass(frozen=True, slots=True)
+class GPUChoice:
+    """The share of one GPU given to one container."""
+
+    container: str
+    node_index: int
+    gpu_slot: int
+    uuid: str
+    milli: int
+    memory_mib: int
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a pod goes: the node and, per container, the GPUs; score is the policy's 0..10 score."""
+
+    node_index: int
+    node_name: str
+    choices: tuple[GPUChoice, ...]
+    score: float
