@@ -1,0 +1,189 @@
+"""The node's Inventory: built from backend + health, published as a Node annotation.
+
+The extender reads `tensor.ai/inventory` (protobuf JSON of tensorai.v1.Inventory) to know each
+node's GPUs, their memory, reserve, NUMA node and health. The publisher writes it at start, every
+`interval_s` (the heartbeat the extender checks for staleness) and at once when a GPU's health
+flips. It also carries out the admin's return-to-service requests: UUIDs listed in the Node
+annotation `tensor.ai/recover-gpus` are recovered in the HealthTracker and removed from the list.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from tensorai.deviceplugin.gpus import BackendError, GPUBackend
+from tensorai.deviceplugin.health import HealthTracker
+from tensorai.proto import contract
+from tensorai.proto import tensorai_v1_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+RETRY_AFTER_ERROR_S = 5.0  # a failed publish is retried this soon, not a whole interval later
+HEALTH_WAIT_SLICE_S = 0.5  # bounds how long stop() waits for the thread
+
+
+def build_inventory(
+    backend: GPUBackend,
+    tracker: HealthTracker,
+    *,
+    node_name: str,
+    sharing_mode: str,
+    plugin_version: str,
+    clock: Callable[[], dt.datetime] | None = None,
+) -> pb.Inventory:
+    """The Inventory of this node now; `clock` returns the heartbeat time (default: now, UTC).
+
+    Raises ValueError for an unknown sharing mode, BackendError if the GPU list cannot be read and
+    contract.ContractError if the backend reported GPUs the contract refuses.
+    """
+    mode = contract.SHARING_MODE_NAMES.get(sharing_mode)
+    if mode is None:
+        raise ValueError(f"unknown sharing mode {sharing_mode!r}: choose one of {sorted(contract.SHARING_MODE_NAMES)}")
+    inventory = pb.Inventory(
+        node_name=node_name,
+        sharing_mode=mode,
+        plugin_version=plugin_version,
+        heartbeat_time=contract.timestamp_now(clock() if clock is not None else None),
+    )
+    for gpu in backend.gpus():
+        inventory.gpus.append(
+            pb.GPU(
+                uuid=gpu.uuid,
+                index=gpu.index,
+                model=gpu.model,
+                memory_mib=gpu.memory_mib,
+                reserved_mib=gpu.reserved_mib,
+                numa_node=gpu.numa_node,
+                healthy=tracker.is_healthy(gpu.uuid),
+            )
+        )
+    contract.validate_inventory(inventory)
+    return inventory
+
+
+def parse_recover_list(text: str | None) -> list[str]:
+    """The UUIDs of a `tensor.ai/recover-gpus` annotation ("GPU-a,GPU-b"), in order, without blanks."""
+    if not text:
+        return []
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+class InventoryPublisher:
+    """Keeps the Node's inventory annotation current and applies admin recover requests.
+
+    `core_v1_api` is a `kubernetes.client.CoreV1Api`. Every API or backend error is logged and
+    retried after RETRY_AFTER_ERROR_S; the thread never dies of one.
+    """
+
+    def __init__(
+        self,
+        core_v1_api: Any,
+        backend: GPUBackend,
+        tracker: HealthTracker,
+        *,
+        node_name: str,
+        sharing_mode: str,
+        plugin_version: str,
+        interval_s: float = 30.0,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be > 0, got {interval_s}")
+        if sharing_mode not in contract.SHARING_MODE_NAMES:
+            raise ValueError(
+                f"unknown sharing mode {sharing_mode!r}: choose one of {sorted(contract.SHARING_MODE_NAMES)}"
+            )
+        self.api = core_v1_api
+        self.backend = backend
+        self.tracker = tracker
+        self.node_name = node_name
+        self.sharing_mode = sharing_mode
+        self.plugin_version = plugin_version
+        self.interval_s = interval_s
+        self.clock = clock
+        self.publish_count = 0  # successful publishes, for tests and logs
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def publish_once(self) -> None:
+        """Apply pending admin recoveries, then write the inventory annotation (one merge patch).
+
+        Raises what the API or the backend raised; the thread catches and retries.
+        """
+        node = self.api.read_node(self.node_name)
+        annotations = dict(node.metadata.annotations or {}) if node.metadata is not None else {}
+        requested = parse_recover_list(annotations.get(contract.ANNOTATION_GPU_RECOVER))
+        known = {gpu.uuid for gpu in self.backend.gpus()}
+        for uuid in requested:
+            if uuid not in known:
+                log.warning(
+                    "node %s: %s names GPU %s, which this node does not have; dropping it",
+                    self.node_name,
+                    contract.ANNOTATION_GPU_RECOVER,
+                    uuid,
+                )
+            elif self.tracker.admin_recover(uuid):
+                log.warning("node %s: GPU %s returned to service on admin request", self.node_name, uuid)
+        inventory = build_inventory(
+            self.backend,
+            self.tracker,
+            node_name=self.node_name,
+            sharing_mode=self.sharing_mode,
+            plugin_version=self.plugin_version,
+            clock=self.clock,
+        )
+        patch_annotations: dict[str, str | None] = {contract.ANNOTATION_INVENTORY: contract.encode_inventory(inventory)}
+        metadata: dict[str, Any] = {"annotations": patch_annotations}
+        if requested:
+            # Remove the handled request. The resourceVersion precondition makes the API server
+            # refuse (409) if an admin changed the list since we read it; we then retry with theirs.
+            patch_annotations[contract.ANNOTATION_GPU_RECOVER] = None
+            metadata["resourceVersion"] = node.metadata.resource_version
+        self.api.patch_node(self.node_name, {"metadata": metadata}, _content_type=MERGE_PATCH)
+        self.publish_count += 1
+        self.last_error = None
+
+    def start(self) -> None:
+        """Publish now and keep publishing in a background thread."""
+        if self._thread is not None:
+            raise RuntimeError("InventoryPublisher already started")
+        self._thread = threading.Thread(target=self._run, name="tensorai-inventory", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _try_publish(self) -> bool:
+        try:
+            self.publish_once()
+        except (BackendError, contract.ContractError, ValueError) as error:
+            self.last_error = str(error)
+            log.error("node %s: cannot build the inventory: %s", self.node_name, error)
+            return False
+        except Exception as error:  # API errors, connection refused, timeouts: all retried
+            self.last_error = f"{type(error).__name__}: {error}"
+            log.error("node %s: publishing the inventory failed (will retry): %s", self.node_name, self.last_error)
+            return False
+        return True
+
+    def _run(self) -> None:
+        generation = self.tracker.generation
+        while not self._stop.is_set():
+            generation = self.tracker.generation
+            ok = self._try_publish()
+            wait_s = self.interval_s if ok else min(self.interval_s, RETRY_AFTER_ERROR_S)
+            waited_s = 0.0
+            # Sleep until the next heartbeat, waking early on a health flip or stop().
+            while waited_s < wait_s and not self._stop.is_set():
+                slice_s = min(HEALTH_WAIT_SLICE_S, wait_s - waited_s)
+                if self.tracker.wait_for_change(generation, slice_s) != generation:
+                    break
+                waited_s += slice_s
