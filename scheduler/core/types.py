@@ -89,9 +89,34 @@ class GPUChoice:
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """Where a pod goes: the node and, per container, the GPUs; score is the policy's 0..10 score."""
+    """Where a pod goes: the node and, per container, the GPUs; score is the policy's raw node score.
+
+    Higher is better; `placement.to_extender_scores` maps a set of node scores to kube-scheduler's 0..10.
+    """
 
     node_index: int
     node_name: str
     choices: tuple[GPUChoice, ...]
     score: float
+
+
+# --- additions by the scheduling-core owner --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    """One node as a builder input: what `cluster_from_nodes` turns into a row of `ClusterArrays`.
+
+    `gpu_memory_mib` is the total memory of each GPU and `reserved_mib` the per-GPU reserve the
+    driver and CUDA contexts take, so usable memory = gpu_memory_mib - reserved_mib.
+    """
+
+    name: str
+    cpu_milli: int
+    memory_mib: int
+    gpu_count: int
+    model: str = ""
+    gpu_memory_mib: int = 16384
+    reserved_mib: int = 0
+    gpu_numa: tuple[int, ...] | None = None  # per GPU; None = unknown
+    gpu_uuids: tuple[str, ...] | None = None  # per GPU; None = "<name>-gpu<index>"

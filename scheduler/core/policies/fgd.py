@@ -1,0 +1,46 @@
+"""Fragmentation Gradient Descent (FGD): place where the expected fragmentation grows least.
+
+Score of an option = floor(100 x sigmoid(delta / 1000)) with delta = F_n(before) - F_n(after) in
+milli-GPU, exactly as the published simulator quantises it; ties go to the node order and, within a
+node, to the first GPU index with the best score.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tensorai.scheduler.core.cluster import effective_free_milli
+from tensorai.scheduler.core.context import PolicyContext
+from tensorai.scheduler.core.fit import Evaluation
+from tensorai.scheduler.core.policies.fragmentation import fragmentation_delta
+from tensorai.scheduler.core.shapes import ShapeArrays, default_workload
+from tensorai.scheduler.core.types import ClusterArrays, PodDemand
+
+_DEFAULT = default_workload()
+
+
+def target_arrays(cluster: ClusterArrays, context: PolicyContext) -> ShapeArrays:
+    """The context's target workload over this cluster's models (the openb mix if none is known)."""
+    workload = context.target() or _DEFAULT
+    return workload.arrays(cluster.models)
+
+
+def fragmentation_gain(cluster: ClusterArrays, evaluation: Evaluation, demand: PodDemand,
+                       context: PolicyContext) -> np.ndarray:
+    """(n, O) delta = F(before) - F(after) per option, NaN where invalid."""
+    nodes = evaluation.nodes
+    return fragmentation_delta(effective_free_milli(cluster, nodes), cluster.node_cpu_free_milli[nodes],
+                               cluster.node_model[nodes], evaluation.option_milli, evaluation.option_valid,
+                               demand.cpu_milli, target_arrays(cluster, context))
+
+
+def quantise(delta: np.ndarray) -> np.ndarray:
+    """floor(100 x sigmoid(delta/1000)); -inf for NaN (invalid)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        score = np.floor(100.0 / (1.0 + np.exp(-delta / 1000.0)))
+    return np.where(np.isnan(delta), -np.inf, score)
+
+
+def score_fgd(cluster: ClusterArrays, evaluation: Evaluation, demand: PodDemand,
+              context: PolicyContext) -> tuple[np.ndarray, np.ndarray | None]:
+    return quantise(fragmentation_gain(cluster, evaluation, demand, context)), None

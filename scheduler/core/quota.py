@@ -1,0 +1,229 @@
+"""GPUQuota arithmetic: parse a quota's hard limits, measure what a pod uses, decide if it still fits.
+
+Pure: dictionaries and dataclasses in, decisions out. The extender's view keeps one `Usage` per
+namespace and asks `quota_violations` twice: at filter time with an estimate (so a pod over quota
+stays Pending with the reason, on every node) and at bind time with the exact placement, under the
+view's lock, so that concurrent binds can never push a namespace past its quota.
+
+GPUQuota (`tensor.ai/v1alpha1`, namespaced) `spec.hard`, every key optional:
+  gpus           quantity in GPUs, fractional allowed ("2.5" = 2500 milli-GPU)
+  memory         GPU memory quantity ("80Gi")
+  models         {model name: quantity in GPUs} - model names as the device plugin reports them
+  maxGpusPerPod  quantity in GPUs: the most one pod may ask for
+Several GPUQuotas in one namespace all apply (like ResourceQuota).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from tensorai.proto import contract
+from tensorai.proto.quantity import QuantityError, bytes_to_mib, quantity_to_milli
+from tensorai.scheduler.core.types import PodDemand
+
+HARD_GPUS = "gpus"
+HARD_MEMORY = "memory"
+HARD_MODELS = "models"
+HARD_MAX_GPUS_PER_POD = "maxGpusPerPod"
+_HARD_KEYS = (HARD_GPUS, HARD_MEMORY, HARD_MODELS, HARD_MAX_GPUS_PER_POD)
+
+
+class QuotaError(ValueError):
+    """A GPUQuota object whose spec cannot be understood; the message says which field and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaLimits:
+    """The hard limits of one GPUQuota; None = that dimension is not limited."""
+
+    namespace: str
+    name: str
+    gpus_milli: int | None = None
+    memory_mib: int | None = None
+    models_milli: Mapping[str, int] = field(default_factory=dict)
+    max_gpus_per_pod_milli: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """GPU capacity held by a pod or a namespace: milli-GPU, MiB, and milli-GPU per GPU model."""
+
+    gpus_milli: int = 0
+    memory_mib: int = 0
+    models_milli: Mapping[str, int] = field(default_factory=dict)
+
+    def plus(self, other: Usage) -> Usage:
+        """The sum of two usages."""
+        models = dict(self.models_milli)
+        for model, milli in other.models_milli.items():
+            models[model] = models.get(model, 0) + milli
+        return Usage(self.gpus_milli + other.gpus_milli, self.memory_mib + other.memory_mib, models)
+
+    def minus(self, other: Usage) -> Usage:
+        """The difference; models that drop to zero disappear so equal usages compare equal."""
+        models = dict(self.models_milli)
+        for model, milli in other.models_milli.items():
+            left = models.get(model, 0) - milli
+            if left:
+                models[model] = left
+            else:
+                models.pop(model, None)
+        return Usage(self.gpus_milli - other.gpus_milli, self.memory_mib - other.memory_mib, models)
+
+    def is_zero(self) -> bool:
+        """True when nothing is held."""
+        return self.gpus_milli == 0 and self.memory_mib == 0 and not any(self.models_milli.values())
+
+
+def _gpus_milli(value: object, where: str) -> int:
+    try:
+        milli = quantity_to_milli(value)
+    except QuantityError as error:
+        raise QuotaError(f"{where}: {error}") from error
+    if milli < 0:
+        raise QuotaError(f"{where}: must not be negative, got {value!r}")
+    return milli
+
+
+def parse_gpu_quota(obj: object) -> QuotaLimits:
+    """Read a GPUQuota object (as the API returns it) into QuotaLimits; QuotaError if malformed."""
+    if not isinstance(obj, dict):
+        raise QuotaError(f"{contract.QUOTA_KIND} must be an object, got {type(obj).__name__}")
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str):
+        raise QuotaError(f"{contract.QUOTA_KIND} needs metadata.name")
+    namespace = metadata.get("namespace")
+    if not isinstance(namespace, str) or not namespace:
+        raise QuotaError(f"{contract.QUOTA_KIND} {metadata['name']!r} needs metadata.namespace (it is namespaced)")
+    where = f"{contract.QUOTA_KIND} {namespace}/{metadata['name']}"
+    spec = obj.get("spec") or {}
+    if not isinstance(spec, dict):
+        raise QuotaError(f"{where}: spec must be an object")
+    hard = spec.get("hard") or {}
+    if not isinstance(hard, dict):
+        raise QuotaError(f"{where}: spec.hard must be an object")
+    unknown = sorted(set(hard) - set(_HARD_KEYS))
+    if unknown:
+        raise QuotaError(f"{where}: spec.hard has unknown keys {unknown}; known: {list(_HARD_KEYS)}")
+    gpus = _gpus_milli(hard[HARD_GPUS], f"{where} spec.hard.gpus") if HARD_GPUS in hard else None
+    memory = None
+    if HARD_MEMORY in hard:
+        try:
+            memory = bytes_to_mib(hard[HARD_MEMORY])
+        except QuantityError as error:
+            raise QuotaError(f"{where} spec.hard.memory: {error}") from error
+        if memory < 0:
+            raise QuotaError(f"{where} spec.hard.memory: must not be negative")
+    models_raw = hard.get(HARD_MODELS) or {}
+    if not isinstance(models_raw, dict):
+        raise QuotaError(f"{where}: spec.hard.models must map model names to GPU quantities")
+    models = {
+        str(model): _gpus_milli(value, f"{where} spec.hard.models[{model!r}]") for model, value in models_raw.items()
+    }
+    per_pod = None
+    if HARD_MAX_GPUS_PER_POD in hard:
+        per_pod = _gpus_milli(hard[HARD_MAX_GPUS_PER_POD], f"{where} spec.hard.maxGpusPerPod")
+    return QuotaLimits(namespace, metadata["name"], gpus, memory, models, per_pod)
+
+
+def demand_gpus_milli(demand: PodDemand) -> int:
+    """Milli-GPU a pod holds while running: its regular containers, or its largest init container if larger."""
+    regular = sum(c.milli * c.gpu_count for c in demand.containers if not c.init)
+    init = max((c.milli * c.gpu_count for c in demand.containers if c.init), default=0)
+    return max(regular, init)
+
+
+def estimate_usage(demand: PodDemand, model: str | None, usable_memory_mib: int | None) -> Usage:
+    """What the pod would hold on a node of `model` whose GPUs have `usable_memory_mib` each.
+
+    Used at filter time, before a GPU is chosen; memory without an explicit request is the share
+    of the usable memory, the same default the fit rules apply. Unknown memory counts as 0.
+    """
+
+    def memory_of(container_milli: int, count: int, memory_mib: int | None) -> int:
+        if memory_mib is not None:
+            return memory_mib * count
+        if usable_memory_mib is None:
+            return 0
+        return (usable_memory_mib * container_milli // contract.MILLI_PER_GPU) * count
+
+    regular = [c for c in demand.containers if not c.init]
+    init = [c for c in demand.containers if c.init]
+    memory_regular = sum(memory_of(c.milli, c.gpu_count, c.memory_mib) for c in regular)
+    memory_init = max((memory_of(c.milli, c.gpu_count, c.memory_mib) for c in init), default=0)
+    gpus = demand_gpus_milli(demand)
+    models = {model: gpus} if model and gpus else {}
+    return Usage(gpus, max(memory_regular, memory_init), models)
+
+
+def usage_of_shares(
+    shares: Iterable[tuple[str, int, int]], init_containers: frozenset[str], model: str | None
+) -> Usage:
+    """Exact usage of a placed pod from its (container, milli, memory_mib) shares.
+
+    Init containers run one at a time before the others and give their GPUs back, so the pod
+    holds the larger of (all regular containers) and (its largest init container).
+    """
+    regular_milli = regular_memory = 0
+    init_milli: dict[str, int] = {}
+    init_memory: dict[str, int] = {}
+    for container, milli, memory_mib in shares:
+        if container in init_containers:
+            init_milli[container] = init_milli.get(container, 0) + milli
+            init_memory[container] = init_memory.get(container, 0) + memory_mib
+        else:
+            regular_milli += milli
+            regular_memory += memory_mib
+    gpus = max(regular_milli, *init_milli.values(), 0)
+    memory = max(regular_memory, *init_memory.values(), 0)
+    return Usage(gpus, memory, {model: gpus} if model and gpus else {})
+
+
+def _gpus_text(milli: int) -> str:
+    return f"{milli / contract.MILLI_PER_GPU:g}"
+
+
+def quota_violations(limits: Iterable[QuotaLimits], used: Usage, pod: Usage) -> list[str]:
+    """Reasons the pod's usage does not fit next to `used` under every quota; empty = it fits.
+
+    A pod over `maxGpusPerPod` can never run in the namespace; every other reason clears when
+    other pods of the namespace finish.
+    """
+    reasons: list[str] = []
+    for quota in limits:
+        name = f"{contract.QUOTA_KIND} {quota.namespace}/{quota.name}"
+        if quota.max_gpus_per_pod_milli is not None and pod.gpus_milli > quota.max_gpus_per_pod_milli:
+            reasons.append(
+                f"{name}: pod asks {_gpus_text(pod.gpus_milli)} GPUs, over maxGpusPerPod "
+                f"{_gpus_text(quota.max_gpus_per_pod_milli)}"
+            )
+        if quota.gpus_milli is not None and used.gpus_milli + pod.gpus_milli > quota.gpus_milli:
+            reasons.append(
+                f"{name}: gpus used {_gpus_text(used.gpus_milli)} + {_gpus_text(pod.gpus_milli)} "
+                f"> hard {_gpus_text(quota.gpus_milli)}"
+            )
+        if quota.memory_mib is not None and used.memory_mib + pod.memory_mib > quota.memory_mib:
+            reasons.append(f"{name}: memory used {used.memory_mib}Mi + {pod.memory_mib}Mi > hard {quota.memory_mib}Mi")
+        for model, milli in pod.models_milli.items():
+            hard = quota.models_milli.get(model)
+            if hard is not None and used.models_milli.get(model, 0) + milli > hard:
+                reasons.append(
+                    f"{name}: {model} GPUs used {_gpus_text(used.models_milli.get(model, 0))} + "
+                    f"{_gpus_text(milli)} > hard {_gpus_text(hard)}"
+                )
+    return reasons
+
+
+def never_fits(limits: Iterable[QuotaLimits], pod: Usage) -> bool:
+    """True when the pod exceeds a per-pod maximum or a hard limit even in an empty namespace."""
+    return bool(quota_violations(limits, Usage(), pod))
+
+
+def status_used(used: Usage) -> dict[str, object]:
+    """`status.used` of a GPUQuota: the same keys and units as spec.hard."""
+    return {
+        HARD_GPUS: _gpus_text(used.gpus_milli),
+        HARD_MEMORY: f"{used.memory_mib}Mi",
+        HARD_MODELS: {model: _gpus_text(milli) for model, milli in sorted(used.models_milli.items()) if milli},
+    }
