@@ -451,7 +451,7 @@ class _TemplateResult:
 
 def _rewrite_template(template: dict[str, Any], prefix: tuple[str, ...], where: str,
                       update: _UpdateContext | None, old_template: dict[str, Any] | None,
-                      config: WebhookConfig, is_pod_update: bool) -> _TemplateResult:
+                      config: WebhookConfig) -> _TemplateResult:
     result = _TemplateResult()
     spec = template.get("spec")
     if spec is not None and not isinstance(spec, dict):
@@ -474,9 +474,6 @@ def _rewrite_template(template: dict[str, Any], prefix: tuple[str, ...], where: 
             path = (*prefix, "spec", group, index)
             gpus, _, _ = _parse_share(container, cwhere)
             sidecar = group == "initContainers" and container.get("restartPolicy") == "Always"
-            if gpus is not None and is_pod_update:
-                # A stored Pod's resources are immutable; touching them would fail every label update.
-                gpus = None
             if gpus is not None:
                 if gpus == 0:
                     result.ops.extend(_set_milli_ops(path, container, None))
@@ -506,7 +503,7 @@ def _rewrite_template(template: dict[str, Any], prefix: tuple[str, ...], where: 
             existing = _existing_milli(container)
             recorded = previous.get(group, {}).get(key)
             if existing is not None and recorded is not None:
-                if update is not None and not is_pod_update and update.user_removed(group, key):
+                if update is not None and update.user_removed(group, key):
                     result.ops.extend(_set_milli_ops(path, container, None))
                     result.warnings.append(f"{cwhere}: {contract.RESOURCE_VGPU} was removed from the manifest, so "
                                            f"its {contract.RESOURCE_VGPU_MILLI} {existing} share was removed too")
@@ -517,7 +514,7 @@ def _rewrite_template(template: dict[str, Any], prefix: tuple[str, ...], where: 
                 result.shares.append(_Share(group, existing, sidecar))
 
     _record_ops(template, prefix, new_record, raw_record, result)
-    if config.scheduler_name and not is_pod_update and spec is not None and any(new_record.values()):
+    if config.scheduler_name and spec is not None and any(new_record.values()):
         current = spec.get("schedulerName")
         if current in (None, "", DEFAULT_SCHEDULER) and current != config.scheduler_name:
             result.ops.append({"op": "add", "path": pointer(*prefix, "spec", "schedulerName"),
@@ -578,6 +575,10 @@ def admit(document: Any, config: WebhookConfig | None = None, quotas: QuotaSourc
     location = TEMPLATE_LOCATIONS.get((request.group, request.kind))
     if location is None or request.obj is None or request.operation not in ("CREATE", "UPDATE"):
         return decision
+    if request.kind == "Pod" and request.operation == "UPDATE":
+        # A stored Pod's resources and schedulerName are immutable; any change would fail the update
+        # (every label or status write of a vGPU pod), so Pod updates pass untouched.
+        return decision
     template = _dict_at(request.obj, location) if location else request.obj
     if template is None:
         return decision
@@ -585,9 +586,8 @@ def admit(document: Any, config: WebhookConfig | None = None, quotas: QuotaSourc
     old_template = _dict_at(request.old_obj, location) if request.old_obj is not None and location else request.old_obj
     update = (_UpdateContext(request.obj, request.old_obj, location)
               if request.operation == "UPDATE" else None)
-    is_pod_update = request.kind == "Pod" and request.operation == "UPDATE"
     try:
-        result = _rewrite_template(template, location, where, update, old_template, config, is_pod_update)
+        result = _rewrite_template(template, location, where, update, old_template, config)
         if result.rewrote and quotas is not None:
             _check_quota(request, result, quotas)
     except _Denied as denial:
