@@ -1,0 +1,216 @@
+"""Bind: re-check the fit, choose the GPUs, reserve them and the quota, annotate the pod, then bind it.
+
+No node lock: the fit check, GPU choice, quota check and reservation (`ClusterView.assume`) happen
+in one short critical section on the in-memory view, so concurrent binds - also to one node - see
+each other's reservations and can never over-commit a GPU or a quota. The API calls that follow
+run outside any lock, many in flight at once. If either call fails the reservation is forgotten,
+so a failed bind leaks no capacity.
+
+Order follows the device plugin's identity protocol: the `tensor.ai/assignment` annotation is on
+the pod BEFORE the Binding exists, so when kubelet calls Allocate the plugin can already read which
+GPUs the extender chose.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tensorai.proto import contract
+from tensorai.scheduler.core.context import PolicyContext
+from tensorai.scheduler.core.fit import node_feasibility
+from tensorai.scheduler.core.placement import choose_placement
+from tensorai.scheduler.core.quota import quota_violations, usage_of_shares
+from tensorai.scheduler.events import REASON_BIND_FAILED, REASON_BOUND, EventRecorder, PodEvent
+from tensorai.scheduler.metrics import ExtenderMetrics
+from tensorai.scheduler.view import ClusterView, PodRecord, assignment_from_placement
+
+log = logging.getLogger(__name__)
+
+
+class BindError(Exception):
+    """A bind that must not happen; the message goes back to kube-scheduler in the `Error` field."""
+
+
+@dataclass(frozen=True, slots=True)
+class BindRequest:
+    """ExtenderBindingArgs, validated."""
+
+    pod_name: str
+    pod_namespace: str
+    pod_uid: str
+    node: str
+
+    @classmethod
+    def from_json(cls, body: object) -> BindRequest:
+        """Validate the bind body; BindError names the missing or mistyped key."""
+        if not isinstance(body, dict):
+            raise BindError(f"bind body must be a JSON object, got {type(body).__name__}")
+        values = {}
+        for key in ("PodName", "PodNamespace", "PodUID", "Node"):
+            value = body.get(key)
+            if not isinstance(value, str) or (key != "PodUID" and not value):
+                raise BindError(f"bind body: {key} must be a non-empty string, got {value!r}")
+            values[key] = value
+        return cls(values["PodName"], values["PodNamespace"], values["PodUID"], values["Node"])
+
+
+class Binder:
+    """Performs binds against the API server (api_client given) or only in the view (cluster-file mode)."""
+
+    def __init__(
+        self,
+        view: ClusterView,
+        *,
+        policy: str,
+        context: Callable[[], PolicyContext | None] = lambda: None,
+        api_client: object | None = None,
+        events: EventRecorder | None = None,
+        metrics: ExtenderMetrics | None = None,
+    ) -> None:
+        self.view = view
+        self.policy = policy
+        self.context = context
+        self.events = events or EventRecorder()
+        self.metrics = metrics or ExtenderMetrics()
+        self._core = None
+        if api_client is not None:
+            from kubernetes import client
+
+            self._core = client.CoreV1Api(api_client)
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ steps
+    def _pod_record(self, request: BindRequest) -> PodRecord:
+        uid = request.pod_uid or f"{request.pod_namespace}/{request.pod_name}"
+        record = self.view.pod(uid)
+        if record is None and self._core is not None:
+            response = self._core.read_namespaced_pod(request.pod_name, request.pod_namespace, _preload_content=False)
+            record = self.view.remember_pending(json.loads(response.data))
+        if record is None:
+            raise BindError(
+                f"pod {request.pod_namespace}/{request.pod_name} (uid {uid}) is unknown to the extender; "
+                "it must pass filter first"
+            )
+        if (record.namespace, record.name) != (request.pod_namespace, request.pod_name):
+            raise BindError(f"pod uid {uid} belongs to {record.namespace}/{record.name}, not the pod to bind")
+        return record
+
+    def _reserve(self, request: BindRequest, record: PodRecord) -> tuple[str, object]:
+        """Fit, choose GPUs, check quota and assume - atomically. Returns (assignment JSON, placement)."""
+        demand = record.demand
+        if demand is None:
+            raise BindError(f"pod {record.namespace}/{record.name}: {record.demand_error}")
+        view = self.view
+        with view.lock:
+            if record.node_name is not None:
+                raise BindError(
+                    f"pod {record.namespace}/{record.name} already holds GPUs on {record.node_name} "
+                    f"({'bind in flight' if record.assumed else 'bound'})"
+                )
+            view.refresh_schedulable()
+            index = view.node_index(request.node)
+            problem = view.node_problem(request.node)
+            if index is None or problem is not None:
+                raise BindError(f"cannot bind to {request.node}: {problem}")
+            policy = demand.policy or self.policy
+            placement = choose_placement(view.cluster, demand, policy, index, context=self.context())
+            if placement is None:
+                _, reasons = node_feasibility(view.cluster, demand, [index])
+                reason = reasons.get(index, ("no GPU placement found", True))[0]
+                raise BindError(f"pod no longer fits on {request.node}: {reason}")
+            node = view.node_record(request.node)
+            init = frozenset(c.name for c in demand.containers if c.init)
+            usage = usage_of_shares(
+                ((c.container, c.milli, c.memory_mib) for c in placement.choices), init, node.model if node else None
+            )
+            violations = quota_violations(view.quotas(record.namespace), view.used(record.namespace), usage)
+            if violations:
+                raise BindError("; ".join(violations))
+            assignment = assignment_from_placement(placement, record.uid)
+            text = contract.encode_assignment(assignment)
+            view.assume(record.uid, placement, text)
+            return text, placement
+
+    def _write(self, request: BindRequest, record: PodRecord, text: str) -> None:
+        """Annotation first (the device plugin reads it at Allocate), then the Binding."""
+        core = self._core
+        if core is None:
+            self.view.confirm_bound(record.uid)
+            return
+        patch = {"metadata": {"annotations": {contract.ANNOTATION_ASSIGNMENT: text}}}
+        if request.pod_uid:
+            patch["metadata"]["uid"] = request.pod_uid  # a precondition on a real API server
+        core.patch_namespaced_pod(
+            request.pod_name,
+            request.pod_namespace,
+            patch,
+            _content_type="application/merge-patch+json",
+            _preload_content=False,
+        )
+        binding = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": request.pod_name, "namespace": request.pod_namespace, "uid": request.pod_uid},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": request.node},
+        }
+        core.create_namespaced_pod_binding(request.pod_name, request.pod_namespace, binding, _preload_content=False)
+
+    def _track(self, delta: int) -> None:
+        with self._in_flight_lock:
+            self._in_flight += delta
+            self.metrics.binds_in_flight.set(self._in_flight)
+
+    # ------------------------------------------------------------------ the verb
+    def bind(self, request: BindRequest) -> str:
+        """Bind a pod; returns "" on success or the error text for ExtenderBindingResult.Error."""
+        try:
+            record = self._pod_record(request)
+            text, placement = self._reserve(request, record)
+        except BindError as error:
+            self.metrics.binds.labels("rejected").inc()
+            self.events.record(
+                PodEvent(request.pod_namespace, request.pod_name, request.pod_uid, REASON_BIND_FAILED, str(error), True)
+            )
+            return str(error)
+        except Exception as error:  # API read of the pod failed
+            self.metrics.binds.labels("error").inc()
+            return f"bind of {request.pod_namespace}/{request.pod_name}: cannot read the pod: {error}"
+        self._track(+1)
+        try:
+            self._write(request, record, text)
+        except Exception as error:  # any API failure: give the reservation back, report, let kube-scheduler retry
+            self.view.forget_assumed(record.uid)
+            self.metrics.binds.labels("error").inc()
+            message = f"bind of {request.pod_namespace}/{request.pod_name} to {request.node} failed: {_short(error)}"
+            self.events.record(
+                PodEvent(request.pod_namespace, request.pod_name, request.pod_uid, REASON_BIND_FAILED, message, True)
+            )
+            return message
+        finally:
+            self._track(-1)
+        self.metrics.binds.labels("bound").inc()
+        gpus = ", ".join(f"{c.container}: {c.uuid} ({c.milli} milli, {c.memory_mib} MiB)" for c in placement.choices)
+        policy = (record.demand.policy if record.demand else None) or self.policy
+        self.events.record(
+            PodEvent(
+                request.pod_namespace,
+                request.pod_name,
+                request.pod_uid,
+                REASON_BOUND,
+                f"bound to {request.node}, GPUs [{gpus or 'none'}], policy {policy} score {placement.score:.3g}",
+            )
+        )
+        return ""
+
+
+def _short(error: Exception) -> str:
+    status = getattr(error, "status", None)
+    reason = getattr(error, "reason", None)
+    if status is not None:
+        return f"HTTP {status} {reason or ''}".strip()
+    return str(error)[:300]

@@ -1,0 +1,138 @@
+"""`tensorai-extender`: parse flags, wire the view, its source, the HTTP server and the quota controller.
+
+Two modes:
+- API mode (default): list+watch Nodes, Pods and GPUQuotas (kubeconfig from --kubeconfig, else
+  in-cluster config, else ~/.kube/config), bind through the API, write Events and quota status.
+- `--cluster-file F`: a static `kubectl get nodes,pods -o yaml` List; binds only update memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+import numpy as np
+
+from tensorai.scheduler.core.policies import DEFAULT_POLICY, POLICY_NAMES
+
+log = logging.getLogger("tensorai.extender")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags (the manifests rely on these exact names)."""
+    parser = argparse.ArgumentParser(
+        prog="tensorai-extender",
+        description="kube-scheduler extender for tensor.ai fractional GPUs: POST /filter, /prioritize, /bind, "
+        "/preempt; GET /healthz, /readyz, /metrics.",
+    )
+    parser.add_argument("--address", default="0.0.0.0", help="listen address (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=8888, help="listen port, 0 = any free port (default 8888)")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config, then ~/.kube/config)")
+    parser.add_argument(
+        "--cluster-file",
+        help="read Nodes/Pods/GPUQuotas from a static `kubectl get nodes,pods -o yaml` List instead of the API; "
+        "binds then only update the in-memory view",
+    )
+    parser.add_argument(
+        "--policy",
+        default=DEFAULT_POLICY,
+        choices=POLICY_NAMES,
+        help=f"cluster scoring policy (default {DEFAULT_POLICY})",
+    )
+    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-key", help="private key for --tls-cert (PEM)")
+    parser.add_argument(
+        "--node-stale-seconds",
+        type=float,
+        default=None,
+        help="a node whose inventory heartbeat is older gets no new pods; 0 disables "
+        "(default 120; with --cluster-file the check is off unless this flag is given)",
+    )
+    parser.add_argument(
+        "--requeue-interval-seconds",
+        type=float,
+        default=5.0,
+        help="safety-net period of the quota requeue and status loop; quota frees trigger it at once (default 5)",
+    )
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return parser
+
+
+def _api_client(kubeconfig: str | None) -> object:
+    from kubernetes import client, config
+
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the extender until SIGTERM/SIGINT; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("tensorai-extender: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+
+    from tensorai.scheduler.core.context import PolicyContext
+    from tensorai.scheduler.core.shapes import OnlineWorkload
+    from tensorai.scheduler.events import EventRecorder
+    from tensorai.scheduler.extender import ExtenderService, serve
+    from tensorai.scheduler.metrics import ExtenderMetrics
+    from tensorai.scheduler.quota_controller import QuotaController
+    from tensorai.scheduler.view import ClusterFileError, ClusterView, KubeSource, load_cluster_file
+
+    stale_s = args.node_stale_seconds
+    if stale_s is None:
+        stale_s = 0.0 if args.cluster_file else 120.0
+    view = ClusterView(stale_seconds=stale_s)
+    api_client = None
+    source = None
+    if args.cluster_file:
+        try:
+            counts = load_cluster_file(view, args.cluster_file)
+        except ClusterFileError as error:
+            print(f"tensorai-extender: {error}", file=sys.stderr)
+            return 2
+        log.info("loaded %s from %s", counts, args.cluster_file)
+    else:
+        api_client = _api_client(args.kubeconfig)
+        source = KubeSource(view, api_client).start()
+    metrics = ExtenderMetrics(view)
+    events = EventRecorder(api_client).start()
+    context = PolicyContext(online=OnlineWorkload(), rng=np.random.default_rng(0))
+    service = ExtenderService(
+        view, policy=args.policy, api_client=api_client, events=events, metrics=metrics, context=context
+    )
+    controller = QuotaController(
+        view, api_client=api_client, interval_s=args.requeue_interval_seconds, metrics=metrics, events=events
+    ).start()
+    try:
+        server, _ = serve(service, args.address, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    except (OSError, ValueError) as error:
+        print(f"tensorai-extender: cannot serve on {args.address}:{args.port}: {error}", file=sys.stderr)
+        return 1
+    scheme = "https" if args.tls_cert else "http"
+    print(f"tensorai-extender serving on {scheme}://{args.address}:{server.port}", flush=True)
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    server.shutdown()
+    controller.stop()
+    events.stop()
+    if source is not None:
+        source.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,441 @@
+"""The kube-scheduler extender v1 HTTP server: POST /filter /prioritize /bind /preempt, GET /healthz /readyz /metrics.
+
+Wire format: ../shared/reference/extender-api.md - capitalised Go field names, `null` for absent
+lists, a bare JSON array for prioritize. Works with `nodeCacheCapable` true (`NodeNames`) and
+false (`Nodes` NodeList, answered with the kept Node objects).
+
+Handlers are thin: `ExtenderService` validates the body into typed values, runs the pure core on
+the view under its lock (short, in-memory) and shapes the answer. Bad input never crashes the
+server or touches the view: an undecodable or mistyped body gets HTTP 400 with `{"Error": ...}`,
+a pod the core cannot read gets 200 with `Error` (filter/bind) or 422 (prioritize, which has no
+error field).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+from tensorai.scheduler import metrics as metric_names
+from tensorai.scheduler.bind import Binder, BindError, BindRequest
+from tensorai.scheduler.core.cluster import copy_cluster
+from tensorai.scheduler.core.context import PolicyContext
+from tensorai.scheduler.core.fit import node_feasibility
+from tensorai.scheduler.core.placement import release_placement, score_nodes, to_extender_scores
+from tensorai.scheduler.core.quota import estimate_usage, never_fits, quota_violations
+from tensorai.scheduler.core.types import PodDemand
+from tensorai.scheduler.events import REASON_QUOTA_WAIT, EventRecorder, PodEvent
+from tensorai.scheduler.metrics import ExtenderMetrics
+from tensorai.scheduler.view import ClusterView, PodRecord
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 256 << 20  # a NodeList of 5,000 full Node objects is tens of MiB
+
+
+class BadRequest(ValueError):
+    """A body that is not shaped like the extender protocol says (HTTP 400)."""
+
+
+class PodError(ValueError):
+    """A well-formed request whose pod the core cannot read (filter/bind: `Error`; prioritize: 422)."""
+
+
+def _parse_args(body: object) -> tuple[dict, list[str], list[dict] | None]:
+    """ExtenderArgs -> (pod, node names, Node objects or None when node-cache-capable)."""
+    if not isinstance(body, dict):
+        raise BadRequest(f"ExtenderArgs must be a JSON object, got {type(body).__name__}")
+    pod = body.get("Pod")
+    if not isinstance(pod, dict):
+        raise BadRequest("ExtenderArgs.Pod must be a v1.Pod object")
+    names = body.get("NodeNames")
+    nodes = body.get("Nodes")
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise BadRequest("ExtenderArgs.NodeNames must be a list of node names or null")
+        return pod, names, None
+    if nodes is None:
+        raise BadRequest("ExtenderArgs needs NodeNames (nodeCacheCapable: true) or Nodes (nodeCacheCapable: false)")
+    items = nodes.get("items") if isinstance(nodes, dict) else None
+    if items is None and isinstance(nodes, dict):
+        items = []
+    if not isinstance(items, list):
+        raise BadRequest("ExtenderArgs.Nodes must be a v1.NodeList with an items list")
+    node_names = []
+    for position, node in enumerate(items):
+        name = (node.get("metadata") or {}).get("name") if isinstance(node, dict) else None
+        if not isinstance(name, str):
+            raise BadRequest(f"ExtenderArgs.Nodes.items[{position}] has no metadata.name")
+        node_names.append(name)
+    return pod, node_names, items
+
+
+class ExtenderService:
+    """The four verbs over one ClusterView; thread-safe, called concurrently by the HTTP server."""
+
+    def __init__(
+        self,
+        view: ClusterView,
+        *,
+        policy: str = "tensorai",
+        api_client: object | None = None,
+        events: EventRecorder | None = None,
+        metrics: ExtenderMetrics | None = None,
+        context: PolicyContext | None = None,
+    ) -> None:
+        self.view = view
+        self.policy = policy
+        self.events = events or EventRecorder()
+        self.metrics = metrics or ExtenderMetrics(view)
+        self.context = context
+        self.binder = Binder(
+            view,
+            policy=policy,
+            context=lambda: self.context,
+            api_client=api_client,
+            events=self.events,
+            metrics=self.metrics,
+        )
+        self._observed: dict[str, None] = {}  # pods already counted by the online workload (bounded, FIFO)
+
+    # ------------------------------------------------------------------ helpers
+    def _demand(self, pod: dict) -> tuple[PodRecord, PodDemand]:
+        record = self.view.remember_pending(pod)
+        if record is None:
+            raise BadRequest("ExtenderArgs.Pod needs metadata.name (and metadata.uid)")
+        if record.demand is None:
+            raise PodError(f"pod {record.namespace}/{record.name}: {record.demand_error}")
+        if self.context is not None and self.context.online is not None and record.uid not in self._observed:
+            with self.view.lock:
+                self.context.online.observe(record.demand)
+                self._observed[record.uid] = None
+                if len(self._observed) > 100_000:
+                    self._observed.pop(next(iter(self._observed)))
+        return record, record.demand
+
+    def _candidates(self, node_names: list[str]) -> tuple[np.ndarray, list[int | None]]:
+        positions = [self.view.node_index(name) for name in node_names]
+        known = np.fromiter((index for index in positions if index is not None), dtype=np.int64)
+        return known, positions
+
+    # ------------------------------------------------------------------ filter
+    def filter(self, body: object) -> dict:
+        """ExtenderArgs -> ExtenderFilterResult."""
+        pod, node_names, node_items = _parse_args(body)
+        try:
+            record, demand = self._demand(pod)
+        except PodError as error:
+            self.metrics.filter_failures.labels(metric_names.REASON_BAD_POD).inc(len(node_names))
+            return {
+                "Nodes": None,
+                "NodeNames": None,
+                "FailedNodes": {},
+                "FailedAndUnresolvableNodes": {},
+                "Error": str(error),
+            }
+        failed: dict[str, str] = {}
+        unresolvable: dict[str, str] = {}
+        kept: list[str] = []
+        quota_reasons: list[str] = []
+        if not demand.containers:
+            kept = list(node_names)  # no GPU asked: nothing for us to decide
+        else:
+            view = self.view
+            with view.lock:
+                view.refresh_schedulable()
+                candidates, positions = self._candidates(node_names)
+                limits = view.quotas(record.namespace)
+                used = view.used(record.namespace)
+                if limits:
+                    pod_usage = estimate_usage(demand, None, None)
+                    quota_reasons = quota_violations(limits, used, pod_usage)
+                if quota_reasons:
+                    reason = "; ".join(quota_reasons)
+                    target = unresolvable if never_fits(limits, pod_usage) else failed
+                    for name in node_names:
+                        target[name] = reason
+                else:
+                    mask, reasons = node_feasibility(view.cluster, demand, candidates)
+                    for name, index in zip(node_names, positions, strict=True):
+                        if index is None:
+                            unresolvable[name] = view.node_problem(name) or "unknown node"
+                            continue
+                        if mask[index]:
+                            node = view.node_record(name)
+                            model_reasons = []
+                            if limits and node is not None:
+                                estimate = estimate_usage(demand, node.model, node.usable_memory_mib)
+                                model_reasons = quota_violations(limits, used, estimate)
+                            if model_reasons:
+                                failed[name] = "; ".join(model_reasons)
+                                quota_reasons.extend(model_reasons)
+                            else:
+                                kept.append(name)
+                            continue
+                        reason, resolvable = reasons.get(index, ("does not fit", True))
+                        if not view.cluster.node_schedulable[index]:
+                            reason, resolvable = view.node_problem(name) or reason, False
+                        (failed if resolvable else unresolvable)[name] = reason
+            if quota_reasons and not kept:
+                reason = "; ".join(dict.fromkeys(quota_reasons))
+                if self.view.note_waiting(record, reason):
+                    self.events.record(
+                        PodEvent(
+                            record.namespace,
+                            record.name,
+                            record.uid,
+                            REASON_QUOTA_WAIT,
+                            f"waiting for GPU quota: {reason}",
+                            True,
+                        )
+                    )
+        self._count_failures(failed, unresolvable, bool(quota_reasons))
+        if node_items is not None:
+            keep = set(kept)
+            items = [node for node in node_items if node["metadata"]["name"] in keep]
+            return {
+                "Nodes": {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": items},
+                "NodeNames": None,
+                "FailedNodes": failed,
+                "FailedAndUnresolvableNodes": unresolvable,
+                "Error": "",
+            }
+        return {
+            "Nodes": None,
+            "NodeNames": kept,
+            "FailedNodes": failed,
+            "FailedAndUnresolvableNodes": unresolvable,
+            "Error": "",
+        }
+
+    def _count_failures(self, failed: dict[str, str], unresolvable: dict[str, str], quota: bool) -> None:
+        counts: dict[str, int] = {}
+        for reason in (*failed.values(), *unresolvable.values()):
+            if quota and "GPUQuota" in reason:
+                kind = metric_names.REASON_QUOTA
+            elif "unknown" in reason or "no tensor.ai/inventory" in reason or "has no tensor.ai" in reason:
+                kind = metric_names.REASON_UNKNOWN_NODE
+            elif "inventory" in reason or "cordoned" in reason or "heartbeat" in reason:
+                kind = metric_names.REASON_NODE_UNUSABLE
+            else:
+                kind = metric_names.REASON_GPU_FIT
+            counts[kind] = counts.get(kind, 0) + 1
+        for kind, count in counts.items():
+            self.metrics.filter_failures.labels(kind).inc(count)
+
+    # ------------------------------------------------------------------ prioritize
+    def prioritize(self, body: object) -> list[dict]:
+        """ExtenderArgs -> HostPriorityList (0..10; 0 for nodes that cannot take the pod)."""
+        pod, node_names, _ = _parse_args(body)
+        _, demand = self._demand(pod)
+        if not demand.containers:
+            return [{"Host": name, "Score": 0} for name in node_names]
+        view = self.view
+        with view.lock:
+            view.refresh_schedulable()
+            candidates, positions = self._candidates(node_names)
+            scores, _ = score_nodes(
+                view.cluster, demand, demand.policy or self.policy, candidates, context=self.context
+            )
+            ints = to_extender_scores(scores)
+        return [
+            {"Host": name, "Score": 0 if index is None else int(ints[index])}
+            for name, index in zip(node_names, positions, strict=True)
+        ]
+
+    # ------------------------------------------------------------------ bind
+    def bind(self, body: object) -> dict:
+        """ExtenderBindingArgs -> ExtenderBindingResult."""
+        try:
+            request = BindRequest.from_json(body)
+        except BindError as error:
+            raise BadRequest(str(error)) from error
+        return {"Error": self.binder.bind(request)}
+
+    # ------------------------------------------------------------------ preempt
+    def preempt(self, body: object) -> dict:
+        """ExtenderPreemptionArgs -> ExtenderPreemptionResult.
+
+        Honest minimal behaviour: on each candidate node keep only the victims that hold GPU shares
+        there (evicting anything else frees no GPU capacity), and keep the node only if releasing
+        those victims lets the pod fit. Nodes left without victims are dropped (the scheduler treats
+        a node with no victims as an error). NumPDBViolations is passed through unchanged: the
+        extender does not see PodDisruptionBudgets, so it can only be an upper bound.
+        """
+        if not isinstance(body, dict) or not isinstance(body.get("Pod"), dict):
+            raise BadRequest("ExtenderPreemptionArgs needs a Pod object")
+        candidates = self._preempt_candidates(body)
+        try:
+            _, demand = self._demand(body["Pod"])
+        except PodError:
+            return {"NodeNameToMetaVictims": {}}
+        result: dict[str, dict] = {}
+        view = self.view
+        with view.lock:
+            view.refresh_schedulable()
+            for node_name, (uids, pdb_violations) in candidates.items():
+                index = view.node_index(node_name)
+                if index is None:
+                    continue
+                holders = {record.uid: record for record in view.pods_on_node(node_name) if record.applied}
+                victims = [uid for uid in uids if uid in holders and holders[uid].shares]
+                if not victims or not demand.containers:
+                    continue
+                trial = copy_cluster(view.cluster)
+                for uid in victims:
+                    victim = holders[uid]
+                    _, placement = victim.applied
+                    release_placement(trial, view.demand_for_arrays(victim), placement)
+                mask, _ = node_feasibility(trial, demand, np.array([index], dtype=np.int64))
+                if mask[index]:
+                    result[node_name] = {"Pods": [{"UID": uid} for uid in victims], "NumPDBViolations": pdb_violations}
+        return {"NodeNameToMetaVictims": result}
+
+    @staticmethod
+    def _preempt_candidates(body: dict) -> dict[str, tuple[list[str], int]]:
+        meta = body.get("NodeNameToMetaVictims")
+        full = body.get("NodeNameToVictims")
+        source = meta if meta is not None else full
+        if source is None:
+            return {}
+        if not isinstance(source, dict):
+            raise BadRequest("NodeNameToMetaVictims / NodeNameToVictims must be an object or null")
+        out: dict[str, tuple[list[str], int]] = {}
+        for node_name, victims in source.items():
+            if not isinstance(victims, dict):
+                raise BadRequest(f"victims of node {node_name!r} must be an object")
+            pods = victims.get("Pods") or []
+            pdb = victims.get("NumPDBViolations") or 0
+            if not isinstance(pods, list) or not isinstance(pdb, int) or isinstance(pdb, bool):
+                raise BadRequest(f"victims of node {node_name!r}: Pods must be a list, NumPDBViolations an integer")
+            uids = []
+            for pod in pods:
+                uid = pod.get("UID") if meta is not None and isinstance(pod, dict) else None
+                if meta is None and isinstance(pod, dict):
+                    uid = (pod.get("metadata") or {}).get("uid")
+                if not isinstance(uid, str):
+                    raise BadRequest(f"a victim on node {node_name!r} has no UID")
+                uids.append(uid)
+            out[node_name] = (uids, pdb)
+        return out
+
+
+# ---------------------------------------------------------------------- HTTP
+_ROUTES: dict[str, str] = {"/filter": "filter", "/prioritize": "prioritize", "/bind": "bind", "/preempt": "preempt"}
+ROUTES = tuple(_ROUTES)  # the verbs' paths; the manifests' KubeSchedulerConfiguration names these
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as kube-scheduler's Go client expects
+    server: ExtenderHTTPServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def _send(self, status: int, payload: object, content_type: str = "application/json") -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload, separators=(",", ":")).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        service = self.server.service
+        if path == "/healthz":
+            self._send(200, b"ok", "text/plain")
+        elif path == "/readyz":
+            ready = service.view.ready
+            self._send(200 if ready else 503, b"ok" if ready else b"cluster view not synced yet", "text/plain")
+        elif path == "/metrics":
+            self._send(200, service.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8")
+        else:
+            self._send(404, {"Error": f"no such path {path!r}; GET /healthz, /readyz, /metrics"})
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        verb = _ROUTES.get(path[path.rfind("/") :] if "/" in path else path)
+        if verb is None:
+            self._discard_body()
+            self._send(404, {"Error": f"no such verb {path!r}; POST one of {', '.join(ROUTES)}"})
+            return
+        started = time.perf_counter()
+        status, payload = self._handle(verb)
+        self._send(status, payload)
+        self.server.service.metrics.verb_latency_s.labels(verb).observe(time.perf_counter() - started)
+        if status != 200 or (isinstance(payload, dict) and payload.get("Error")):
+            self.server.service.metrics.verb_errors.labels(verb).inc()
+
+    def _discard_body(self) -> None:
+        length = self.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) <= MAX_BODY_BYTES:
+            self.rfile.read(int(length))
+        else:
+            self.close_connection = True
+
+    def _handle(self, verb: str) -> tuple[int, object]:
+        length_text = self.headers.get("Content-Length")
+        if length_text is None or not length_text.strip().isdigit():
+            self.close_connection = True
+            return 411, {"Error": "a Content-Length header with the body size is required"}
+        length = int(length_text)
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            return 413, {"Error": f"body of {length} bytes is over the {MAX_BODY_BYTES} byte limit"}
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as error:
+            return 400, {"Error": f"body is not JSON: {error}"}
+        service = self.server.service
+        try:
+            return 200, getattr(service, verb)(body)
+        except BadRequest as error:
+            return 400, {"Error": str(error)}
+        except PodError as error:
+            return 422, {"Error": str(error)}
+        except Exception as error:  # the server must answer and live on whatever a verb hits
+            log.exception("%s failed", verb)
+            return 500, {"Error": f"{verb} failed: {type(error).__name__}: {error}"}
+
+
+class ExtenderHTTPServer(ThreadingHTTPServer):
+    """Thread-per-connection HTTP(S) server bound to one ExtenderService."""
+
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], service: ExtenderService) -> None:
+        self.service = service
+        super().__init__(address, _Handler)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        return self.server_address[1]
+
+
+def serve(
+    service: ExtenderService,
+    address: str = "0.0.0.0",
+    port: int = 8888,
+    *,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> tuple[ExtenderHTTPServer, threading.Thread]:
+    """Start serving in a background thread; returns the server (call `shutdown()` to stop) and the thread."""
+    server = ExtenderHTTPServer((address, port), service)
+    if tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls_cert, tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, name="extender-http", daemon=True)
+    thread.start()
+    return server, thread
