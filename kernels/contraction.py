@@ -189,17 +189,17 @@ def matmul(a: Any, b: Any) -> Any:
     """`a @ b` for (M, K) @ (K, N), or batched (..., M, K) @ (..., K, N) with equal leading dimensions."""
     check_array(a, "a")
     check_array(b, "b")
-    if a.ndim < 2 or b.ndim < 2:
+    a_shape, b_shape = tuple(a.shape), tuple(b.shape)  # device shapes refuse negative indexes
+    if len(a_shape) < 2 or len(b_shape) < 2:
         raise ShapeMismatchError(f"matmul needs arrays of at least 2 dimensions, got {a.ndim} and {b.ndim}")
-    if a.ndim != b.ndim or tuple(a.shape[:-2]) != tuple(b.shape[:-2]):
+    if len(a_shape) != len(b_shape) or a_shape[:-2] != b_shape[:-2]:
         raise ShapeMismatchError(
-            f"matmul batch dimensions differ: a {tuple(a.shape)} vs b {tuple(b.shape)} "
+            f"matmul batch dimensions differ: a {a_shape} vs b {b_shape} "
             "(broadcasting is not supported; the leading dimensions must be equal)"
         )
-    if a.shape[-1] != b.shape[-2]:
+    if a_shape[-1] != b_shape[-2]:
         raise ShapeMismatchError(
-            f"matmul inner dimensions differ: a {tuple(a.shape)} has K={a.shape[-1]} but b {tuple(b.shape)} "
-            f"has K={b.shape[-2]}"
+            f"matmul inner dimensions differ: a {a_shape} has K={a_shape[-1]} but b {b_shape} has K={b_shape[-2]}"
         )
     batch = string.ascii_lowercase[: a.ndim - 2]
     plan = plan_contraction(f"{batch}MK,{batch}KN->{batch}MN", tuple(a.shape), tuple(b.shape))
