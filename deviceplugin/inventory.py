@@ -77,7 +77,7 @@ class InventoryPublisher:
     """Keeps the Node's inventory annotation current and applies admin recover requests.
 
     `core_v1_api` is a `kubernetes.client.CoreV1Api`. Every API or backend error is logged and
-    retried after RETRY_AFTER_ERROR_S; the thread never dies of one.
+    retried after `retry_s`; the thread never dies of one.
     """
 
     def __init__(
@@ -90,10 +90,11 @@ class InventoryPublisher:
         sharing_mode: str,
         plugin_version: str,
         interval_s: float = 30.0,
+        retry_s: float = RETRY_AFTER_ERROR_S,
         clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
-        if interval_s <= 0:
-            raise ValueError(f"interval_s must be > 0, got {interval_s}")
+        if interval_s <= 0 or retry_s <= 0:
+            raise ValueError(f"interval_s and retry_s must be > 0, got {interval_s} and {retry_s}")
         if sharing_mode not in contract.SHARING_MODE_NAMES:
             raise ValueError(
                 f"unknown sharing mode {sharing_mode!r}: choose one of {sorted(contract.SHARING_MODE_NAMES)}"
@@ -105,6 +106,7 @@ class InventoryPublisher:
         self.sharing_mode = sharing_mode
         self.plugin_version = plugin_version
         self.interval_s = interval_s
+        self.retry_s = retry_s
         self.clock = clock
         self.publish_count = 0  # successful publishes, for tests and logs
         self.last_error: str | None = None
@@ -179,7 +181,7 @@ class InventoryPublisher:
         while not self._stop.is_set():
             generation = self.tracker.generation
             ok = self._try_publish()
-            wait_s = self.interval_s if ok else min(self.interval_s, RETRY_AFTER_ERROR_S)
+            wait_s = self.interval_s if ok else min(self.interval_s, self.retry_s)
             waited_s = 0.0
             # Sleep until the next heartbeat, waking early on a health flip or stop().
             while waited_s < wait_s and not self._stop.is_set():
