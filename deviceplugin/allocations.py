@@ -1,0 +1,215 @@
+"""The plugin's allocation bookkeeping: which device IDs went to which container, on which GPU.
+
+Kubelet is the authority on which IDs are free (it only offers free ones), so this book never refuses
+an allocation because of what it remembers: an Allocate whose IDs overlap an older record replaces
+that stale record. Owners start as the plugin's best knowledge at Allocate time and are corrected
+from kubelet's pod-resources listing (`reconcile`). Thread-safe; every read returns copies.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from tensorai.deviceplugin.gpus import ContainerShare
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The container an allocation belongs to; pod_uid is "" when unknown (standalone mode)."""
+
+    namespace: str
+    pod_name: str
+    pod_uid: str
+    container_name: str
+
+    @property
+    def listing_key(self) -> tuple[str, str, str]:
+        """How kubelet's pod-resources API names a container: (namespace, pod, container)."""
+        return (self.namespace, self.pod_name, self.container_name)
+
+
+UNKNOWN_OWNER = Owner("", "", "", "")
+
+
+@dataclass(frozen=True, slots=True)
+class GPUPortion:
+    """The milli and memory one container got on one GPU."""
+
+    uuid: str
+    milli: int
+    memory_mib: int
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationRecord:
+    """One successful Allocate: the IDs, what they mean per GPU, and whose they are."""
+
+    record_id: int
+    device_ids: frozenset[str]
+    portions: tuple[GPUPortion, ...]
+    owner: Owner
+    confirmed: bool  # kubelet's pod-resources listing showed these IDs for this owner
+    allocated_at: float  # time.time()
+
+    @property
+    def milli(self) -> int:
+        return sum(portion.milli for portion in self.portions)
+
+    def shares(self) -> list[ContainerShare]:
+        owner = self.owner
+        return [
+            ContainerShare(
+                owner.namespace, owner.pod_name, owner.pod_uid, owner.container_name, p.uuid, p.milli, p.memory_mib
+            )
+            for p in self.portions
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileOutcome:
+    """What a comparison with kubelet's listing changed."""
+
+    relabelled: tuple[tuple[AllocationRecord, Owner], ...]  # (record after, owner before)
+    confirmed: tuple[AllocationRecord, ...]
+    released: tuple[AllocationRecord, ...]
+    adopted: tuple[AllocationRecord, ...]
+
+
+class AllocationBook:
+    """Records of live allocations, indexed by device ID and by owner."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[int, AllocationRecord] = {}
+        self._record_of_device: dict[str, int] = {}
+        self._ids = itertools.count(1)
+
+    def add(self, device_ids: Iterable[str], portions: Iterable[GPUPortion], owner: Owner) -> AllocationRecord:
+        """Record an allocation; records sharing any ID with it are stale and are dropped."""
+        ids = frozenset(device_ids)
+        record = AllocationRecord(next(self._ids), ids, tuple(portions), owner, False, time.time())
+        with self._lock:
+            stale = {self._record_of_device[d] for d in ids if d in self._record_of_device}
+            for record_id in stale:
+                self._drop(record_id)
+            self._records[record.record_id] = record
+            for device in ids:
+                self._record_of_device[device] = record.record_id
+        return record
+
+    def _drop(self, record_id: int) -> AllocationRecord | None:
+        record = self._records.pop(record_id, None)
+        if record is not None:
+            for device in record.device_ids:
+                if self._record_of_device.get(device) == record_id:
+                    del self._record_of_device[device]
+        return record
+
+    def remove(self, record_id: int) -> AllocationRecord | None:
+        """Undo one record (an all-or-nothing Allocate that failed later)."""
+        with self._lock:
+            return self._drop(record_id)
+
+    def records(self) -> list[AllocationRecord]:
+        with self._lock:
+            return list(self._records.values())
+
+    def shares(self) -> list[ContainerShare]:
+        """Every container's share per GPU (what metrics and the allocated annotation report)."""
+        return [share for record in self.records() for share in record.shares()]
+
+    def allocated_milli_by_gpu(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for record in self.records():
+            for portion in record.portions:
+                totals[portion.uuid] = totals.get(portion.uuid, 0) + portion.milli
+        return totals
+
+    def owned_slots(self) -> set[tuple[str, str]]:
+        """(pod uid, container) of every record with a known pod."""
+        return {(r.owner.pod_uid, r.owner.container_name) for r in self.records() if r.owner.pod_uid}
+
+    def records_of_pod(self, pod_uid: str) -> list[AllocationRecord]:
+        return [record for record in self.records() if record.owner.pod_uid == pod_uid]
+
+    def release_pod(self, pod_uid: str) -> list[AllocationRecord]:
+        """Forget every allocation of a pod that is gone or finished."""
+        with self._lock:
+            doomed = [rid for rid, record in self._records.items() if record.owner.pod_uid == pod_uid]
+            return [record for rid in doomed if (record := self._drop(rid)) is not None]
+
+    def set_owner(self, record_id: int, owner: Owner, *, confirmed: bool) -> AllocationRecord | None:
+        with self._lock:
+            record = self._records.get(record_id)
+            if record is None:
+                return None
+            updated = replace(record, owner=owner, confirmed=confirmed)
+            self._records[record_id] = updated
+            return updated
+
+    def reconcile(
+        self,
+        listing: Mapping[tuple[str, str, str], frozenset[str]],
+        *,
+        owner_of: Mapping[tuple[str, str, str], Owner],
+        portions_of: Mapping[tuple[str, str, str], tuple[GPUPortion, ...]],
+        live_pod_uids: set[str] | None,
+    ) -> ReconcileOutcome:
+        """Align the book with kubelet's pod-resources listing of this resource.
+
+        `listing` maps (namespace, pod, container) to the IDs kubelet holds for it. A record whose
+        IDs kubelet lists under another container is relabelled to it (`owner_of` gives the full
+        owner); IDs kubelet lists that no record covers are adopted with `portions_of` (after a plugin
+        restart); a record kubelet does not list is released when its pod is no longer live
+        (`live_pod_uids`, None = unknown, keep) - a fresh record may simply not be listed yet.
+        """
+        relabelled: list[tuple[AllocationRecord, Owner]] = []
+        confirmed: list[AllocationRecord] = []
+        released: list[AllocationRecord] = []
+        adopted: list[AllocationRecord] = []
+        holder_of_device = {device: key for key, ids in listing.items() for device in ids}
+        with self._lock:
+            for record_id, record in list(self._records.items()):
+                holders = {holder_of_device.get(device) for device in record.device_ids}
+                if holders == {None}:
+                    if live_pod_uids is not None and record.owner.pod_uid and record.owner.pod_uid not in live_pod_uids:
+                        released.append(record)
+                        self._drop(record_id)
+                    continue
+                holder = next((h for h in holders if h is not None), None)
+                if holder is None:
+                    continue
+                if holder == record.owner.listing_key:
+                    if not record.confirmed:
+                        updated = replace(record, confirmed=True)
+                        self._records[record_id] = updated
+                        confirmed.append(updated)
+                    continue
+                new_owner = owner_of.get(holder, Owner(holder[0], holder[1], "", holder[2]))
+                updated = replace(record, owner=new_owner, confirmed=True)
+                self._records[record_id] = updated
+                relabelled.append((updated, record.owner))
+            for key, ids in listing.items():
+                if not ids or any(device in self._record_of_device for device in ids):
+                    continue
+                portions = portions_of.get(key)
+                if not portions:
+                    continue
+                owner = owner_of.get(key, Owner(key[0], key[1], "", key[2]))
+                record = AllocationRecord(next(self._ids), frozenset(ids), portions, owner, True, time.time())
+                self._records[record.record_id] = record
+                for device in ids:
+                    self._record_of_device[device] = record.record_id
+                adopted.append(record)
+        return ReconcileOutcome(tuple(relabelled), tuple(confirmed), tuple(released), tuple(adopted))
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the indexes disagree (used by the fuzz tests)."""
+        with self._lock:
+            indexed = {device: rid for rid, r in self._records.items() for device in r.device_ids}
+            if indexed != self._record_of_device:
+                raise AssertionError("device index does not match the records")

@@ -1,0 +1,269 @@
+"""`tensorai-device-plugin`: parse flags, wire the parts together, run until SIGTERM.
+
+Precedence: command-line flag > environment (`TENSORAI_DEVICE_PLUGIN_<FLAG>`, e.g.
+`TENSORAI_DEVICE_PLUGIN_SHARING=mps`; the node name also from `NODE_NAME`) > default.
+`Plugin` is the assembled program; tests and the demo start it in-process with a `PluginConfig`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tensorai.deviceplugin import backends, gpus
+from tensorai.deviceplugin.allocations import AllocationBook, AllocationRecord
+from tensorai.deviceplugin.health import DEFAULT_IGNORED_XIDS, HealthMonitor, HealthTracker, parse_xid_list
+from tensorai.deviceplugin.identity import AllocatedAnnotationWriter, PodIdentity, PodWatch
+from tensorai.deviceplugin.podresources import DEFAULT_POD_RESOURCES_SOCKET, PodResourcesClient, Reconciler
+from tensorai.deviceplugin.registration import DEFAULT_PLUGIN_DIR, DEFAULT_SOCKET_NAME, PluginRunner
+from tensorai.deviceplugin.service import DevicePluginServicer, VGPUManager
+from tensorai.deviceplugin.sharing import DEFAULT_MPS_PIPE_DIR, SharingPolicy
+from tensorai.deviceplugin.slices import SliceTable
+from tensorai.proto import contract
+
+log = logging.getLogger("tensorai.deviceplugin")
+
+# PENDING(contract.py): the plugin's own configuration variables; asked the lead to add the prefix.
+ENV_PREFIX = "TENSORAI_DEVICE_PLUGIN_"
+ENV_NODE_NAME = "NODE_NAME"  # set from the downward API (spec.nodeName) in the DaemonSet
+PLUGIN_VERSION = "0.1.0"
+
+
+@dataclass
+class PluginConfig:
+    """Everything the plugin needs; defaults are the DaemonSet's."""
+
+    backend: str = "nvml"
+    sim_gpus: str | None = None
+    sharing: str = "timeslice"
+    device_plugin_dir: str = DEFAULT_PLUGIN_DIR
+    socket_name: str = DEFAULT_SOCKET_NAME
+    pod_resources_socket: str = DEFAULT_POD_RESOURCES_SOCKET
+    node_name: str = ""
+    kubeconfig: str | None = None
+    no_kube: bool = False
+    metrics_port: int = 9400
+    inventory_interval_s: float = 30.0
+    ignored_xids: frozenset[int] = field(default_factory=lambda: DEFAULT_IGNORED_XIDS)
+    recovery_quiet_s: float = 300.0
+    recovery_probes: int = 3
+    mps_pipe_dir: str = DEFAULT_MPS_PIPE_DIR
+    log_level: str = "INFO"
+    probe_interval_s: float = 5.0
+    catch_up_s: float = 3.0
+    reconcile_interval_s: float = 10.0
+    registration_poll_s: float = 0.5
+
+
+def kube_api_client(kubeconfig: str | None) -> Any:
+    """An ApiClient from --kubeconfig, else in-cluster, else ~/.kube/config (no global state touched)."""
+    from kubernetes import client, config
+
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        configuration = client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)
+        return client.ApiClient(configuration)
+    return config.new_client_from_config(config_file=os.path.expanduser("~/.kube/config"))
+
+
+class Plugin:
+    """The device plugin assembled from its parts; `start()` serves and registers, `stop()` cleans up."""
+
+    def __init__(self, config: PluginConfig, *, backend: gpus.GPUBackend | None = None,
+                 api_client: Any = None) -> None:
+        if not config.node_name:
+            raise ValueError(f"node name is empty: pass --node-name or set {ENV_NODE_NAME}")
+        self.config = config
+        self.backend = backend or backends.open_backend(config.backend, sim_gpus=config.sim_gpus,
+                                                        node_name=config.node_name)
+        self.table = SliceTable(self.backend.gpus())
+        self.tracker = HealthTracker(
+            self.table.uuids,
+            ignored_xids=config.ignored_xids,
+            recovery_quiet_s=config.recovery_quiet_s,
+            recovery_probes=config.recovery_probes,
+        )
+        self.monitor = HealthMonitor(self.backend, self.tracker, probe_interval_s=config.probe_interval_s)
+        self.book = AllocationBook()
+        self.sharing = SharingPolicy(config.sharing, config.mps_pipe_dir)
+        self.core_v1: Any = None
+        self.identity: PodIdentity | None = None
+        self.watch: PodWatch | None = None
+        self.writer: AllocatedAnnotationWriter | None = None
+        self.inventory: Any = None
+        if not config.no_kube:
+            from kubernetes import client
+
+            self.core_v1 = client.CoreV1Api(api_client or kube_api_client(config.kubeconfig))
+            self.identity = PodIdentity(config.node_name, self.book, catch_up_s=config.catch_up_s)
+            self.watch = PodWatch(self.core_v1, self.identity)
+            self.writer = AllocatedAnnotationWriter(self.core_v1, config.node_name, self.book, self.identity)
+        self.manager = VGPUManager(self.table, self.tracker, self.sharing, self.book, self.identity,
+                                   on_allocated=self._allocated)
+        self.servicer = DevicePluginServicer(self.manager)
+        self.podresources = PodResourcesClient(config.pod_resources_socket)
+        self.reconciler = Reconciler(self.podresources, self.manager.reconcile, self._annotations_changed,
+                                     interval_s=config.reconcile_interval_s)
+        self.runner = PluginRunner(self.servicer, config.device_plugin_dir, socket_name=config.socket_name,
+                                   poll_interval_s=config.registration_poll_s)
+        self.metrics: Any = None
+        self.metrics_port: int | None = None
+
+    def _allocated(self, record: AllocationRecord) -> None:
+        if self.writer is not None:
+            self.writer.enqueue(record.owner.pod_uid)
+        self.reconciler.kick()
+
+    def _annotations_changed(self, pod_uids: set[str]) -> None:
+        if self.writer is not None:
+            for uid in sorted(pod_uids):
+                self.writer.enqueue(uid)
+
+    def start(self, *, sync_timeout_s: float = 10.0) -> Plugin:
+        self.monitor.start()
+        if self.watch is not None and self.identity is not None and self.writer is not None:
+            self.watch.start()
+            self.writer.start()
+            if not self.identity.synced.wait(sync_timeout_s):
+                log.warning("pod watch has not listed pods within %.0f s; Allocate waits for it", sync_timeout_s)
+        self.reconciler.start()
+        self.runner.start()
+        if self.core_v1 is not None:
+            from tensorai.deviceplugin.inventory import InventoryPublisher
+
+            self.inventory = InventoryPublisher(
+                self.core_v1, self.backend, self.tracker, node_name=self.config.node_name,
+                sharing_mode=self.config.sharing, plugin_version=PLUGIN_VERSION,
+                interval_s=self.config.inventory_interval_s,
+            )
+            self.inventory.start()
+        if self.config.metrics_port > 0:
+            from tensorai.deviceplugin.metrics import PluginMetrics
+
+            self.metrics = PluginMetrics(self.backend, self.tracker, self.book.shares, node_name=self.config.node_name)
+            self.metrics_port = self.metrics.serve(self.config.metrics_port)
+        log.info("serving %s on %s: %d GPU(s), sharing %s, %s", contract.RESOURCE_VGPU_MILLI, self.runner.socket_path,
+                 len(self.table.uuids), self.config.sharing, "standalone" if self.config.no_kube else "with API")
+        return self
+
+    def stop(self) -> None:
+        """Unregister by removing our socket, then stop every thread."""
+        self.runner.stop()
+        for part in (self.inventory, self.metrics, self.reconciler, self.watch, self.writer):
+            if part is not None:
+                try:
+                    part.stop()
+                except Exception as error:  # shutdown must finish removing what it can
+                    log.warning("stopping %s: %s", type(part).__name__, error)
+        self.monitor.stop()
+        self.podresources.close()
+        self.backend.close()
+
+    def __enter__(self) -> Plugin:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _env(name: str, default: Any) -> Any:
+    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tensorai-device-plugin",
+        description=f"Advertise fractional GPUs to kubelet as {contract.RESOURCE_VGPU_MILLI} (1000 per GPU). "
+        f"Every flag can also be set as {ENV_PREFIX}<FLAG> (flags win).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--backend", choices=list(backends.BACKEND_NAMES), default=_env("backend", "nvml"),
+        help="GPU source: real GPUs through NVML, or simulated GPUs")
+    add("--sim-gpus", default=_env("sim_gpus", None),
+        help="simulated GPUs for --backend sim, COUNTxMODEL:MEMORY_MIB[,...], e.g. 2xH100:81559")
+    add("--sharing", choices=sorted(contract.SHARING_MODE_NAMES), default=_env("sharing", "timeslice"),
+        help="how containers share a GPU (see docs/deviceplugin.md for what each mode enforces)")
+    add("--device-plugin-dir", default=_env("device_plugin_dir", DEFAULT_PLUGIN_DIR),
+        help="kubelet's device-plugin directory (holds kubelet.sock and our socket)")
+    add("--pod-resources-socket", default=_env("pod_resources_socket", DEFAULT_POD_RESOURCES_SOCKET),
+        help="kubelet's pod-resources v1 socket, read to reconcile allocations")
+    add("--node-name", default=os.environ.get(ENV_PREFIX + "NODE_NAME", os.environ.get(ENV_NODE_NAME, "")),
+        help=f"this node's name (default: ${ENV_NODE_NAME})")
+    add("--kubeconfig", default=_env("kubeconfig", None),
+        help="kubeconfig file (default: in-cluster config, else ~/.kube/config)")
+    add("--no-kube", action="store_true", default=str(_env("no_kube", "")).lower() in ("1", "true", "yes"),
+        help="standalone: no API server, no inventory, no pod identity; binpack choice")
+    add("--metrics-port", type=int, default=int(_env("metrics_port", 9400)),
+        help="Prometheus /metrics port; 0 disables")
+    add("--inventory-interval", type=float, default=float(_env("inventory_interval", 30.0)),
+        help="seconds between Inventory annotation heartbeats")
+    add("--ignored-xids", default=_env("ignored_xids", ",".join(map(str, sorted(DEFAULT_IGNORED_XIDS)))),
+        help="comma list of application XIDs that never mark a GPU unhealthy")
+    add("--recovery-quiet-seconds", type=float, default=float(_env("recovery_quiet_seconds", 300.0)),
+        help="an unhealthy GPU may recover only after this long without a critical event")
+    add("--recovery-probes", type=int, default=int(_env("recovery_probes", 3)),
+        help="... and this many consecutive clean probes")
+    add("--mps-pipe-dir", default=_env("mps_pipe_dir", DEFAULT_MPS_PIPE_DIR),
+        help="host directory of the MPS control daemon's pipes, mounted into containers with --sharing mps")
+    add("--log-level", default=_env("log_level", "INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log verbosity")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> PluginConfig:
+    return PluginConfig(
+        backend=args.backend, sim_gpus=args.sim_gpus, sharing=args.sharing,
+        device_plugin_dir=args.device_plugin_dir, pod_resources_socket=args.pod_resources_socket,
+        node_name=args.node_name, kubeconfig=args.kubeconfig, no_kube=args.no_kube,
+        metrics_port=args.metrics_port, inventory_interval_s=args.inventory_interval,
+        ignored_xids=parse_xid_list(args.ignored_xids), recovery_quiet_s=args.recovery_quiet_seconds,
+        recovery_probes=args.recovery_probes, mps_pipe_dir=args.mps_pipe_dir, log_level=args.log_level,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the plugin until SIGTERM/SIGINT; 2 for bad flags or a backend that cannot start."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not config.node_name:
+        parser.error(f"node name is empty: pass --node-name or set {ENV_NODE_NAME}")
+    try:
+        plugin = Plugin(config)
+    except gpus.BackendUnavailableError as error:
+        print(f"tensorai-device-plugin: {error}", file=sys.stderr)
+        return 2
+    except (ValueError, gpus.BackendError) as error:
+        print(f"tensorai-device-plugin: {error}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        plugin.start()
+    except OSError as error:
+        print(f"tensorai-device-plugin: cannot serve in {config.device_plugin_dir}: {error}", file=sys.stderr)
+        plugin.stop()
+        return 1
+    stop.wait()
+    log.info("stopping: removing %s", plugin.runner.socket_path)
+    plugin.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

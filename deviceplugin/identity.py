@@ -1,0 +1,566 @@
+"""Which pod is kubelet allocating for? Pod identity without a node lock.
+
+Kubelet's GetPreferredAllocation and Allocate carry no pod, only device IDs and a size. This module
+keeps, from a watch of the pods bound to this node, every container's *slot*: the share the
+scheduler accounted for it (its Assignment), or, for a pod that has no Assignment, just its size.
+
+The idea that removes the node lock: slots with the same *class* - same size, same per-GPU
+(milli, memory) and same placement constraints - are interchangeable. The scheduler accounted one
+container of that class on each of their GPUs; which of those pods fills which GPU changes nothing
+the scheduler counted. So for one class the plugin tracks *positions* (the multiset of GPU sets its
+slots were assigned) and fills free positions with whichever pod kubelet is admitting; the
+pod-resources listing later tells which pod really got which position, and the
+`tensor.ai/allocated` annotation is corrected. Only when pending slots of the requested size belong
+to more than one class is the choice unsafe: the plugin waits (bounded) for that to resolve and
+then refuses with a clear error. The protocol is specified in docs/deviceplugin.md.
+
+`PodIdentity` is pure logic over pod dicts (the API's JSON form); `PodWatch` feeds it from the
+Kubernetes API and `AllocatedAnnotationWriter` writes the annotation back.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tensorai.deviceplugin.allocations import AllocationBook, GPUPortion, Owner
+from tensorai.proto import contract
+from tensorai.proto import tensorai_v1_pb2 as pb
+from tensorai.proto.quantity import QuantityError, bytes_to_mib, quantity_to_int
+
+log = logging.getLogger(__name__)
+
+CONSTRAINT_ANNOTATIONS = (
+    contract.ANNOTATION_GPU_MODEL,
+    contract.ANNOTATION_GPU_MODEL_EXCLUDE,
+    contract.ANNOTATION_GPU_UUID,
+    contract.ANNOTATION_GPU_UUID_EXCLUDE,
+    contract.ANNOTATION_EXCLUSIVE,
+    contract.ANNOTATION_ANTI_AFFINITY_GROUP,
+)
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+SlotKey = tuple[str, str]  # (pod uid, container name)
+GPUSet = frozenset[str]
+
+
+class IdentityError(RuntimeError):
+    """The plugin cannot tell safely which pod kubelet is admitting (maps to FAILED_PRECONDITION)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One container's GPU request as the scheduler accounted it."""
+
+    pod_uid: str
+    namespace: str
+    pod_name: str
+    container: str
+    milli: int  # total over all its GPUs: what kubelet asks for
+    portions: tuple[GPUPortion, ...]  # the Assignment's shares; () = no Assignment
+    memory_mib: int | None  # for unassigned slots: the pod's tensor.ai/vgpu-memory, if any
+    class_key: tuple[Any, ...]
+    seen_order: int  # when this plugin first saw the pod bound here: kubelet admits roughly in this order
+
+    @property
+    def key(self) -> SlotKey:
+        return (self.pod_uid, self.container)
+
+    @property
+    def assigned(self) -> bool:
+        return bool(self.portions)
+
+    @property
+    def gpu_set(self) -> GPUSet:
+        return frozenset(portion.uuid for portion in self.portions)
+
+    @property
+    def owner(self) -> Owner:
+        return Owner(self.namespace, self.pod_name, self.pod_uid, self.container)
+
+
+@dataclass(frozen=True, slots=True)
+class PodState:
+    """What the plugin knows about one pod bound to this node."""
+
+    uid: str
+    namespace: str
+    name: str
+    slots: tuple[Slot, ...]
+    allocated: Mapping[str, tuple[GPUPortion, ...]]  # container -> what the allocated annotation says
+    terminal: bool
+    problems: tuple[str, ...]  # why some container has no usable slot
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The slot chosen for one Allocate and the GPU portions the container gets."""
+
+    slot: Slot
+    portions: tuple[GPUPortion, ...]
+
+
+def _container_requests(pod: Mapping[str, Any]) -> tuple[dict[str, int], dict[str, int | None], list[str]]:
+    """vgpu-milli (limits, else requests) and vgpu-memory of every container that asks for a GPU."""
+    milli: dict[str, int] = {}
+    memory: dict[str, int | None] = {}
+    problems: list[str] = []
+    spec = pod.get("spec") or {}
+    for field in ("initContainers", "containers"):
+        for container in spec.get(field) or ():
+            name = container.get("name") or ""
+            resources = container.get("resources") or {}
+            limits = resources.get("limits") or {}
+            requests = resources.get("requests") or {}
+            raw = limits.get(contract.RESOURCE_VGPU_MILLI, requests.get(contract.RESOURCE_VGPU_MILLI))
+            if raw is None:
+                continue
+            try:
+                value = quantity_to_int(raw, what=contract.RESOURCE_VGPU_MILLI)
+            except QuantityError as error:
+                problems.append(f"container {name!r}: {error}")
+                continue
+            if value <= 0:
+                continue
+            milli[name] = value
+            raw_memory = limits.get(contract.RESOURCE_VGPU_MEMORY, requests.get(contract.RESOURCE_VGPU_MEMORY))
+            try:
+                memory[name] = bytes_to_mib(raw_memory) if raw_memory is not None else None
+            except QuantityError as error:
+                problems.append(f"container {name!r}: {error}")
+                memory[name] = None
+    return milli, memory, problems
+
+
+def _portions(container: pb.ContainerAssignment) -> tuple[GPUPortion, ...]:
+    return tuple(GPUPortion(share.uuid, share.milli, share.memory_mib) for share in container.gpus)
+
+
+def parse_pod(pod: Mapping[str, Any], node_name: str, seen_order: int) -> PodState | None:
+    """The pod's slots on this node; None when it is not bound here or asks for no vGPU."""
+    metadata = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    if spec.get("nodeName") != node_name:
+        return None
+    uid = metadata.get("uid") or ""
+    namespace = metadata.get("namespace") or "default"
+    name = metadata.get("name") or ""
+    annotations = metadata.get("annotations") or {}
+    requests, memory, problems = _container_requests(pod)
+    if not uid or not requests:
+        return None
+    terminal = (pod.get("status") or {}).get("phase") in TERMINAL_PHASES
+    constraints = tuple((key, str(annotations[key])) for key in CONSTRAINT_ANNOTATIONS if key in annotations)
+
+    assigned: dict[str, tuple[GPUPortion, ...]] = {}
+    text = annotations.get(contract.ANNOTATION_ASSIGNMENT)
+    assignment_valid = True
+    if text is not None:
+        try:
+            assignment = contract.decode_assignment(text)
+            if assignment.node_name != node_name:
+                raise contract.ContractError(f"Assignment names node {assignment.node_name!r}, pod is bound here")
+            if assignment.pod_uid and assignment.pod_uid != uid:
+                raise contract.ContractError(f"Assignment is for pod uid {assignment.pod_uid!r}, not {uid!r}")
+            assigned = {c.name: _portions(c) for c in assignment.containers}
+        except contract.ContractError as error:
+            problems.append(f"unusable {contract.ANNOTATION_ASSIGNMENT}: {error}")
+            assignment_valid = False
+
+    allocated: dict[str, tuple[GPUPortion, ...]] = {}
+    text = annotations.get(contract.ANNOTATION_ALLOCATED)
+    if text is not None:
+        try:
+            allocated = {c.name: _portions(c) for c in contract.decode_assignment(text).containers}
+        except contract.ContractError as error:
+            problems.append(f"unusable {contract.ANNOTATION_ALLOCATED}: {error}")
+
+    slots: list[Slot] = []
+    for container, milli in requests.items():
+        portions = assigned.get(container, ())
+        if not assignment_valid:
+            continue  # the scheduler's accounting for this pod is unreadable: never guess it
+        if portions and sum(p.milli for p in portions) != milli:
+            problems.append(
+                f"container {container!r} asks for {milli} milli but its Assignment totals "
+                f"{sum(p.milli for p in portions)}"
+            )
+            continue
+        if portions:
+            shape = tuple(sorted((p.milli, p.memory_mib) for p in portions))
+            class_key: tuple[Any, ...] = ("assigned", milli, shape, constraints)
+        else:
+            class_key = ("unassigned", milli, memory[container], constraints)
+        slots.append(
+            Slot(uid, namespace, name, container, milli, portions, memory[container], class_key, seen_order)
+        )
+    return PodState(uid, namespace, name, tuple(slots), allocated, terminal, tuple(problems))
+
+
+class PodIdentity:
+    """Slots of the pods bound to this node, and the claim rule that matches Allocate to a slot."""
+
+    def __init__(
+        self,
+        node_name: str,
+        book: AllocationBook,
+        *,
+        catch_up_s: float = 3.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.node_name = node_name
+        self._book = book
+        self.catch_up_s = catch_up_s
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._pods: dict[str, PodState] = {}
+        self._seen_order: dict[str, int] = {}
+        self._counter = 0
+        self._inflight: dict[SlotKey, GPUSet] = {}
+        self.synced = threading.Event()
+        # Once kubelet's pod-resources listing has been read into the book, the book is the truth and
+        # allocated annotations (possibly stale until rewritten) no longer count as occupancy.
+        self.book_authoritative = False
+        self.on_pod_gone: Callable[[str], None] | None = None
+
+    # --- feeding ---------------------------------------------------------------------------------
+    def upsert_pod(self, pod: Mapping[str, Any]) -> None:
+        """Apply an ADDED/MODIFIED pod from the watch."""
+        uid = (pod.get("metadata") or {}).get("uid") or ""
+        with self._cond:
+            order = self._seen_order.get(uid)
+            if order is None:
+                self._counter += 1
+                order = self._counter
+            state = parse_pod(pod, self.node_name, order)
+            if state is None:
+                self._forget(uid)
+            else:
+                self._seen_order[uid] = order
+                self._pods[uid] = state
+                if state.terminal and self.on_pod_gone is not None:
+                    self.on_pod_gone(uid)
+            self._cond.notify_all()
+
+    def remove_pod(self, uid: str) -> None:
+        """Apply a DELETED pod from the watch."""
+        with self._cond:
+            self._forget(uid)
+            self._cond.notify_all()
+
+    def replace_all(self, pods: Iterable[Mapping[str, Any]]) -> None:
+        """Apply a full relist: pods not in it are gone."""
+        pods = list(pods)
+        listed = {(p.get("metadata") or {}).get("uid") for p in pods}
+        with self._cond:
+            for uid in list(self._pods):
+                if uid not in listed:
+                    self._forget(uid)
+        for pod in pods:
+            self.upsert_pod(pod)
+        self.synced.set()
+
+    def _forget(self, uid: str) -> None:
+        known = self._pods.pop(uid, None)
+        self._seen_order.pop(uid, None)
+        if known is not None and self.on_pod_gone is not None:
+            self.on_pod_gone(uid)
+
+    def notify(self) -> None:
+        """Wake waiting claims (the book changed)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    # --- reading ---------------------------------------------------------------------------------
+    def pod(self, uid: str) -> PodState | None:
+        with self._cond:
+            return self._pods.get(uid)
+
+    def pods(self) -> list[PodState]:
+        with self._cond:
+            return list(self._pods.values())
+
+    def live_uids(self) -> set[str]:
+        """Pods bound here that may still hold GPUs (not Succeeded/Failed)."""
+        with self._cond:
+            return {uid for uid, state in self._pods.items() if not state.terminal}
+
+    def owner_index(self) -> dict[tuple[str, str, str], Slot]:
+        """(namespace, pod, container) -> slot, to name the owners kubelet's listing reports."""
+        with self._cond:
+            return {
+                (s.namespace, s.pod_name, s.container): s for state in self._pods.values() for s in state.slots
+            }
+
+    def _occupied(self) -> dict[SlotKey, GPUSet]:
+        """Slots already holding GPUs: the book's records, claims in flight, allocated annotations."""
+        occupied: dict[SlotKey, GPUSet] = {}
+        for record in self._book.records():
+            if record.owner.pod_uid:
+                occupied[(record.owner.pod_uid, record.owner.container_name)] = frozenset(
+                    p.uuid for p in record.portions
+                )
+        occupied.update(self._inflight)
+        if self.book_authoritative:
+            return occupied
+        for state in self._pods.values():
+            for container, portions in state.allocated.items():
+                occupied.setdefault((state.uid, container), frozenset(p.uuid for p in portions))
+        return occupied
+
+    def _classes(self, size_milli: int) -> tuple[list[Slot], dict[tuple[Any, ...], list[tuple[GPUPortion, ...]]]]:
+        """Pending slots of this size and, per class, the positions not yet filled."""
+        occupied = self._occupied()
+        pending: list[Slot] = []
+        positions: dict[tuple[Any, ...], list[tuple[GPUPortion, ...]]] = {}
+        filled: dict[tuple[Any, ...], Counter[GPUSet]] = {}
+        for state in self._pods.values():
+            if state.terminal:
+                continue
+            for slot in state.slots:
+                if slot.milli != size_milli:
+                    continue
+                positions.setdefault(slot.class_key, []).append(slot.portions)
+                taken = occupied.get(slot.key)
+                if taken is None:
+                    pending.append(slot)
+                else:
+                    filled.setdefault(slot.class_key, Counter())[taken] += 1
+        free: dict[tuple[Any, ...], list[tuple[GPUPortion, ...]]] = {}
+        for class_key, slot_positions in positions.items():
+            used = Counter(filled.get(class_key, Counter()))
+            remaining = []
+            for portions in slot_positions:
+                gpus = frozenset(p.uuid for p in portions)
+                if used[gpus] > 0:
+                    used[gpus] -= 1
+                else:
+                    remaining.append(portions)
+            free[class_key] = remaining
+        pending.sort(key=lambda slot: (slot.seen_order, slot.namespace, slot.pod_name, slot.container))
+        return pending, free
+
+    def target_gpu_sets(self, size_milli: int) -> list[tuple[str, ...]]:
+        """GPU sets the scheduler accounted for pending containers of this size, oldest pod first.
+
+        GetPreferredAllocation prefers these; positions of one class are interchangeable.
+        """
+        with self._cond:
+            pending, free = self._classes(size_milli)
+            targets: list[tuple[str, ...]] = []
+            for slot in pending:
+                for portions in free.get(slot.class_key, ()):
+                    if portions and (entry := tuple(p.uuid for p in portions)) not in targets:
+                        targets.append(entry)
+            return targets
+
+    def pending_slots(self, size_milli: int) -> list[Slot]:
+        with self._cond:
+            return self._classes(size_milli)[0]
+
+    # --- claiming --------------------------------------------------------------------------------
+    def claim(self, gpu_set: GPUSet, size_milli: int, *, timeout_s: float | None = None) -> Claim:
+        """Match an Allocate of `size_milli` on `gpu_set` to a pending slot; release with `finish`.
+
+        Waits up to `timeout_s` (default `catch_up_s`) for the watch to show a pod that makes the
+        choice safe; raises IdentityError with the reason when none does.
+        """
+        deadline = self._clock() + (self.catch_up_s if timeout_s is None else timeout_s)
+        with self._cond:
+            while True:
+                result = self._try_claim(gpu_set, size_milli)
+                if isinstance(result, Claim):
+                    self._inflight[result.slot.key] = gpu_set
+                    return result
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    raise IdentityError(result)
+                self._cond.wait(min(remaining, 0.25))
+
+    def finish(self, claim: Claim) -> None:
+        """The claim was recorded in the book (or abandoned): it no longer needs the in-flight mark."""
+        with self._cond:
+            self._inflight.pop(claim.slot.key, None)
+            self._cond.notify_all()
+
+    def _try_claim(self, gpu_set: GPUSet, size_milli: int) -> Claim | str:
+        pending, free = self._classes(size_milli)
+        gpus_text = ",".join(sorted(gpu_set))
+        if not pending:
+            problems = [f"{s.namespace}/{s.name}: {p}" for s in self._pods.values() for p in s.problems]
+            hint = f"; pods with problems: {'; '.join(problems)[:500]}" if problems else ""
+            return (
+                f"no pod bound to node {self.node_name!r} is waiting for {size_milli} "
+                f"{contract.RESOURCE_VGPU_MILLI} (watch not caught up, or the pod was not scheduled "
+                f"for this node's GPUs){hint}"
+            )
+        classes = {slot.class_key for slot in pending}
+        if len(classes) > 1:
+            names = ", ".join(f"{s.namespace}/{s.pod_name}[{s.container}]" for s in pending[:6])
+            return (
+                f"cannot tell which pod kubelet is admitting: pods {names} all wait for {size_milli} "
+                f"{contract.RESOURCE_VGPU_MILLI} but differ in memory, GPU or constraints, so picking the "
+                f"wrong one would give a container another's limits; the scheduler must not bind them to "
+                f"one node at the same time (see docs/deviceplugin.md)"
+            )
+        (class_key,) = classes
+        if class_key[0] == "unassigned":
+            slot = pending[0]
+            return Claim(slot, ())
+        for portions in free.get(class_key, ()):
+            if frozenset(p.uuid for p in portions) == gpu_set:
+                own = [slot for slot in pending if slot.gpu_set == gpu_set]
+                slot = own[0] if own else pending[0]
+                return Claim(slot, portions)
+        accounted = sorted({",".join(sorted(p.uuid for p in position)) for position in free.get(class_key, ())})
+        return (
+            f"device IDs on GPU(s) {gpus_text} do not match where the scheduler accounted the waiting "
+            f"{size_milli}-milli container(s): {'; '.join(accounted)[:300] or 'nowhere'}; refusing so that no "
+            f"container runs on a GPU the scheduler did not account for"
+        )
+
+
+def allocated_annotation(node_name: str, pod_uid: str, records: Iterable[tuple[str, tuple[GPUPortion, ...]]]) -> str:
+    """The `tensor.ai/allocated` value: an Assignment-shaped JSON of what each container really got."""
+    allocated = pb.Assignment(pod_uid=pod_uid, node_name=node_name, decided_at=contract.timestamp_now())
+    for container, portions in sorted(records):
+        entry = allocated.containers.add(name=container)
+        for portion in portions:
+            entry.gpus.add(uuid=portion.uuid, milli=portion.milli, memory_mib=portion.memory_mib)
+    return contract.encode_assignment(allocated)
+
+
+class PodWatch:
+    """Feeds PodIdentity from a watch of pods with spec.nodeName=<node>; relists on 410 Gone/expiry."""
+
+    def __init__(self, core_v1: Any, identity: PodIdentity, *, watch_timeout_s: int = 60) -> None:
+        self._core = core_v1
+        self._identity = identity
+        self._timeout_s = watch_timeout_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._watch: Any = None
+
+    def start(self) -> PodWatch:
+        self._thread = threading.Thread(target=self._run, name="pod-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+
+        selector = f"spec.nodeName={self._identity.node_name}"
+        serialize = self._core.api_client.sanitize_for_serialization
+        while not self._stop.is_set():
+            try:
+                listed = self._core.list_pod_for_all_namespaces(field_selector=selector, _request_timeout=30)
+                self._identity.replace_all(serialize(item) for item in listed.items)
+                version = listed.metadata.resource_version
+                while not self._stop.is_set():
+                    self._watch = watch.Watch()
+                    for event in self._watch.stream(
+                        self._core.list_pod_for_all_namespaces,
+                        field_selector=selector,
+                        resource_version=version,
+                        timeout_seconds=self._timeout_s,
+                        allow_watch_bookmarks=True,
+                        _request_timeout=self._timeout_s + 10,
+                    ):
+                        if self._stop.is_set():
+                            return
+                        kind = event.get("type")
+                        if kind == "ERROR":
+                            raise ApiException(status=(event.get("raw_object") or {}).get("code", 500))
+                        obj = event.get("raw_object") or serialize(event.get("object"))
+                        version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                        if kind == "DELETED":
+                            self._identity.remove_pod((obj.get("metadata") or {}).get("uid") or "")
+                        elif kind in ("ADDED", "MODIFIED"):
+                            self._identity.upsert_pod(obj)
+            except ApiException as error:
+                if error.status != 410:
+                    log.warning("pod watch failed (%s); relisting in 1 s", error.status)
+                    self._stop.wait(1.0)
+            except Exception as error:  # network, decoding: never let the watch thread die
+                log.warning("pod watch failed (%s); relisting in 1 s", error)
+                self._stop.wait(1.0)
+
+
+class AllocatedAnnotationWriter:
+    """Writes `tensor.ai/allocated` on pods in the background, so Allocate never waits on the API server."""
+
+    def __init__(self, core_v1: Any, node_name: str, book: AllocationBook, identity: PodIdentity) -> None:
+        self._core = core_v1
+        self._node = node_name
+        self._book = book
+        self._identity = identity
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.written = 0
+
+    def start(self) -> AllocatedAnnotationWriter:
+        self._thread = threading.Thread(target=self._run, name="allocated-writer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+
+    def enqueue(self, pod_uid: str) -> None:
+        if pod_uid:
+            self._queue.put(pod_uid)
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until everything queued so far has been attempted (for tests and shutdown)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._queue.unfinished_tasks == 0:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def _run(self) -> None:
+        while True:
+            uid = self._queue.get()
+            try:
+                if uid is None:
+                    return
+                self._write(uid)
+            finally:
+                self._queue.task_done()
+
+    def _write(self, uid: str) -> None:
+        state = self._identity.pod(uid)
+        records = self._book.records_of_pod(uid)
+        if state is None or (not records and not state.allocated):
+            return
+        text: str | None = None  # no records left (a relabel moved them): remove the stale annotation
+        if records:
+            text = allocated_annotation(self._node, uid, [(r.owner.container_name, r.portions) for r in records])
+        for attempt in range(5):
+            try:
+                self._core.patch_namespaced_pod(
+                    state.name, state.namespace, {"metadata": {"annotations": {contract.ANNOTATION_ALLOCATED: text}}}
+                )
+                self.written += 1
+                return
+            except Exception as error:
+                log.warning("writing %s on %s/%s failed: %s", contract.ANNOTATION_ALLOCATED, state.namespace,
+                            state.name, error)
+                time.sleep(0.2 * (attempt + 1))

@@ -1,0 +1,137 @@
+"""Client of kubelet's pod-resources v1 API, and the loop that reconciles the book against it.
+
+The listing is the only kubelet-side truth about which container holds which device IDs, but it is
+written only after Allocate returns - so it corrects choices after the fact (pod identity swaps,
+allocations from before a plugin restart, pods that are gone) and is never consulted inside Allocate.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+
+import grpc
+
+from tensorai.proto import contract
+from tensorai.proto import podresources_v1_pb2 as pr
+from tensorai.proto import podresources_v1_pb2_grpc as pr_grpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
+MAX_RECEIVE_BYTES = 16 * 1024 * 1024  # what kubernetes' own consumers use
+
+Listing = dict[tuple[str, str, str], frozenset[str]]
+
+
+class PodResourcesError(RuntimeError):
+    """kubelet's pod-resources socket is missing or failed."""
+
+
+class PodResourcesClient:
+    """List / GetAllocatableResources over kubelet's pod-resources unix socket."""
+
+    def __init__(self, socket_path: str = DEFAULT_POD_RESOURCES_SOCKET, *, timeout_s: float = 5.0) -> None:
+        self.socket_path = socket_path
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(
+            f"unix://{socket_path}", options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]
+        )
+        self._stub = pr_grpc.PodResourcesListerStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def list_resource(self, resource_name: str = contract.RESOURCE_VGPU_MILLI) -> Listing:
+        """(namespace, pod, container) -> the device IDs of `resource_name` kubelet assigned it."""
+        try:
+            response = self._stub.List(pr.ListPodResourcesRequest(), timeout=self.timeout_s)
+        except grpc.RpcError as error:
+            raise PodResourcesError(f"pod-resources List at {self.socket_path} failed: {error.code().name}: "
+                                    f"{error.details()}") from error
+        listing: Listing = {}
+        for pod in response.pod_resources:
+            for container in pod.containers:
+                ids = [d for devices in container.devices if devices.resource_name == resource_name
+                       for d in devices.device_ids]
+                if ids:
+                    listing[(pod.namespace, pod.name, container.name)] = frozenset(ids)
+        return listing
+
+    def allocatable(self, resource_name: str = contract.RESOURCE_VGPU_MILLI) -> set[str]:
+        """The healthy device IDs kubelet knows for `resource_name`."""
+        try:
+            response = self._stub.GetAllocatableResources(pr.AllocatableResourcesRequest(), timeout=self.timeout_s)
+        except grpc.RpcError as error:
+            raise PodResourcesError(f"pod-resources GetAllocatableResources failed: {error.code().name}") from error
+        return {d for devices in response.devices if devices.resource_name == resource_name for d in devices.device_ids}
+
+
+class Reconciler:
+    """Runs `reconcile(listing)` shortly after each Allocate (kick) and every `interval_s`."""
+
+    def __init__(
+        self,
+        client: PodResourcesClient,
+        reconcile: Callable[[Mapping[tuple[str, str, str], frozenset[str]]], set[str]],
+        on_changed: Callable[[set[str]], None],
+        *,
+        interval_s: float = 10.0,
+        settle_s: float = 0.2,
+    ) -> None:
+        self._client = client
+        self._reconcile = reconcile
+        self._on_changed = on_changed
+        self.interval_s = interval_s
+        self.settle_s = settle_s
+        self._kick = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.runs = 0
+        self.last_error: str | None = None
+        self._done = threading.Condition()
+
+    def start(self) -> Reconciler:
+        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+        self._thread.start()
+        return self
+
+    def kick(self) -> None:
+        """An Allocate just returned: kubelet will list it momentarily."""
+        self._kick.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._kick.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def run_once(self) -> set[str]:
+        changed = self._reconcile(self._client.list_resource())
+        if changed:
+            self._on_changed(changed)
+        with self._done:
+            self.runs += 1
+            self._done.notify_all()
+        return changed
+
+    def wait_runs(self, count: int, timeout_s: float) -> bool:
+        with self._done:
+            return self._done.wait_for(lambda: self.runs >= count, timeout=timeout_s)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+                self.last_error = None
+            except PodResourcesError as error:
+                if self.last_error != str(error):
+                    log.warning("%s; the book is corrected when it answers again", error)
+                self.last_error = str(error)
+            except Exception:
+                log.exception("reconciliation failed")
+            kicked = self._kick.wait(self.interval_s)
+            self._kick.clear()
+            if kicked:
+                self._stop.wait(self.settle_s)

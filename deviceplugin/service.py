@@ -1,0 +1,319 @@
+"""The DevicePlugin gRPC service: a thin servicer over `VGPUManager`, which owns the policy.
+
+`VGPUManager` turns kubelet's requests into decisions using the slice table (IDs <-> GPUs), health,
+pod identity and the allocation book; `DevicePluginServicer` only translates protobuf and maps
+errors to gRPC status codes (malformed -> INVALID_ARGUMENT, cannot be honoured now ->
+FAILED_PRECONDITION, each with a message that says what was wrong). `PluginServer` serves both it
+and grpc.health.v1 on the plugin's unix socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent import futures
+from typing import Any, Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from tensorai.deviceplugin.allocations import UNKNOWN_OWNER, AllocationBook, AllocationRecord, GPUPortion, Owner
+from tensorai.deviceplugin.identity import IdentityError, PodIdentity
+from tensorai.deviceplugin.sharing import SharingPolicy
+from tensorai.deviceplugin.slices import SliceError, SliceTable, choose_preferred, request_shape
+from tensorai.proto import contract
+from tensorai.proto import deviceplugin_v1beta1_pb2 as dp
+from tensorai.proto import deviceplugin_v1beta1_pb2_grpc as dp_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_CONTAINER_REQUESTS = 16  # kubelet sends exactly one; more is hostile
+SERVICE_NAME = "v1beta1.DevicePlugin"
+
+
+class HealthSource(Protocol):
+    """The part of health.HealthTracker the service reads."""
+
+    @property
+    def generation(self) -> int: ...
+
+    def is_healthy(self, uuid: str) -> bool: ...
+
+    def wait_for_change(self, generation: int, timeout_s: float) -> int: ...
+
+
+class VGPUManager:
+    """Preferred allocation, Allocate and reconciliation for one node's GPUs."""
+
+    def __init__(
+        self,
+        table: SliceTable,
+        health_source: HealthSource,
+        sharing: SharingPolicy,
+        book: AllocationBook,
+        identity: PodIdentity | None = None,
+        *,
+        on_allocated: Callable[[AllocationRecord], None] | None = None,
+    ) -> None:
+        self.table = table
+        self.health = health_source
+        self.sharing = sharing
+        self.book = book
+        self.identity = identity
+        self.on_allocated = on_allocated
+        if identity is not None:
+            identity.on_pod_gone = book.release_pod
+
+    def options(self) -> dp.DevicePluginOptions:
+        return dp.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
+
+    def device_list(self) -> dp.ListAndWatchResponse:
+        return self.table.device_list({uuid: self.health.is_healthy(uuid) for uuid in self.table.uuids})
+
+    def default_memory_mib(self, uuid: str, milli: int) -> int:
+        """The share of a GPU's usable memory (total - reserved) that `milli` stands for."""
+        gpu = self.table.gpu(uuid)
+        return (gpu.memory_mib - gpu.reserved_mib) * milli // contract.MILLI_PER_GPU
+
+    # --- GetPreferredAllocation ------------------------------------------------------------------
+    def preferred(self, request: dp.ContainerPreferredAllocationRequest) -> list[str]:
+        available = self.table.group_by_gpu(request.available_deviceIDs, what="available_deviceIDs")
+        must = self.table.group_by_gpu(request.must_include_deviceIDs, what="must_include_deviceIDs")
+        if any(device not in set(available.get(uuid, ())) for uuid, ids in must.items() for device in ids):
+            raise SliceError("must_include_deviceIDs must be a subset of available_deviceIDs")
+        size = request.allocation_size
+        request_shape(size, gpu_count=len(self.table.uuids))
+        self.sharing.check_request(size)
+        healthy = {uuid: ids for uuid, ids in available.items() if self.health.is_healthy(uuid)}
+        targets = self.identity.target_gpu_sets(size) if self.identity is not None else []
+        return choose_preferred(self.table, healthy, must, size, target_gpus=targets)
+
+    # --- Allocate --------------------------------------------------------------------------------
+    def allocate(self, requests: Sequence[Sequence[str]]) -> list[dp.ContainerAllocateResponse]:
+        """Allocate every container request, all or nothing."""
+        if not requests:
+            raise SliceError("AllocateRequest has no container_requests")
+        if len(requests) > MAX_CONTAINER_REQUESTS:
+            raise SliceError(f"AllocateRequest has {len(requests)} container_requests; kubelet sends one")
+        seen: set[str] = set()
+        for ids in requests:
+            overlap = seen.intersection(ids)
+            if overlap:
+                raise SliceError(f"device ID {sorted(overlap)[0]!r} is requested by two containers")
+            seen.update(ids)
+        made: list[AllocationRecord] = []
+        responses: list[dp.ContainerAllocateResponse] = []
+        try:
+            for ids in requests:
+                record = self._allocate_one(list(ids))
+                made.append(record)
+                responses.append(self.sharing.container_response(record.portions))
+        except Exception:
+            for record in made:
+                self.book.remove(record.record_id)
+            raise
+        for record in made:
+            if self.on_allocated is not None:
+                self.on_allocated(record)
+        return responses
+
+    def _allocate_one(self, device_ids: list[str]) -> AllocationRecord:
+        grouped = self.table.group_by_gpu(device_ids, what="devices_ids")
+        size = len(device_ids)
+        shape = request_shape(size, gpu_count=len(self.table.uuids))
+        self.sharing.check_request(size)
+        if shape.fractional and len(grouped) != 1:
+            spread = ", ".join(f"{uuid} ({len(ids)})" for uuid, ids in grouped.items())
+            raise SliceError(
+                f"a fractional request of {size} milli-GPU must lie on one GPU, but its device IDs span {spread}; "
+                "kubelet filled a shortfall from other GPUs",
+                precondition=True,
+            )
+        if not shape.fractional:
+            partial = {uuid: len(ids) for uuid, ids in grouped.items() if len(ids) != contract.MILLI_PER_GPU}
+            if partial:
+                raise SliceError(
+                    f"a whole-GPU request of {size} milli-GPU must get all {contract.MILLI_PER_GPU} slices of "
+                    f"{shape.whole_gpus} GPU(s), got partial GPUs {partial}",
+                    precondition=True,
+                )
+        broken = [uuid for uuid in grouped if not self.health.is_healthy(uuid)]
+        if broken:
+            raise SliceError(f"device IDs lie on unhealthy GPU(s) {', '.join(broken)}", precondition=True)
+        gpu_set = frozenset(grouped)
+        if self.identity is None:
+            portions = tuple(GPUPortion(uuid, len(ids), self.default_memory_mib(uuid, len(ids)))
+                             for uuid, ids in grouped.items())
+            return self.book.add(device_ids, portions, UNKNOWN_OWNER)
+        claim = self.identity.claim(gpu_set, size)
+        try:
+            portions = self._portions_for(grouped, claim.portions, claim.slot.memory_mib)
+            return self.book.add(device_ids, portions, claim.slot.owner)
+        finally:
+            self.identity.finish(claim)
+
+    def _portions_for(
+        self, grouped: Mapping[str, list[str]], assigned: Sequence[GPUPortion], memory_mib: int | None
+    ) -> tuple[GPUPortion, ...]:
+        by_uuid = {portion.uuid: portion for portion in assigned}
+        portions = []
+        for uuid, ids in grouped.items():
+            milli = len(ids)
+            memory = by_uuid[uuid].memory_mib if uuid in by_uuid else (memory_mib or 0)
+            portions.append(GPUPortion(uuid, milli, memory or self.default_memory_mib(uuid, milli)))
+        return tuple(portions)
+
+    # --- reconciliation with kubelet's pod-resources listing -------------------------------------
+    def reconcile(self, listing: Mapping[tuple[str, str, str], frozenset[str]]) -> set[str]:
+        """Correct owners from kubelet's listing; returns the pod uids whose annotation must be rewritten."""
+        owner_of: dict[tuple[str, str, str], Owner] = {}
+        portions_of: dict[tuple[str, str, str], tuple[GPUPortion, ...]] = {}
+        live: set[str] | None = None
+        slots = self.identity.owner_index() if self.identity is not None else {}
+        pods = {state.uid: state for state in self.identity.pods()} if self.identity is not None else {}
+        for key, ids in listing.items():
+            slot = slots.get(key)
+            if slot is not None:
+                owner_of[key] = slot.owner
+            try:
+                grouped = self.table.group_by_gpu(ids, what="pod-resources listing")
+            except SliceError as error:
+                log.warning("ignoring kubelet's listing for %s: %s", "/".join(key), error)
+                continue
+            known = {}
+            if slot is not None:
+                known = {p.uuid: p for p in pods[slot.pod_uid].allocated.get(slot.container, slot.portions)}
+            portions_of[key] = tuple(
+                GPUPortion(
+                    uuid,
+                    len(gids),
+                    known[uuid].memory_mib if uuid in known and known[uuid].memory_mib
+                    else (slot.memory_mib if slot is not None and slot.memory_mib else 0)
+                    or self.default_memory_mib(uuid, len(gids)),
+                )
+                for uuid, gids in grouped.items()
+            )
+        if self.identity is not None and self.identity.synced.is_set():
+            live = self.identity.live_uids()
+        outcome = self.book.reconcile(listing, owner_of=owner_of, portions_of=portions_of, live_pod_uids=live)
+        changed: set[str] = set()
+        for record, before in outcome.relabelled:
+            (log.info if before.pod_uid else log.debug)(
+                "kubelet gave %s to %s/%s[%s], not %s/%s[%s] (interchangeable): relabelled",
+                ",".join(p.uuid for p in record.portions), record.owner.namespace, record.owner.pod_name,
+                record.owner.container_name, before.namespace, before.pod_name, before.container_name,
+            )
+            changed.update(uid for uid in (record.owner.pod_uid, before.pod_uid) if uid)
+        changed.update(record.owner.pod_uid for record in outcome.adopted if record.owner.pod_uid)
+        if self.identity is not None:
+            self.identity.book_authoritative = True
+            self.identity.notify()
+        return changed
+
+
+class DevicePluginServicer(dp_grpc.DevicePluginServicer):
+    """kubelet's DevicePlugin service: protobuf in, VGPUManager, protobuf out."""
+
+    def __init__(self, manager: VGPUManager, *, stream_poll_s: float = 0.5) -> None:
+        self.manager = manager
+        self._stream_poll_s = stream_poll_s
+        self._stopping = threading.Event()
+        self.streams_opened = 0
+
+    def stop_streams(self) -> None:
+        """End every ListAndWatch stream (server shutdown)."""
+        self._stopping.set()
+
+    def GetDevicePluginOptions(self, request: dp.Empty, context: grpc.ServicerContext) -> dp.DevicePluginOptions:
+        return self.manager.options()
+
+    def ListAndWatch(self, request: dp.Empty, context: grpc.ServicerContext) -> Iterator[dp.ListAndWatchResponse]:
+        """Send the full list now and again after every health change (within stream_poll_s)."""
+        self.streams_opened += 1
+        generation = self.manager.health.generation
+        yield self.manager.device_list()
+        while context.is_active() and not self._stopping.is_set():
+            latest = self.manager.health.wait_for_change(generation, self._stream_poll_s)
+            if latest != generation:
+                generation = latest
+                yield self.manager.device_list()
+
+    def GetPreferredAllocation(
+        self, request: dp.PreferredAllocationRequest, context: grpc.ServicerContext
+    ) -> dp.PreferredAllocationResponse:
+        response = dp.PreferredAllocationResponse()
+        if not request.container_requests or len(request.container_requests) > MAX_CONTAINER_REQUESTS:
+            _abort(context, SliceError(f"expected 1..{MAX_CONTAINER_REQUESTS} container_requests, "
+                                       f"got {len(request.container_requests)}"))
+        for container in request.container_requests:
+            try:
+                ids = self.manager.preferred(container)
+            except Exception as error:
+                _abort(context, error)
+            response.container_responses.add(deviceIDs=ids)
+        return response
+
+    def Allocate(self, request: dp.AllocateRequest, context: grpc.ServicerContext) -> dp.AllocateResponse:
+        try:
+            responses = self.manager.allocate([list(c.devices_ids) for c in request.container_requests])
+        except Exception as error:
+            _abort(context, error)
+        return dp.AllocateResponse(container_responses=responses)
+
+    def PreStartContainer(
+        self, request: dp.PreStartContainerRequest, context: grpc.ServicerContext
+    ) -> dp.PreStartContainerResponse:
+        return dp.PreStartContainerResponse()
+
+
+def _abort(context: grpc.ServicerContext, error: Exception) -> None:
+    if isinstance(error, SliceError):
+        code = grpc.StatusCode.FAILED_PRECONDITION if error.precondition else grpc.StatusCode.INVALID_ARGUMENT
+    elif isinstance(error, IdentityError):
+        code = grpc.StatusCode.FAILED_PRECONDITION
+    else:
+        log.exception("unexpected error in a device plugin call")
+        code = grpc.StatusCode.INTERNAL
+        error = RuntimeError(f"internal error: {type(error).__name__}: {error}")
+    context.abort(code, str(error)[:2000])
+
+
+class PluginServer:
+    """One gRPC server on the plugin's unix socket: DevicePlugin + grpc.health.v1."""
+
+    def __init__(self, servicer: DevicePluginServicer, socket_path: str, *, max_workers: int = 16) -> None:
+        self.servicer = servicer
+        self.socket_path = socket_path
+        self._max_workers = max_workers
+        self._server: Any = None
+        self._inode: int | None = None
+
+    def start(self) -> PluginServer:
+        if os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)  # a stale socket of a previous run; binding would fail
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="dp"))
+        dp_grpc.add_DevicePluginServicer_to_server(self.servicer, self._server)
+        health_servicer = health.HealthServicer()
+        for name in ("", SERVICE_NAME):
+            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self._server)
+        self._server.add_insecure_port(f"unix://{self.socket_path}")
+        self._server.start()
+        self._inode = os.stat(self.socket_path).st_ino
+        return self
+
+    def socket_intact(self) -> bool:
+        """False once someone (a restarting kubelet) removed or replaced our socket file."""
+        try:
+            return os.stat(self.socket_path).st_ino == self._inode
+        except FileNotFoundError:
+            return False
+
+    def stop(self, grace_s: float = 0.5) -> None:
+        if self._server is not None:
+            self._server.stop(grace_s).wait(grace_s + 1.0)
+            self._server = None
+        if self.socket_intact():
+            os.unlink(self.socket_path)
