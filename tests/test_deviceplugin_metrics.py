@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import threading
 import urllib.error
 import urllib.request
@@ -243,3 +244,32 @@ def test_stop_releases_the_port(tmp_path: Path) -> None:
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
     assert metrics.port == 0
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory):
+    backend = SimulatedBackend(parse_sim_gpus("1xA100:40960"), node_name="fuzz")
+    tracker = HealthTracker([gpu.uuid for gpu in backend.gpus()])
+    metrics = PluginMetrics(backend, tracker, list, node_name="fuzz", proc_root=str(tmp_path_factory.mktemp("proc")))
+    port = metrics.serve(0, addr="127.0.0.1")
+    yield port
+    metrics.stop()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "BREW"]),
+    path=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=80),
+    body=st.binary(max_size=256),
+)
+def test_hostile_http_requests_never_break_the_metrics_server(fuzz_server, method: str, path: str, body: bytes) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", fuzz_server, timeout=5)
+    try:
+        connection.request(method, "/" + path.lstrip("/"), body=body)
+        response = connection.getresponse()
+        response.read()
+        assert response.status < 500
+    finally:
+        connection.close()
+    # Whatever was sent, the next scrape still works.
+    assert value(scrape(fuzz_server), "tensorai_gpu_healthy", node="fuzz") == 1
