@@ -157,3 +157,60 @@ def test_pod_builder_sets_milli_in_limits_and_requests() -> None:
     built = pod("p", [250, 1000])
     limits = [c["resources"]["limits"][contract.RESOURCE_VGPU_MILLI] for c in built["spec"]["containers"]]
     assert limits == ["250", "1000"]
+
+
+def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.02) -> bool:
+    """Poll `predicate` until true or timeout; returns its last value (every blocking wait has a timeout)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return bool(value)
+        time.sleep(interval_s)
+
+
+class ExtenderStack:
+    """The real parts wired as in production: API stand-in, watch source, service over HTTP, quota controller."""
+
+    def __init__(self, api, *, clock=None, stale_seconds: float = 120.0, interval_s: float = 5.0) -> None:
+        import time
+
+        from tensorai.scheduler.events import EventRecorder
+        from tensorai.scheduler.extender import ExtenderService
+        from tensorai.scheduler.metrics import ExtenderMetrics
+        from tensorai.scheduler.quota_controller import QuotaController
+        from tensorai.scheduler.view import ClusterView, KubeSource
+
+        self.api = api
+        self.client = api.api_client()
+        self.view = ClusterView(stale_seconds=stale_seconds, clock=clock or time.time)
+        self.source = KubeSource(self.view, self.client, retry_s=0.1)
+        self.metrics = ExtenderMetrics(self.view)
+        self.events = EventRecorder(self.client)
+        self.service = ExtenderService(self.view, api_client=self.client, events=self.events, metrics=self.metrics)
+        self.controller = QuotaController(
+            self.view, api_client=self.client, interval_s=interval_s, metrics=self.metrics, events=self.events
+        )
+        self.server = None
+        self.url = ""
+
+    def __enter__(self) -> ExtenderStack:
+        from tensorai.scheduler.extender import serve
+
+        self.source.start()
+        self.events.start()
+        self.controller.start()
+        assert wait_for(lambda: self.view.ready, 10.0), "view never synced"
+        self.server, _ = serve(self.service, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        self.controller.stop()
+        self.events.stop()
+        self.source.stop()

@@ -1,0 +1,172 @@
+"""Bind against the Kubernetes API stand-in: identity protocol order, failed binds leak nothing,
+concurrent binds never over-commit a GPU or a quota."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_extender_support import ExtenderStack, bind_args, filter_args, node, pod, post, quota, wait_for
+
+from tensorai.demo.kube_standin import KubeStandin
+from tensorai.proto import contract
+from tensorai.scheduler.extender import ExtenderService
+from tensorai.scheduler.view import ClusterView
+
+
+@pytest.fixture
+def api():
+    with KubeStandin() as standin:
+        yield standin
+
+
+def _seed_nodes(api: KubeStandin, count: int = 2, gpus: int = 2) -> list[str]:
+    names = []
+    for index in range(count):
+        built = node(f"gpu-{index}", gpus)
+        api.add_object("nodes", built)
+        names.append(built["metadata"]["name"])
+    return names
+
+
+def _create(api: KubeStandin, pod_object: dict) -> dict:
+    created = api.add_pod(pod_object)
+    pod_object["metadata"]["uid"] = created["metadata"]["uid"]
+    return created
+
+
+def test_bind_writes_assignment_annotation_before_the_binding(api: KubeStandin) -> None:
+    names = _seed_nodes(api)
+    with ExtenderStack(api) as stack:
+        worker = pod("train-0", 250)
+        created = _create(api, worker)
+        assert wait_for(lambda: stack.view.pod(created["metadata"]["uid"]) is not None)
+        status, result = post(stack.url + "/filter", filter_args(created, names))
+        assert status == 200 and result["NodeNames"] == names
+        api.request_log.clear()
+        status, result = post(stack.url + "/bind", bind_args(created, "gpu-1"))
+        assert (status, result) == (200, {"Error": ""})
+        stored = api.get_object("pods", "train-0", "ml")
+        assert stored["spec"]["nodeName"] == "gpu-1"
+        assignment = contract.decode_assignment(stored["metadata"]["annotations"][contract.ANNOTATION_ASSIGNMENT])
+        assert assignment.node_name == "gpu-1" and assignment.pod_uid == created["metadata"]["uid"]
+        assert [(c.name, [g.milli for g in c.gpus]) for c in assignment.containers] == [("c0", [250])]
+        writes = [(method, path) for method, path in api.request_log if method in ("PATCH", "POST")]
+        patch_at = next(
+            i for i, (m, p) in enumerate(writes) if m == "PATCH" and p.startswith("/api/v1/namespaces/ml/pods/train-0")
+        )
+        bind_at = next(i for i, (m, p) in enumerate(writes) if m == "POST" and "/binding" in p)
+        assert patch_at < bind_at, writes
+        # an Event explains the decision on the pod
+        assert wait_for(
+            lambda: any(e.get("reason") == "TensorAIScheduled" for e in api.list_objects("events", "ml")), 5.0
+        )
+
+
+@pytest.mark.parametrize("failing", ["binding", "annotation"])
+def test_failed_bind_gives_back_every_milli(api: KubeStandin, failing: str) -> None:
+    names = _seed_nodes(api, 1, 1)
+    with ExtenderStack(api) as stack:
+        worker = _create(api, pod("w", 700))
+        before = stack.view.snapshot()
+        if failing == "binding":
+            api.fail_next("POST", r"/pods/w/binding$", status=500)
+        else:
+            api.fail_next("PATCH", r"/namespaces/ml/pods/w$", status=500)
+        post(stack.url + "/filter", filter_args(worker, names))
+        status, result = post(stack.url + "/bind", bind_args(worker, names[0]))
+        assert status == 200 and "failed" in result["Error"]
+        assert stack.view.snapshot() == before, "a failed bind leaked capacity"
+        assert stack.view.used("ml").is_zero()
+        status, result = post(stack.url + "/bind", bind_args(worker, names[0]))
+        assert result == {"Error": ""}, "the retried bind must find the capacity again"
+
+
+def test_concurrent_binds_to_one_node_never_overcommit_a_gpu(api: KubeStandin) -> None:
+    names = _seed_nodes(api, 1, 2)  # 2 GPUs: room for exactly four 400-milli pods (two per GPU)
+    with ExtenderStack(api) as stack:
+        workers = [_create(api, pod(f"w{i}", 400)) for i in range(12)]
+        assert wait_for(lambda: all(stack.view.pod(w["metadata"]["uid"]) for w in workers))
+        barrier = threading.Barrier(len(workers))
+
+        def bind(worker: dict) -> str:
+            barrier.wait(timeout=10)
+            return post(stack.url + "/bind", bind_args(worker, names[0]))[1]["Error"]
+
+        with ThreadPoolExecutor(len(workers)) as pool:
+            errors = list(pool.map(bind, workers))
+        assert sum(1 for error in errors if not error) == 4
+        per_gpu: dict[str, int] = {}
+        for worker in workers:
+            stored = api.get_object("pods", worker["metadata"]["name"], "ml")
+            text = stored["metadata"].get("annotations", {}).get(contract.ANNOTATION_ASSIGNMENT)
+            if stored["spec"].get("nodeName"):
+                for container in contract.decode_assignment(text).containers:
+                    for share in container.gpus:
+                        per_gpu[share.uuid] = per_gpu.get(share.uuid, 0) + share.milli
+        assert per_gpu and all(milli <= contract.MILLI_PER_GPU for milli in per_gpu.values()), per_gpu
+
+
+def test_concurrent_binds_never_exceed_the_namespace_quota(api: KubeStandin) -> None:
+    names = _seed_nodes(api, 2, 4)
+    api.add_object("gpuquotas", quota("team", gpus="1"))
+    with ExtenderStack(api) as stack:
+        assert wait_for(lambda: stack.view.quotas("ml"))
+        workers = [_create(api, pod(f"q{i}", 250)) for i in range(10)]
+        assert wait_for(lambda: all(stack.view.pod(w["metadata"]["uid"]) for w in workers))
+        barrier = threading.Barrier(len(workers))
+
+        def bind(position_worker: tuple[int, dict]) -> str:
+            position, worker = position_worker
+            barrier.wait(timeout=10)
+            return post(stack.url + "/bind", bind_args(worker, names[position % 2]))[1]["Error"]
+
+        with ThreadPoolExecutor(len(workers)) as pool:
+            errors = list(pool.map(bind, enumerate(workers)))
+        assert sum(1 for error in errors if not error) == 4  # 4 x 0.25 = the 1 GPU of the quota
+        assert all("GPUQuota ml/team" in error for error in errors if error)
+        assert stack.view.used("ml").gpus_milli == 1000
+
+
+def _file_mode_view(nodes: int, gpus: int) -> ClusterView:
+    view = ClusterView(stale_seconds=0)
+    view.replace("nodes", [node(f"n{i}", gpus) for i in range(nodes)])
+    view.replace("pods", [])
+    view.replace("gpuquotas", [])
+    return view
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.sampled_from([100, 250, 333, 500, 750, 999, 1000, 2000]), min_size=1, max_size=24),
+    targets=st.lists(st.integers(0, 1), min_size=24, max_size=24),
+)
+def test_property_threaded_binds_never_overcommit(sizes: list[int], targets: list[int]) -> None:
+    view = _file_mode_view(2, 2)
+    service = ExtenderService(view)
+    pods = [pod(f"p{i}", size) for i, size in enumerate(sizes)]
+    for pod_object in pods:
+        view.remember_pending(pod_object)
+    barrier = threading.Barrier(len(pods))
+
+    def bind(position: int) -> str:
+        barrier.wait(timeout=10)
+        return service.bind(bind_args(pods[position], f"n{targets[position]}"))["Error"]
+
+    with ThreadPoolExecutor(len(pods)) as pool:
+        list(pool.map(bind, range(len(pods))))
+    held: dict[str, int] = {}
+    for pod_object in pods:
+        record = view.pod(pod_object["metadata"]["uid"])
+        for share in record.shares:
+            held[share.uuid] = held.get(share.uuid, 0) + share.milli
+    assert all(milli <= contract.MILLI_PER_GPU for milli in held.values())
+    # the arrays agree with the records: free = 1000 - held on every GPU
+    with view.lock:
+        for name in ("n0", "n1"):
+            row = view.node_index(name)
+            for slot, uuid in enumerate(view.cluster.gpu_uuids[row]):
+                assert view.cluster.gpu_free_milli[row, slot] == contract.MILLI_PER_GPU - held.get(uuid, 0)
