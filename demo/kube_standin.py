@@ -54,6 +54,7 @@ from tensorai.demo.kube_standin_store import (
 )
 
 MAX_BODY_BYTES = 16 << 20  # far above any object we store; bounds memory on hostile input
+MAX_NESTING_DEPTH = 100  # Kubernetes objects nest a few dozen levels; deeper bodies would only exhaust the stack
 _SUBRESOURCES = ("status", "binding")
 
 
@@ -150,6 +151,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
+
+    def do_OPTIONS(self) -> None:
+        self._dispatch("OPTIONS")
 
     def _send_json(self, code: int, body: Any) -> None:
         data = json.dumps(body, separators=(",", ":")).encode()
@@ -371,9 +375,25 @@ class _Handler(BaseHTTPRequestHandler):
         if not raw_body:
             raise ApiError(400, "the request needs a JSON body")
         try:
-            return json.loads(raw_body.decode("utf-8"))
+            body = json.loads(raw_body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as error:
             raise ApiError(400, f"the request body is not valid JSON: {error}") from None
+        if _nesting_depth(body) > MAX_NESTING_DEPTH:
+            raise ApiError(400, f"the request body nests deeper than {MAX_NESTING_DEPTH} levels")
+        return body
+
+
+def _nesting_depth(value: Any) -> int:
+    """Depth of nested objects/arrays, computed without recursion so hostile bodies cannot blow the stack."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        current, depth = pending.pop()
+        if isinstance(current, dict | list):
+            deepest = max(deepest, depth)
+            children = current.values() if isinstance(current, dict) else current
+            pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 class _Server(ThreadingHTTPServer):
@@ -431,7 +451,9 @@ class KubeStandin:
         self._server = _Server((self.host, self.port), self)
         self.port = self._server.server_address[1]
         self.url = f"http://{self.host}:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="kube-standin", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="kube-standin", daemon=True
+        )
         self._thread.start()
         self._tempdir = tempfile.mkdtemp(prefix="kube-standin-")
         self.kubeconfig_path = os.path.join(self._tempdir, "kubeconfig")

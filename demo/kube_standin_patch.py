@@ -58,6 +58,8 @@ def _apply_operation(document: Any, operation: dict, position: int) -> Any:
         document, _ = _remove(document, path, where)
         return document
     if op == "replace":
+        if not path:
+            return copy.deepcopy(operation["value"])
         document, _ = _remove(document, path, where)
         return _add(document, path, copy.deepcopy(operation["value"]), where)
     if op in ("move", "copy"):
@@ -65,6 +67,9 @@ def _apply_operation(document: Any, operation: dict, position: int) -> Any:
             raise PatchFormatError(f"{where}: needs a string 'from'")
         source = _parse_pointer(operation["from"], position)
         if op == "move":
+            if path == source:  # a move onto itself changes nothing (RFC 6902 section 4.4)
+                _get(document, source, where)
+                return document
             if path[: len(source)] == source and len(path) > len(source):
                 raise PatchError(f"{where}: cannot move a value into one of its own children")
             document, value = _remove(document, source, where)
@@ -127,7 +132,7 @@ def _add(document: Any, path: list[str], value: Any, where: str) -> Any:
 
 def _remove(document: Any, path: list[str], where: str) -> tuple[Any, Any]:
     if not path:
-        return None, document
+        raise PatchError(f"{where}: cannot remove the whole document")
     parent = _get(document, path[:-1], where)
     token = path[-1]
     if isinstance(parent, dict):
