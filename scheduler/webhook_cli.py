@@ -68,8 +68,8 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
                      "e.g. cert-manager's cainjector)")
     if args.patch_ca_bundle and args.no_kube:
         parser.error("--patch-ca-bundle needs the Kubernetes API; drop --no-kube")
-    if not 0 < args.port < 65536:
-        parser.error(f"--port must be 1..65535, got {args.port}")
+    if not 0 <= args.port < 65536:
+        parser.error(f"--port must be 0..65535 (0 = any free port), got {args.port}")
     for flag in ("tls_cert", "tls_key", "kubeconfig"):
         path = getattr(args, flag)
         if path is not None and not path.is_file():

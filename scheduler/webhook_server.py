@@ -236,6 +236,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         if self.path.split("?", 1)[0] != "/mutate":
+            self.close_connection = True  # the unread body must not be parsed as the next request
             self._bad_request(404, "not_found", f"no such endpoint {self.path!r}; the API server posts to /mutate")
             return
         length_header = self.headers.get("Content-Length")
