@@ -8,7 +8,8 @@ the pod UID, in one of two spellings depending on the cgroup driver:
               kubepods-burstable-pod8d2e4f9c_1b2a_4c3d_9e8f_0a1b2c3d4e5f.slice/cri-containerd-<id>.scope
 
 cgroup v1 lists one such line per controller (`12:memory:/kubepods/...`), v2 a single `0::/...`
-line; nodes running inside containers (kind) prefix the path with their own cgroup. The plugin
+line; nodes running inside containers (kind) prefix the path with their own cgroup, and a plugin in
+a private cgroup namespace sees paths relative to its own (`0::/../../kubepods-...`). The plugin
 must run with `hostPID: true` so that it sees the other pods' processes in its `/proc`.
 """
 

@@ -48,8 +48,18 @@ CONTAINER_ID = "ab" * 32
         f"0::/system.slice/docker-{'cd' * 32}.scope/kubelet.slice/kubelet-kubepods.slice/"
         f"kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{POD_UID.replace('-', '_')}.slice/"
         f"cri-containerd-{CONTAINER_ID}.scope\n",
+        # cgroup v2 read from a plugin in its own (private) cgroup namespace: paths are relative to ours
+        f"0::/../../kubepods-besteffort-pod{POD_UID.replace('-', '_')}.slice/cri-containerd-{CONTAINER_ID}.scope\n",
     ],
-    ids=["v2-systemd", "v2-cgroupfs", "v2-guaranteed-crio", "v1-cgroupfs", "v1-systemd-docker", "kind-node"],
+    ids=[
+        "v2-systemd",
+        "v2-cgroupfs",
+        "v2-guaranteed-crio",
+        "v1-cgroupfs",
+        "v1-systemd-docker",
+        "kind-node",
+        "v2-private-cgroupns",
+    ],
 )
 def test_pod_uid_and_container_id_are_found_in_every_cgroup_layout(cgroup_text: str) -> None:
     assert parse_cgroup(cgroup_text) == CgroupPodRef(pod_uid=POD_UID, container_id=CONTAINER_ID)
