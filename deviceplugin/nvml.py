@@ -171,6 +171,8 @@ class NvmlBackend:
                 raise
             except BackendError as error:
                 log.info("%s; using memory v1 and an estimated reserve", error)
+            except (AttributeError, TypeError, ValueError) as error:  # an older binding's struct
+                log.info("GPU %s: unreadable memory v2 answer (%s); using memory v1", uuid, error)
         info = self._call("nvmlDeviceGetMemoryInfo", uuid, nvml.nvmlDeviceGetMemoryInfo, handle)
         total_mib = int(info.total) // MIB
         if total_mib <= 0:

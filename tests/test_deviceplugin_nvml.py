@@ -253,6 +253,16 @@ def test_without_memory_v2_the_reserve_is_the_documented_estimate() -> None:
     assert backend.gpus()[0].reserved_mib == estimate_reserved_mib(81559)
 
 
+def test_implausible_memory_v2_answer_falls_back_to_v1_and_the_estimate() -> None:
+    gpus = two_gpus()
+    gpus[0].reserved_mib = gpus[0].total_mib  # a driver bug would otherwise leave no usable memory
+    backend = NvmlBackend(FakeNvml(gpus))
+    assert backend.gpus()[0].reserved_mib == estimate_reserved_mib(81559)
+    assert backend.gpus()[1].reserved_mib == 567
+    gpus[0].used_mib = 100
+    assert backend.usage(UUID_0).memory_used_mib == 100 + gpus[0].reserved_mib  # v1 counts the reserve as used
+
+
 def test_numa_node_falls_back_to_sysfs_of_the_pci_device(tmp_path: Path) -> None:
     device_dir = tmp_path / "bus" / "pci" / "devices" / "0000:9a:00.0"
     device_dir.mkdir(parents=True)
