@@ -1,0 +1,290 @@
+"""TLS without a manual step: the self-signed CA and serving certificate are valid for the webhook
+Service's DNS names (checked with real TLS handshakes), and the caBundle patch of the
+MutatingWebhookConfiguration goes through the kubernetes client."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from tensorai.scheduler import certs
+
+SERVICE, NAMESPACE, CONFIG_NAME = "tensorai-webhook", "tensorai-system", "tensorai-vgpu"
+TIMEOUT = 10
+
+
+def handshake(bundle: certs.CertBundle, server_hostname: str, tmp_path: Path, *, ca_pem: bytes | None = None) -> None:
+    """A full TLS handshake in memory: raises ssl.SSLCertVerificationError when the name or CA is wrong."""
+    cert_path, key_path = bundle.write(tmp_path / "tls")
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert_path, key_path)
+    client_context = ssl.create_default_context(cadata=(ca_pem or bundle.ca_pem).decode())
+    client_in, client_out, server_in, server_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_context.wrap_bio(client_in, client_out, server_hostname=server_hostname)
+    server = server_context.wrap_bio(server_in, server_out, server_side=True)
+    client_done = server_done = False
+    for _ in range(20):
+        for endpoint, done_flag in ((client, "client"), (server, "server")):
+            try:
+                endpoint.do_handshake()
+                if done_flag == "client":
+                    client_done = True
+                else:
+                    server_done = True
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLCertVerificationError:
+                raise
+            except ssl.SSLError:
+                if done_flag == "server":  # the server sees the client's alert after a failed verification
+                    continue
+                raise
+        server_in.write(client_out.read())
+        client_in.write(server_out.read())
+        if client_done and server_done:
+            return
+    raise AssertionError("TLS handshake did not complete")
+
+
+@pytest.fixture(scope="module")
+def bundle() -> certs.CertBundle:
+    return certs.generate_self_signed(SERVICE, NAMESPACE)
+
+
+@pytest.mark.parametrize("name", certs.service_dns_names(SERVICE, NAMESPACE))
+def test_serving_certificate_validates_for_every_service_dns_name(bundle: certs.CertBundle, name: str,
+                                                                 tmp_path: Path) -> None:
+    handshake(bundle, name, tmp_path)
+
+
+def test_the_api_server_dials_service_dot_namespace_dot_svc_which_is_covered() -> None:
+    assert f"{SERVICE}.{NAMESPACE}.svc" in certs.service_dns_names(SERVICE, NAMESPACE)
+
+
+def test_other_names_and_other_cas_are_rejected(bundle: certs.CertBundle, tmp_path: Path) -> None:
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(bundle, f"evil.{NAMESPACE}.svc", tmp_path)
+    stranger = certs.generate_self_signed(SERVICE, NAMESPACE)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(bundle, f"{SERVICE}.{NAMESPACE}.svc", tmp_path, ca_pem=stranger.ca_pem)
+
+
+def test_leaf_is_a_server_certificate_and_only_the_ca_may_sign(bundle: certs.CertBundle) -> None:
+    leaf = x509.load_pem_x509_certificate(bundle.cert_pem)
+    ca = x509.load_pem_x509_certificate(bundle.ca_pem)
+    assert leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
+    usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in usages
+    assert leaf.issuer == ca.subject
+
+
+def test_extra_ip_names_are_added_as_ip_addresses(tmp_path: Path) -> None:
+    local = certs.generate_self_signed(SERVICE, NAMESPACE, extra_names=("127.0.0.1", "localhost"))
+    handshake(local, "127.0.0.1", tmp_path)
+    handshake(local, "localhost", tmp_path)
+
+
+def test_private_key_file_is_readable_by_the_owner_only(bundle: certs.CertBundle, tmp_path: Path) -> None:
+    _, key_path = bundle.write(tmp_path / "tls")
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+
+
+# --- caBundle patching through the kubernetes client ---------------------------------------
+
+
+class AdmissionRegistrationApi(ThreadingHTTPServer):
+    """Loopback stand-in for the one kube-apiserver path the caBundle patch uses:
+    GET and JSON-patch PATCH of admissionregistration.k8s.io/v1 mutatingwebhookconfigurations."""
+
+    daemon_threads = True
+    block_on_close = False
+    PATH = re.compile(r"^/apis/admissionregistration\.k8s\.io/v1/mutatingwebhookconfigurations/([^/?]+)")
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.patch_content_types: list[str] = []
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _ApiHandler)
+
+    def kubeconfig(self, path: Path) -> Path:
+        server = f"http://127.0.0.1:{self.server_address[1]}"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "c", "cluster": {"server": server}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+        return path
+
+
+class _ApiHandler(BaseHTTPRequestHandler):
+    server: AdmissionRegistrationApi
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _reply(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _target(self) -> str | None:
+        match = self.server.PATH.match(self.path)
+        if match is None or match.group(1) not in self.server.objects:
+            self._reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+                              "reason": "NotFound", "message": "not found"})
+            return None
+        return match.group(1)
+
+    def do_GET(self) -> None:
+        name = self._target()
+        if name is not None:
+            with self.server.lock:
+                self._reply(200, self.server.objects[name])
+
+    def do_PATCH(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        name = self._target()
+        if name is None:
+            return
+        content_type = self.headers.get("Content-Type", "")
+        self.server.patch_content_types.append(content_type)
+        if content_type != "application/json-patch+json":
+            self._reply(415, {"kind": "Status", "code": 415, "message": content_type})
+            return
+        with self.server.lock:
+            try:
+                patched = jsonpatch.apply_patch(self.server.objects[name], json.loads(body))
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as error:
+                self._reply(422, {"kind": "Status", "code": 422, "reason": "Invalid", "message": str(error)})
+                return
+            patched["metadata"]["resourceVersion"] = str(int(patched["metadata"]["resourceVersion"]) + 1)
+            self.server.objects[name] = patched
+            self._reply(200, patched)
+
+
+def webhook_configuration(*names: str) -> dict[str, Any]:
+    return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": CONFIG_NAME, "resourceVersion": "1"},
+            "webhooks": [{"name": name, "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                          "clientConfig": {"service": {"name": SERVICE, "namespace": NAMESPACE, "path": "/mutate"}}}
+                         for name in names]}
+
+
+@pytest.fixture
+def api() -> Iterator[AdmissionRegistrationApi]:
+    server = AdmissionRegistrationApi()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def api_client(api: AdmissionRegistrationApi, tmp_path: Path) -> Any:
+    from kubernetes import config
+
+    return config.new_client_from_config(config_file=str(api.kubeconfig(tmp_path / "kubeconfig")))
+
+
+def test_ca_bundle_is_written_into_every_webhook_of_the_configuration(api: AdmissionRegistrationApi,
+                                                                     bundle: certs.CertBundle, tmp_path: Path) -> None:
+    api.objects[CONFIG_NAME] = webhook_configuration("vgpu.tensor.ai", "vgpu-templates.tensor.ai")
+    client = api_client(api, tmp_path)
+    assert certs.patch_ca_bundle(client, CONFIG_NAME, bundle.ca_pem) == 2
+    stored = api.objects[CONFIG_NAME]
+    for webhook in stored["webhooks"]:
+        assert base64.b64decode(webhook["clientConfig"]["caBundle"]) == bundle.ca_pem
+        assert webhook["clientConfig"]["service"]["name"] == SERVICE
+    assert api.patch_content_types == ["application/json-patch+json"]
+    assert certs.patch_ca_bundle(client, CONFIG_NAME, bundle.ca_pem) == 0  # already current: no write
+    assert len(api.patch_content_types) == 1
+
+
+def test_missing_configuration_gives_a_clear_error(api: AdmissionRegistrationApi, bundle: certs.CertBundle,
+                                                   tmp_path: Path) -> None:
+    with pytest.raises(certs.CaBundlePatchError, match="cannot read MutatingWebhookConfiguration 'tensorai-vgpu': 404"):
+        certs.patch_ca_bundle(api_client(api, tmp_path), CONFIG_NAME, bundle.ca_pem)
+
+
+def test_ca_bundle_patch_against_the_kube_standin(bundle: certs.CertBundle) -> None:
+    from tensorai.demo import kube_standin_store
+
+    path = ("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations")
+    if path not in kube_standin_store.RESOURCES_BY_PATH:
+        pytest.skip("the Kubernetes API stand-in does not serve admissionregistration.k8s.io/v1 "
+                    "mutatingwebhookconfigurations yet (covered above by a loopback API for that one path)")
+    from tensorai.demo.kube_standin import KubeStandin
+
+    with KubeStandin() as standin:
+        key = next(resource.key for resource in kube_standin_store.RESOURCES
+                   if resource.plural == "mutatingwebhookconfigurations")
+        standin.add_object(key, webhook_configuration("vgpu.tensor.ai"))
+        assert certs.patch_ca_bundle(standin.api_client(), CONFIG_NAME, bundle.ca_pem) == 1
+        stored = standin.get_object(key, CONFIG_NAME)
+        assert stored is not None
+        assert base64.b64decode(stored["webhooks"][0]["clientConfig"]["caBundle"]) == bundle.ca_pem
+
+
+def test_cli_self_signed_patches_the_ca_bundle_that_then_verifies_its_own_https(api: AdmissionRegistrationApi,
+                                                                               tmp_path: Path) -> None:
+    """The whole 'no manual step' path: start with --self-signed --patch-ca-bundle, read the caBundle
+    back as the API server would, and verify the webhook's certificate for <svc>.<ns>.svc with it."""
+    api.objects[CONFIG_NAME] = webhook_configuration("vgpu.tensor.ai")
+    kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from tensorai.scheduler.webhook_cli import main; sys.exit(main())",
+         "--self-signed", "--patch-ca-bundle", "--kubeconfig", str(kubeconfig), "--address", "127.0.0.1",
+         "--port", "0", "--service-name", SERVICE, "--namespace", NAMESPACE, "--webhook-config-name", CONFIG_NAME],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr or ()], daemon=True).start()
+    try:
+        port = None
+        deadline = time.monotonic() + 30
+        while port is None and time.monotonic() < deadline:
+            try:
+                match = re.search(r"serving https://127\.0\.0\.1:(\d+)/mutate", lines.get(timeout=1))
+            except queue.Empty:
+                continue
+            port = int(match.group(1)) if match else None
+        assert port is not None, "the webhook did not report its port within 30 s"
+        while time.monotonic() < deadline and "caBundle" not in copy.deepcopy(
+                api.objects[CONFIG_NAME])["webhooks"][0]["clientConfig"]:
+            time.sleep(0.1)
+        ca_bundle = base64.b64decode(api.objects[CONFIG_NAME]["webhooks"][0]["clientConfig"]["caBundle"])
+        context = ssl.create_default_context(cadata=ca_bundle.decode())
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw, \
+                context.wrap_socket(raw, server_hostname=f"{SERVICE}.{NAMESPACE}.svc") as tls:
+            tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert tls.recv(1024).startswith(b"HTTP/1.1 200")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=TIMEOUT) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=TIMEOUT)
