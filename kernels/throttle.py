@@ -38,9 +38,13 @@ class LaunchThrottle:
         self.busy_seconds = 0.0
         self.throttled_seconds = 0.0
 
-    def _refill(self) -> None:
+    def _refill(self, busy_seconds: float = 0.0) -> None:
+        # Idle time earns tokens only up to the burst; the busy interval that just ended earns
+        # its full share (else a full bucket would lose what the work itself earned).
         now = self._clock()
-        self._tokens = min(self.burst_seconds, self._tokens + (now - self._last) * self.share)
+        busy_started = max(self._last, now - busy_seconds)
+        self._tokens = min(self.burst_seconds, self._tokens + (busy_started - self._last) * self.share)
+        self._tokens += (now - busy_started) * self.share
         self._last = now
 
     def charge(self, busy_seconds: float, stop: threading.Event | None = None) -> float:
@@ -54,7 +58,7 @@ class LaunchThrottle:
             self.busy_seconds += busy_seconds
             if self.share >= 1:
                 return 0.0
-            self._refill()
+            self._refill(busy_seconds)
             self._tokens -= busy_seconds
             debt = -self._tokens
         if debt <= 0:
