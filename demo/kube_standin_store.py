@@ -134,6 +134,16 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("namespaces", "", "v1", "namespaces", "Namespace", False, True, _META | {"status.phase"}),
     ResourceType("events.events.k8s.io", "events.k8s.io", "v1", "events", "Event", True, False, _META),
     ResourceType("leases", "coordination.k8s.io", "v1", "leases", "Lease", True, False, _META),
+    ResourceType(  # tensorai-webhook --patch-ca-bundle reads and JSON-patches its configuration
+        "mutatingwebhookconfigurations",
+        "admissionregistration.k8s.io",
+        "v1",
+        "mutatingwebhookconfigurations",
+        "MutatingWebhookConfiguration",
+        False,
+        False,
+        _META,
+    ),
     ResourceType(
         contract.QUOTA_PLURAL,
         contract.QUOTA_GROUP,

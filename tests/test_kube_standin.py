@@ -468,6 +468,31 @@ def test_leases_support_optimistic_leader_election(api: KubeStandin) -> None:
     assert lost.value.status == 409
 
 
+def test_webhook_configuration_ca_bundle_can_be_json_patched(api: KubeStandin) -> None:
+    admission = client.AdmissionregistrationV1Api(api.api_client())
+    api.add_object(
+        "mutatingwebhookconfigurations",
+        {
+            "metadata": {"name": "tensorai"},
+            "webhooks": [
+                {
+                    "name": "vgpu.tensor.ai",
+                    "clientConfig": {"url": "https://127.0.0.1:1/mutate"},
+                    "admissionReviewVersions": ["v1"],
+                    "sideEffects": "None",
+                }
+            ],
+        },
+    )
+    operations = [
+        {"op": "test", "path": "/webhooks/0/name", "value": "vgpu.tensor.ai"},
+        {"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": "Q0E="},
+    ]
+    admission.patch_mutating_webhook_configuration("tensorai", operations, _content_type="application/json-patch+json")
+    raw = json.loads(admission.read_mutating_webhook_configuration("tensorai", _preload_content=False).data)
+    assert raw["webhooks"][0]["clientConfig"]["caBundle"] == "Q0E="
+
+
 # --- fault injection and request log ----------------------------------------------------------------
 def test_fail_next_fails_exactly_the_matching_requests(core: client.CoreV1Api, api: KubeStandin) -> None:
     api.add_node("n1")
