@@ -1,12 +1,10 @@
 """TLS without a manual step: the self-signed CA and serving certificate are valid for the webhook
 Service's DNS names (checked with real TLS handshakes), and the caBundle patch of the
-MutatingWebhookConfiguration goes through the kubernetes client."""
+MutatingWebhookConfiguration goes through the kubernetes client to the Kubernetes API stand-in."""
 
 from __future__ import annotations
 
 import base64
-import copy
-import json
 import os
 import queue
 import re
@@ -19,16 +17,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import jsonpatch
 import pytest
-import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from tensorai.demo.kube_standin import KubeStandin
 from tensorai.scheduler import certs
 
 SERVICE, NAMESPACE, CONFIG_NAME = "tensorai-webhook", "tensorai-system", "tensorai-vgpu"
@@ -112,153 +108,56 @@ def test_private_key_file_is_readable_by_the_owner_only(bundle: certs.CertBundle
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
 
 
-# --- caBundle patching through the kubernetes client ---------------------------------------
+# --- caBundle patching through the kubernetes client, against the Kubernetes API stand-in ----
 
-
-class AdmissionRegistrationApi(ThreadingHTTPServer):
-    """Loopback stand-in for the one kube-apiserver path the caBundle patch uses:
-    GET and JSON-patch PATCH of admissionregistration.k8s.io/v1 mutatingwebhookconfigurations."""
-
-    daemon_threads = True
-    block_on_close = False
-    PATH = re.compile(r"^/apis/admissionregistration\.k8s\.io/v1/mutatingwebhookconfigurations/([^/?]+)")
-
-    def __init__(self) -> None:
-        self.objects: dict[str, dict[str, Any]] = {}
-        self.patch_content_types: list[str] = []
-        self.lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _ApiHandler)
-
-    def kubeconfig(self, path: Path) -> Path:
-        server = f"http://127.0.0.1:{self.server_address[1]}"
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "c",
-            "clusters": [{"name": "c", "cluster": {"server": server}}],
-            "users": [{"name": "u", "user": {"token": "t"}}],
-            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
-        return path
-
-
-class _ApiHandler(BaseHTTPRequestHandler):
-    server: AdmissionRegistrationApi
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _reply(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _target(self) -> str | None:
-        match = self.server.PATH.match(self.path)
-        if match is None or match.group(1) not in self.server.objects:
-            self._reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
-                              "reason": "NotFound", "message": "not found"})
-            return None
-        return match.group(1)
-
-    def do_GET(self) -> None:
-        name = self._target()
-        if name is not None:
-            with self.server.lock:
-                self._reply(200, self.server.objects[name])
-
-    def do_PATCH(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        name = self._target()
-        if name is None:
-            return
-        content_type = self.headers.get("Content-Type", "")
-        self.server.patch_content_types.append(content_type)
-        if content_type != "application/json-patch+json":
-            self._reply(415, {"kind": "Status", "code": 415, "message": content_type})
-            return
-        with self.server.lock:
-            try:
-                patched = jsonpatch.apply_patch(self.server.objects[name], json.loads(body))
-            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as error:
-                self._reply(422, {"kind": "Status", "code": 422, "reason": "Invalid", "message": str(error)})
-                return
-            patched["metadata"]["resourceVersion"] = str(int(patched["metadata"]["resourceVersion"]) + 1)
-            self.server.objects[name] = patched
-            self._reply(200, patched)
+WEBHOOK_CONFIGS = "mutatingwebhookconfigurations"
 
 
 def webhook_configuration(*names: str) -> dict[str, Any]:
     return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": CONFIG_NAME, "resourceVersion": "1"},
+            "metadata": {"name": CONFIG_NAME},
             "webhooks": [{"name": name, "admissionReviewVersions": ["v1"], "sideEffects": "None",
                           "clientConfig": {"service": {"name": SERVICE, "namespace": NAMESPACE, "path": "/mutate"}}}
                          for name in names]}
 
 
 @pytest.fixture
-def api() -> Iterator[AdmissionRegistrationApi]:
-    server = AdmissionRegistrationApi()
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def standin() -> Iterator[KubeStandin]:
+    with KubeStandin() as api:
+        yield api
 
 
-def api_client(api: AdmissionRegistrationApi, tmp_path: Path) -> Any:
-    from kubernetes import config
-
-    return config.new_client_from_config(config_file=str(api.kubeconfig(tmp_path / "kubeconfig")))
+def patches_sent(standin: KubeStandin) -> int:
+    return sum(1 for method, path in standin.request_log if method == "PATCH" and WEBHOOK_CONFIGS in path)
 
 
-def test_ca_bundle_is_written_into_every_webhook_of_the_configuration(api: AdmissionRegistrationApi,
-                                                                     bundle: certs.CertBundle, tmp_path: Path) -> None:
-    api.objects[CONFIG_NAME] = webhook_configuration("vgpu.tensor.ai", "vgpu-templates.tensor.ai")
-    client = api_client(api, tmp_path)
+def test_ca_bundle_is_written_into_every_webhook_of_the_configuration(standin: KubeStandin,
+                                                                     bundle: certs.CertBundle) -> None:
+    standin.add_object(WEBHOOK_CONFIGS, webhook_configuration("vgpu.tensor.ai", "vgpu-templates.tensor.ai"))
+    client = standin.api_client()
     assert certs.patch_ca_bundle(client, CONFIG_NAME, bundle.ca_pem) == 2
-    stored = api.objects[CONFIG_NAME]
+    stored = standin.get_object(WEBHOOK_CONFIGS, CONFIG_NAME)
+    assert stored is not None
     for webhook in stored["webhooks"]:
         assert base64.b64decode(webhook["clientConfig"]["caBundle"]) == bundle.ca_pem
         assert webhook["clientConfig"]["service"]["name"] == SERVICE
-    assert api.patch_content_types == ["application/json-patch+json"]
+    assert patches_sent(standin) == 1
     assert certs.patch_ca_bundle(client, CONFIG_NAME, bundle.ca_pem) == 0  # already current: no write
-    assert len(api.patch_content_types) == 1
+    assert patches_sent(standin) == 1
 
 
-def test_missing_configuration_gives_a_clear_error(api: AdmissionRegistrationApi, bundle: certs.CertBundle,
-                                                   tmp_path: Path) -> None:
+def test_missing_configuration_gives_a_clear_error(standin: KubeStandin, bundle: certs.CertBundle) -> None:
     with pytest.raises(certs.CaBundlePatchError, match="cannot read MutatingWebhookConfiguration 'tensorai-vgpu': 404"):
-        certs.patch_ca_bundle(api_client(api, tmp_path), CONFIG_NAME, bundle.ca_pem)
+        certs.patch_ca_bundle(standin.api_client(), CONFIG_NAME, bundle.ca_pem)
 
 
-def test_ca_bundle_patch_against_the_kube_standin(bundle: certs.CertBundle) -> None:
-    from tensorai.demo import kube_standin_store
-
-    path = ("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations")
-    if path not in kube_standin_store.RESOURCES_BY_PATH:
-        pytest.skip("the Kubernetes API stand-in does not serve admissionregistration.k8s.io/v1 "
-                    "mutatingwebhookconfigurations yet (covered above by a loopback API for that one path)")
-    from tensorai.demo.kube_standin import KubeStandin
-
-    with KubeStandin() as standin:
-        key = next(resource.key for resource in kube_standin_store.RESOURCES
-                   if resource.plural == "mutatingwebhookconfigurations")
-        standin.add_object(key, webhook_configuration("vgpu.tensor.ai"))
-        assert certs.patch_ca_bundle(standin.api_client(), CONFIG_NAME, bundle.ca_pem) == 1
-        stored = standin.get_object(key, CONFIG_NAME)
-        assert stored is not None
-        assert base64.b64decode(stored["webhooks"][0]["clientConfig"]["caBundle"]) == bundle.ca_pem
-
-
-def test_cli_self_signed_patches_the_ca_bundle_that_then_verifies_its_own_https(api: AdmissionRegistrationApi,
-                                                                               tmp_path: Path) -> None:
-    """The whole 'no manual step' path: start with --self-signed --patch-ca-bundle, read the caBundle
-    back as the API server would, and verify the webhook's certificate for <svc>.<ns>.svc with it."""
-    api.objects[CONFIG_NAME] = webhook_configuration("vgpu.tensor.ai")
-    kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
+def test_cli_self_signed_patches_the_ca_bundle_that_then_verifies_its_own_https(standin: KubeStandin) -> None:
+    """The whole 'no manual step' path: start with --self-signed --patch-ca-bundle before the
+    configuration exists (it is retried), read the caBundle back as the API server would, and verify
+    the webhook's certificate for <svc>.<ns>.svc with it."""
     process = subprocess.Popen(
         [sys.executable, "-c", "import sys; from tensorai.scheduler.webhook_cli import main; sys.exit(main())",
-         "--self-signed", "--patch-ca-bundle", "--kubeconfig", str(kubeconfig), "--address", "127.0.0.1",
+         "--self-signed", "--patch-ca-bundle", "--kubeconfig", standin.kubeconfig_path, "--address", "127.0.0.1",
          "--port", "0", "--service-name", SERVICE, "--namespace", NAMESPACE, "--webhook-config-name", CONFIG_NAME],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines: queue.Queue[str] = queue.Queue()
@@ -273,11 +172,14 @@ def test_cli_self_signed_patches_the_ca_bundle_that_then_verifies_its_own_https(
                 continue
             port = int(match.group(1)) if match else None
         assert port is not None, "the webhook did not report its port within 30 s"
-        while time.monotonic() < deadline and "caBundle" not in copy.deepcopy(
-                api.objects[CONFIG_NAME])["webhooks"][0]["clientConfig"]:
+        standin.add_object(WEBHOOK_CONFIGS, webhook_configuration("vgpu.tensor.ai"))
+        ca_bundle = None
+        while ca_bundle is None and time.monotonic() < deadline:
+            stored = standin.get_object(WEBHOOK_CONFIGS, CONFIG_NAME) or {}
+            ca_bundle = stored["webhooks"][0]["clientConfig"].get("caBundle")
             time.sleep(0.1)
-        ca_bundle = base64.b64decode(api.objects[CONFIG_NAME]["webhooks"][0]["clientConfig"]["caBundle"])
-        context = ssl.create_default_context(cadata=ca_bundle.decode())
+        assert ca_bundle is not None, "caBundle was not patched within 30 s"
+        context = ssl.create_default_context(cadata=base64.b64decode(ca_bundle).decode())
         with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw, \
                 context.wrap_socket(raw, server_hostname=f"{SERVICE}.{NAMESPACE}.svc") as tls:
             tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
