@@ -24,7 +24,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from tensorai.proto import contract
-from tensorai.proto.quantity import QuantityError, parse_quantity
+from tensorai.scheduler.core.quota import QuotaError, parse_gpu_quota
 from tensorai.scheduler.webhook import (
     TEMPLATE_LOCATIONS,
     PodGpuLimit,
@@ -43,7 +43,6 @@ MAX_BODY_BYTES = 8 << 20
 CONNECTION_TIMEOUT_SECONDS = 15.0
 _KNOWN_KINDS = frozenset(kind for _, kind in TEMPLATE_LOCATIONS)
 _OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
-QUOTA_FIELD = "maxGpusPerPod"  # GPUQuota spec.hard.<field>: the most GPUs one pod may ask for
 
 
 class WebhookMetrics:
@@ -68,8 +67,8 @@ class WebhookMetrics:
 class KubeQuotaSource:
     """Per-pod GPU maximum of a namespace from its GPUQuota objects (tensor.ai/v1alpha1 gpuquotas).
 
-    The strictest `spec.hard.maxGpusPerPod` wins. Results are cached for `ttl_seconds`; a failed
-    lookup raises QuotaLookupError and the webhook admits with a warning (the extender enforces
+    The strictest `spec.hard.maxGpusPerPod` (scheduler/core/quota.py) wins. Results are cached for
+    `ttl_seconds`; a failed lookup raises QuotaLookupError and the webhook admits with a warning (the extender enforces
     quotas at scheduling time as well, so a blind webhook never over-commits).
     """
 
@@ -112,26 +111,21 @@ class KubeQuotaSource:
 
 
 def strictest_pod_limit(items: Any) -> PodGpuLimit | None:
-    """The smallest valid spec.hard.maxGpusPerPod among GPUQuota objects; invalid values are logged, skipped."""
+    """The smallest spec.hard.maxGpusPerPod among GPUQuota objects, parsed by the scheduling core's
+    own quota parser (one reading of the CRD for webhook and extender); malformed quotas are logged
+    and skipped here, since the extender reports them too."""
     best: PodGpuLimit | None = None
     for item in items if isinstance(items, list) else []:
-        if not isinstance(item, dict):
-            continue
-        spec = item.get("spec")
-        hard = spec.get("hard") if isinstance(spec, dict) else None
-        if not isinstance(hard, dict) or QUOTA_FIELD not in hard:
-            continue
-        name = str((item.get("metadata") or {}).get("name", "?"))
         try:
-            max_gpus = parse_quantity(hard[QUOTA_FIELD])
-        except QuantityError as error:
-            log.warning("%s %s: spec.hard.%s ignored: %s", contract.QUOTA_KIND, name, QUOTA_FIELD, error)
+            limits = parse_gpu_quota(item)
+        except QuotaError as error:
+            log.warning("ignoring a %s: %s", contract.QUOTA_KIND, error)
             continue
-        if max_gpus < 0:
-            log.warning("%s %s: spec.hard.%s is negative, ignored", contract.QUOTA_KIND, name, QUOTA_FIELD)
+        if limits.max_gpus_per_pod_milli is None:
             continue
+        max_gpus = Decimal(limits.max_gpus_per_pod_milli) / contract.MILLI_PER_GPU
         if best is None or max_gpus < best.max_gpus:
-            best = PodGpuLimit(max_gpus=Decimal(max_gpus), quota_name=name)
+            best = PodGpuLimit(max_gpus=max_gpus, quota_name=limits.name)
     return best
 
 

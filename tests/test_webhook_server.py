@@ -259,7 +259,8 @@ def test_workload_templates_are_held_to_the_per_pod_maximum_too(quota_webhook: R
 
 def test_the_strictest_valid_quota_wins_and_invalid_values_are_ignored() -> None:
     limit = strictest_pod_limit([quota("loose", "4"), quota("strict", "0.5"), quota("broken", "lots"),
-                                 quota("negative", "-1"), {"spec": {"hard": {"memory": "1Gi"}}}, "junk"])
+                                 quota("negative", "-1"), {"metadata": {"name": "m", "namespace": "team-a"},
+                                                           "spec": {"hard": {"memory": "1Gi"}}}, "junk"])
     assert limit is not None and limit.quota_name == "strict" and limit.max_gpus == Decimal("0.5")
     assert strictest_pod_limit([]) is None and strictest_pod_limit(None) is None
 
