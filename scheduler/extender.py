@@ -416,6 +416,10 @@ class ExtenderHTTPServer(ThreadingHTTPServer):
         self.service = service
         super().__init__(address, _Handler)
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that hangs up mid-request is normal (timeouts, restarts): log it, no traceback on stderr."""
+        log.debug("connection from %s ended abnormally", client_address, exc_info=True)
+
     @property
     def port(self) -> int:
         """The bound port (useful with port 0)."""

@@ -480,9 +480,7 @@ class ClusterView:
         self._pods_by_node.setdefault(node_name, set()).add(record.uid)
         self._apply_arrays(record)
         self._account(record, +1)
-        waiting = self._waiting.get(record.namespace)
-        if waiting:
-            waiting.pop(record.uid, None)
+        self._forget_waiting(record)
 
     def _unhold(self, record: PodRecord) -> None:
         if record.node_name is None:
@@ -687,12 +685,16 @@ class ClusterView:
             waiting = self._waiting.setdefault(record.namespace, {})
             previous = waiting.get(record.uid)
             waiting[record.uid] = (record.name, reason, previous[2] if previous else self.clock())
+            if previous is None:
+                self._mark_dirty(record.namespace)  # status.waitingPods changes
             return previous is None or previous[1] != reason
 
     def _forget_waiting(self, record: PodRecord) -> None:
         waiting = self._waiting.get(record.namespace)
-        if waiting and waiting.pop(record.uid, None) is not None and not waiting:
-            del self._waiting[record.namespace]
+        if waiting and waiting.pop(record.uid, None) is not None:
+            self._mark_dirty(record.namespace)
+            if not waiting:
+                del self._waiting[record.namespace]
 
     def waiting(self, namespace: str) -> dict[str, tuple[str, str, float]]:
         """Pods of a namespace the filter turned away for quota: uid -> (name, reason, since)."""
