@@ -1,0 +1,136 @@
+"""tensorai-worker end to end on the CUDA simulator: env share, job, budget, report, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tensorai.kernels.worker import WorkerEnv, build_parser, read_env
+from tensorai.proto import contract
+
+JOB = """
+name: check
+verify: true
+operations:
+  - {op: matmul, shapes: [[5, 6], [6, 3]], iterations: 2}
+  - {op: einsum, spec: "bij,bjk->bik", shapes: [[2, 3, 4], [2, 4, 5]]}
+  - {op: fused, shapes: [[3, 4], [4, 5]], activation: silu, bias: true, dtype: float64}
+  - {op: softmax, shapes: [[3, 9]]}
+  - {op: layernorm, shapes: [[2, 9]]}
+  - {op: sum, shapes: [[20]]}
+  - {op: max, shapes: [[3, 4]], axis: 0}
+"""
+
+
+def run_worker(args: list[str], env_extra: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", **env_extra}
+    for name in (contract.ENV_VGPU_MILLI, contract.ENV_VGPU_MEMORY_MIB, contract.ENV_VISIBLE_DEVICES):
+        if name not in env_extra:
+            env.pop(name, None)
+    return subprocess.run(
+        [sys.executable, "-m", "tensorai.kernels.worker", "--metrics-port", "0", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_worker_runs_a_job_correctly_inside_its_memory_budget(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB)
+    report_path = tmp_path / "report.json"
+    done = run_worker(
+        ["--job", str(job), "--report-json", str(report_path)],
+        {contract.ENV_VGPU_MILLI: "1000", contract.ENV_VGPU_MEMORY_MIB: "16", contract.ENV_VISIBLE_DEVICES: "GPU-x"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["outcome"] == "completed" and report["passes"] == 1
+    assert report["share_milli"] == 1000 and report["visible_devices"] == "GPU-x"
+    assert report["memory_budget_bytes"] == 16 * 1024 * 1024
+    assert 0 < report["peak_memory_used_bytes"] <= report["memory_budget_bytes"]
+    assert report["memory_used_bytes_at_exit"] == 0
+    assert not report["throttle"]["enabled"], "a whole GPU is not throttled by default"
+    assert [operation["verified"] for operation in report["operations"]] == [True] * 7
+    assert report["operations"][0]["iterations_run"] == 2
+
+
+def test_worker_over_its_memory_budget_exits_3_and_reports_the_budget(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text("- {op: matmul, shapes: [[512, 512], [512, 512]], dtype: float64}\n")
+    report_path = tmp_path / "report.json"
+    done = run_worker(
+        ["--job", str(job), "--report-json", str(report_path)], {contract.ENV_VGPU_MEMORY_MIB: "2"}
+    )
+    assert done.returncode == 3, done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["outcome"] == "out_of_budget"
+    assert "2097152-byte budget" in report["error"] and "2097152-byte budget" in done.stderr
+    assert report["peak_memory_used_bytes"] <= 2 * 1024 * 1024
+    assert report["allocations_refused"] == 1
+
+
+def test_worker_refuses_a_bad_job_file_with_exit_2(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text("- {op: matmul, shapes: [[2, 3], [4, 5]]}\n")
+    done = run_worker(["--job", str(job)], {})
+    assert done.returncode == 2
+    assert "operations[0]" in done.stderr and "index 'K'" in done.stderr
+
+
+def test_worker_refuses_a_malformed_share_variable_with_exit_2() -> None:
+    done = run_worker([], {contract.ENV_VGPU_MILLI: "quarter"})
+    assert done.returncode == 2
+    assert f"{contract.ENV_VGPU_MILLI}='quarter'" in done.stderr
+
+
+def test_worker_throttles_a_fractional_share_by_default(tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    done = run_worker(
+        ["--iterations", "2", "--report-json", str(report_path)], {contract.ENV_VGPU_MILLI: "250"}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["throttle"]["enabled"] and report["throttle"]["share"] == 0.25
+    assert report["throttle"]["throttled_seconds"] > 0
+
+
+def test_help_lists_every_flag_the_demo_and_manifests_use() -> None:
+    text = build_parser().format_help()
+    for flag in (
+        "--job", "--loop", "--iterations", "--metrics-port", "--throttle", "--no-throttle", "--report-json",
+        "--log-level", "--duration-s",
+    ):  # fmt: skip
+        assert flag in text
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, WorkerEnv(None, None, None)),
+        ({contract.ENV_VGPU_MILLI: "250", contract.ENV_VGPU_MEMORY_MIB: "4096"}, WorkerEnv(250, 4096, None)),
+        (
+            {contract.ENV_VGPU_MILLI: "2000", contract.ENV_VISIBLE_DEVICES: "GPU-a,GPU-b"},
+            WorkerEnv(2000, None, "GPU-a,GPU-b"),
+        ),
+    ],
+)
+def test_share_is_read_from_the_device_plugins_variables(environ, expected) -> None:
+    assert read_env(environ) == expected
+
+
+def test_share_fraction_caps_at_one_gpu() -> None:
+    assert WorkerEnv(250, None, None).share == 0.25
+    assert WorkerEnv(2000, None, None).share == 1.0
+
+
+@pytest.mark.parametrize("raw", ["0", "-5", "0.25", "abc"])
+def test_malformed_share_is_a_clear_error(raw) -> None:
+    with pytest.raises(ValueError, match=contract.ENV_VGPU_MILLI):
+        read_env({contract.ENV_VGPU_MILLI: raw})
