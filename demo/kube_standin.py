@@ -24,6 +24,7 @@ import json
 import os
 import queue
 import re
+import select
 import shutil
 import signal
 import socket
@@ -271,7 +272,10 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._json_body(raw_body, check_content_type=False)
             self._send_json(200, store.patch(resource, route.namespace, route.name, content_type, body, status=status))
         elif method == "DELETE" and not status:
-            self._send_json(200, store.delete(resource, route.namespace, route.name))
+            options = self._json_body(raw_body) if raw_body.strip() else None
+            if options is not None and not isinstance(options, dict):
+                raise ApiError(400, "a DELETE body must be a DeleteOptions object")
+            self._send_json(200, store.delete(resource, route.namespace, route.name, options))
         else:
             raise ApiError(405, f"{method} is not allowed on {self.path}", "MethodNotAllowed")
 
@@ -337,6 +341,8 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 event = watcher.events.get(timeout=max(wait_seconds, 0.01))
             except queue.Empty:
+                if self._client_gone():
+                    return
                 if bookmarks and time.monotonic() - last_sent >= standin.bookmark_interval_seconds:
                     version = standin.store.bookmark_version(watcher)
                     if version is not None:
@@ -353,6 +359,18 @@ class _Handler(BaseHTTPRequestHandler):
             event_type, obj = event
             self._write_chunk({"type": event_type, "object": obj})
             last_sent = time.monotonic()
+
+    def _client_gone(self) -> bool:
+        """True once the watching client has closed its socket.
+
+        A quiet watch never writes, so without this check a vanished client would keep its thread and
+        its growing event queue for the life of the server.
+        """
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def _write_chunk(self, event: dict) -> None:
         data = json.dumps(event, separators=(",", ":")).encode() + b"\n"

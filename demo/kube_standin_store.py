@@ -338,11 +338,27 @@ class Store:
                 raise ApiError(422, f"the patched {resource.kind} is not a JSON object")
             return self._update(resource, old, patched, status=status)
 
-    def delete(self, resource: ResourceType, namespace: str | None, name: str) -> dict:
-        """Delete at once (no graceful termination, no finalizers); watchers get DELETED."""
+    def delete(self, resource: ResourceType, namespace: str | None, name: str, options: dict | None = None) -> dict:
+        """Delete at once (no graceful termination, no finalizers); watchers get DELETED.
+
+        `options` is a DeleteOptions body; its preconditions (uid, resourceVersion) are honoured with
+        a 409 Conflict, which is how a controller deletes "the pod I saw" and not a recreated one.
+        """
+        preconditions = (options or {}).get("preconditions") if isinstance(options, dict) else None
+        if preconditions is not None and not isinstance(preconditions, dict):
+            raise ApiError(400, "DeleteOptions.preconditions must be an object")
         with self._lock:
             key = self._key(resource, namespace, name)
             old = self.get(resource, namespace, name)
+            for field_name in ("uid", "resourceVersion"):
+                wanted = (preconditions or {}).get(field_name)
+                if wanted not in (None, "") and str(wanted) != old["metadata"].get(field_name):
+                    raise ApiError(
+                        409,
+                        f"Precondition failed: {field_name}: {wanted}, object has {old['metadata'].get(field_name)}",
+                        "Conflict",
+                        {"name": name, "kind": resource.plural},
+                    )
             del self._objects[resource.key][key]
             gone = copy.deepcopy(old)
             return self._commit(resource, None, old, gone, "DELETED")
@@ -405,6 +421,12 @@ class Store:
             self._watchers.append(watcher)
         return watcher
 
+    @property
+    def watcher_count(self) -> int:
+        """Open watches (tests use it to check that vanished clients are forgotten)."""
+        with self._lock:
+            return len(self._watchers)
+
     def bookmark_version(self, watcher: Watcher) -> int | None:
         """The version a BOOKMARK may claim: only when nothing is queued, so no event is skipped."""
         with self._lock:
@@ -443,6 +465,8 @@ class Store:
         for immutable in ("name", "namespace"):
             if metadata.get(immutable, old_metadata.get(immutable)) != old_metadata.get(immutable):
                 raise ApiError(422, f"{resource.kind} is invalid: metadata.{immutable}: field is immutable")
+            if immutable in old_metadata:  # a patch that dropped them must not leave a nameless object
+                metadata[immutable] = old_metadata[immutable]
         self._check_kind(resource, new)
         wanted_version = metadata.get("resourceVersion")
         if wanted_version not in (None, "") and str(wanted_version) != old_metadata.get("resourceVersion"):

@@ -210,6 +210,23 @@ def test_stale_resource_version_in_an_update_is_a_conflict(core: client.CoreV1Ap
     assert conflict_again.value.status == 409
 
 
+def test_delete_honours_uid_and_resource_version_preconditions(core: client.CoreV1Api) -> None:
+    first = core.create_namespaced_pod("default", pod_body("p1"))
+    core.delete_namespaced_pod("p1", "default")
+    core.create_namespaced_pod("default", pod_body("p1"))
+    stale = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=first.metadata.uid))
+    with pytest.raises(client.ApiException) as conflict:
+        core.delete_namespaced_pod("p1", "default", body=stale)
+    assert conflict.value.status == 409
+    assert core.read_namespaced_pod("p1", "default").metadata.uid != first.metadata.uid
+
+
+def test_a_patch_cannot_leave_an_object_without_its_name(core: client.CoreV1Api, api: KubeStandin) -> None:
+    api.add_node("n1", labels={"a": "1"})
+    core.patch_node("n1", [{"op": "remove", "path": "/metadata"}])
+    assert [node.metadata.name for node in core.list_node().items] == ["n1"]
+
+
 def test_node_status_changes_only_through_the_status_subresource(core: client.CoreV1Api, api: KubeStandin) -> None:
     api.add_node("n1", allocatable={contract.RESOURCE_VGPU_MILLI: "1000"})
     node = core.patch_node("n1", {"status": {"allocatable": {contract.RESOURCE_VGPU_MILLI: "9"}}})
@@ -369,6 +386,18 @@ def test_watch_ends_after_timeout_seconds(core: client.CoreV1Api) -> None:
     events = list(watch.Watch().stream(core.list_namespaced_pod, namespace="empty", timeout_seconds=1))
     assert events == []
     assert time.monotonic() - started < WAIT_SECONDS
+
+
+def test_a_watch_client_that_disconnects_is_forgotten(api: KubeStandin) -> None:
+    response = requests.get(f"{api.url}/api/v1/nodes?watch=true", stream=True, timeout=WAIT_SECONDS)
+    deadline = time.monotonic() + WAIT_SECONDS
+    while api.store.watcher_count != 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert api.store.watcher_count == 1
+    response.close()
+    while api.store.watcher_count != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert api.store.watcher_count == 0
 
 
 def test_stopping_the_server_ends_open_watches(core: client.CoreV1Api, api: KubeStandin) -> None:
