@@ -17,8 +17,8 @@ import numpy as np
 
 from tensorai.kernels import memory
 from tensorai.kernels.errors import ShapeMismatchError, TensorError, UnsupportedSpecError
+from tensorai.kernels.gemm import StridedOperand, launch_gemm
 from tensorai.kernels.layout import element_strides, merged_stride, permute_on_device
-from tensorai.kernels.matmul import StridedOperand, launch_gemm
 from tensorai.kernels.validate import check_array, check_same_dtype, check_same_side
 
 _LABELS = set(string.ascii_letters)

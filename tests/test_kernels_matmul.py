@@ -7,7 +7,7 @@ import pytest
 
 import tensorai.kernels as K
 from tensorai.kernels import memory
-from tensorai.kernels.matmul import SIM_CONFIG
+from tensorai.kernels.gemm import SIM_CONFIG
 from tensorai.kernels.testing import assert_matches, fresh_rng, random_array
 
 DTYPES = [np.float32, np.float64]

@@ -93,7 +93,7 @@ def test_worker_refuses_a_malformed_share_variable_with_exit_2() -> None:
 def test_worker_throttles_a_fractional_share_by_default(tmp_path: Path) -> None:
     report_path = tmp_path / "report.json"
     done = run_worker(
-        ["--iterations", "2", "--report-json", str(report_path)], {contract.ENV_VGPU_MILLI: "250"}
+        ["--iterations", "1", "--report-json", str(report_path)], {contract.ENV_VGPU_MILLI: "250"}
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(report_path.read_text())
