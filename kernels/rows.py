@@ -124,7 +124,7 @@ def _layernorm_kernel(dtype: np.dtype, threads: int) -> Any:
                 cuda.syncthreads()
                 step //= 2
             row_mean = means[0]
-            inverse_std = numba_type(1) / math.sqrt(squares[0] / counts[0] + epsilon)
+            inverse_std = numba_type(1.0 / math.sqrt(squares[0] / counts[0] + epsilon))
             cuda.syncthreads()
             for j in range(thread, length, threads):
                 normalised = (x[base + j] - row_mean) * inverse_std
@@ -145,28 +145,29 @@ def _prepare(x: Any, what: str) -> tuple[Any, bool]:
     return (x if on_device else memory.to_device(x, what=what)), on_device
 
 
+def launch_softmax(source: Any, out: Any, axis: int) -> None:
+    """Softmax of device array `source` along `axis` into the preallocated device array `out`.
+
+    No validation or allocation: `softmax()` does both; benchmarks call this to time the kernel.
+    """
+    shape = tuple(int(extent) for extent in source.shape)
+    length = shape[axis]
+    inner = int(np.prod(shape[axis + 1 :], dtype=np.int64))
+    rows = int(np.prod(shape, dtype=np.int64)) // length if length else 0
+    if rows and length:
+        kernel = _softmax_kernel(np.dtype(source.dtype), row_threads())
+        _launch_rows(kernel, rows, source.reshape(-1), out.reshape(-1), rows, length, inner)
+
+
 def softmax(x: Any, axis: int = -1) -> Any:
     """`exp(x - max) / sum(exp(x - max))` along `axis`, one pass for the statistics per row."""
     check_array(x, "x")
     if x.ndim == 0:
         raise ShapeMismatchError("softmax needs at least one dimension, got a 0-d array")
     axis = normalise_axis(axis, x.ndim)
-    shape = tuple(int(extent) for extent in x.shape)
-    length = shape[axis]
-    inner = int(np.prod(shape[axis + 1 :], dtype=np.int64))
-    rows = int(np.prod(shape, dtype=np.int64)) // length if length else 0
     source, on_device = _prepare(x, "softmax input")
-    out = memory.device_empty(shape, x.dtype, what="softmax output")
-    if rows and length:
-        _launch_rows(
-            _softmax_kernel(np.dtype(x.dtype), row_threads()),
-            rows,
-            source.reshape(-1),
-            out.reshape(-1),
-            rows,
-            length,
-            inner,
-        )
+    out = memory.device_empty(tuple(x.shape), x.dtype, what="softmax output")
+    launch_softmax(source, out, axis)
     return out if on_device else out.copy_to_host()
 
 
@@ -181,7 +182,6 @@ def layernorm(x: Any, eps: float = 1e-5, weight: Any = None, bias: Any = None) -
         raise ValueError("pass both weight and bias (the affine transform), or neither")
     shape = tuple(int(extent) for extent in x.shape)
     length = shape[-1]
-    rows = int(np.prod(shape[:-1], dtype=np.int64))
     source, on_device = _prepare(x, "layernorm input")
     affine = weight is not None
     if affine:
@@ -195,19 +195,32 @@ def layernorm(x: Any, eps: float = 1e-5, weight: Any = None, bias: Any = None) -
         weight_device = weight if on_device else memory.to_device(weight, what="layernorm weight")
         bias_device = bias if on_device else memory.to_device(bias, what="layernorm bias")
     else:
-        weight_device = bias_device = memory.device_empty((1,), x.dtype, what="unused layernorm parameters")
+        weight_device = bias_device = None
     out = memory.device_empty(shape, x.dtype, what="layernorm output")
-    if rows and length:
-        _launch_rows(
-            _layernorm_kernel(np.dtype(x.dtype), row_threads()),
-            rows,
-            source.reshape(-1),
-            out.reshape(-1),
-            weight_device.reshape(-1),
-            bias_device.reshape(-1),
-            rows,
-            length,
-            float(eps),
-            affine,
-        )
+    launch_layernorm(source, out, float(eps), weight_device, bias_device, affine)
     return out if on_device else out.copy_to_host()
+
+
+def launch_layernorm(
+    source: Any, out: Any, eps: float, weight: Any = None, bias: Any = None, affine: bool = False
+) -> None:
+    """Layernorm of device array `source` over its last axis into preallocated `out` (no checks)."""
+    shape = tuple(int(extent) for extent in source.shape)
+    length = shape[-1] if shape else 0
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    if not (rows and length):
+        return
+    if weight is None or bias is None:
+        weight = bias = memory.device_empty((1,), source.dtype, what="unused layernorm parameters")
+    _launch_rows(
+        _layernorm_kernel(np.dtype(source.dtype), row_threads()),
+        rows,
+        source.reshape(-1),
+        out.reshape(-1),
+        weight.reshape(-1),
+        bias.reshape(-1),
+        rows,
+        length,
+        float(eps),
+        affine,
+    )
