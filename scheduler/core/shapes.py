@@ -134,10 +134,11 @@ class OnlineWorkload:
         """Count one arriving pod (call before scheduling it: its shape is known at arrival)."""
         self.counts[shape_of(demand)] += 1
         self.seen += 1
-        if self.seen >= self._next_refresh or self._current is None:
+        due = self.seen >= self._next_refresh
+        if due or self._current is None:
             self._current = TargetWorkload.from_shapes(self.counts.elements(), self.coverage)
-            step = min(self._next_refresh, self.refresh_every)
-            self._next_refresh = max(self.seen + 1, self._next_refresh + step)
+        if due:  # doubling gaps (32, 64, 128, ...) until refresh_every, then a fixed gap
+            self._next_refresh += min(self._next_refresh, self.refresh_every)
 
     def current(self) -> TargetWorkload | None:
         return self._current
