@@ -1,0 +1,988 @@
+"""The install, as a cluster admin gets it: every overlay renders, every object is valid Kubernetes,
+the programs accept the flags the manifests give them and serve the endpoints the manifests point
+at, the alerts and dashboard read metrics that exist, and checkov finds nothing unexplained.
+
+The programs run for real here (extender on a cluster file, device plugin on simulated GPUs,
+webhook with a self-signed certificate), on loopback, as the manifests start them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import requests
+import urllib3
+import yaml
+from packaging.requirements import Requirement
+from support import checkov_runner
+
+from tensorai.proto import contract
+from tensorai.proto import tensorai_v1_pb2 as pb
+from tensorai.proto.quantity import parse_quantity
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MANIFESTS = REPO_ROOT / "manifests"
+OVERLAYS = ("production", "dev", "cert-manager")
+OLDEST_KUBERNETES = "1.30.0"
+PROGRAMS = ("tensorai-device-plugin", "tensorai-extender", "tensorai-webhook", "tensorai-worker")
+# Kinds with no schema in kubernetes-validate: GPUQuota is checked against our own CRD below; the
+# Prometheus Operator and cert-manager kinds have no schema available offline, so their shape is
+# checked by the specific tests further down instead (ports, selectors, rules, metric names).
+OPERATOR_KINDS = {
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("cert-manager.io/v1", "Issuer"),
+    ("cert-manager.io/v1", "Certificate"),
+}
+START_TIMEOUT_S = 60.0
+HTTP_TIMEOUT_S = 10.0
+
+# The webhook's certificate is self-signed at start, as in the cluster; the tests skip verification.
+pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kubectl() -> str:
+    """kubectl renders kustomize; CI installs it (.ci/run), so its absence is a failure, not a skip."""
+    path = shutil.which("kubectl")
+    if path is None:
+        pytest.fail("kubectl not found: install Debian's kubernetes-client (CI's .ci/run does)")
+    return path
+
+
+def _render(kubectl: str, folder: Path) -> list[dict[str, Any]]:
+    completed = subprocess.run(
+        [kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert completed.returncode == 0, f"kubectl kustomize {folder} failed:\n{completed.stderr}"
+    return [document for document in yaml.safe_load_all(completed.stdout) if document]
+
+
+@pytest.fixture(scope="module")
+def rendered(kubectl: str) -> dict[str, list[dict[str, Any]]]:
+    """Every overlay, the default install (`kubectl apply -k manifests/`) and the examples, rendered."""
+    targets = {name: MANIFESTS / "overlays" / name for name in OVERLAYS}
+    targets["manifests/"] = MANIFESTS
+    targets["examples"] = MANIFESTS / "examples"
+    return {name: _render(kubectl, folder) for name, folder in targets.items()}
+
+
+def _find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    """Objects of a kind, optionally by name (a generated ConfigMap matches without its hash suffix)."""
+
+    def named(obj: dict[str, Any]) -> bool:
+        actual = obj["metadata"]["name"]
+        hashed = kind == "ConfigMap" and re.fullmatch(rf"{name}-[a-z0-9]{{10}}", actual) is not None
+        return name is None or actual == name or hashed
+
+    return [o for o in objects if o["kind"] == kind and named(o)]
+
+
+def _one(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = _find(objects, kind, name)
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def _pod_spec(obj: dict[str, Any]) -> dict[str, Any] | None:
+    if obj["kind"] == "Pod":
+        return obj["spec"]
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    if obj["kind"] in {"Deployment", "DaemonSet", "StatefulSet", "ReplicaSet", "Job"}:
+        return obj["spec"]["template"]["spec"]
+    return None
+
+
+def _containers(objects: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
+    """(object, pod spec, container) for every container and init container."""
+    for obj in objects:
+        spec = _pod_spec(obj)
+        if spec is None:
+            continue
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
+            yield obj, spec, container
+
+
+def _args(container: dict[str, Any]) -> list[str]:
+    return [*container.get("command", [])[1:], *container.get("args", [])]
+
+
+def _flag_value(container: dict[str, Any], flag: str) -> str:
+    for arg in _args(container):
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    raise AssertionError(f"container {container['name']} has no {flag}=...")
+
+
+def test_every_overlay_renders_and_the_default_install_is_production(rendered: dict[str, list[dict]]) -> None:
+    for name in (*OVERLAYS, "manifests/", "examples"):
+        assert rendered[name], f"{name} rendered no objects"
+    assert rendered["manifests/"] == rendered["production"]
+
+
+def test_every_namespaced_object_lands_in_tensorai_system_or_kube_system(rendered: dict[str, list[dict]]) -> None:
+    cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
+                      "MutatingWebhookConfiguration"}
+    for overlay in OVERLAYS:
+        for obj in rendered[overlay]:
+            namespace = obj["metadata"].get("namespace")
+            if obj["kind"] in cluster_scoped:
+                assert namespace is None, f"{overlay}: cluster-scoped {obj['kind']} has a namespace"
+            elif obj["kind"] == "RoleBinding" and namespace == "kube-system":
+                assert obj["roleRef"]["name"] == "extension-apiserver-authentication-reader"
+            else:
+                assert namespace == "tensorai-system", f"{overlay}: {obj['kind']}/{obj['metadata']['name']}"
+
+
+# --- schema validation ---------------------------------------------------------------------------
+
+
+def _kubernetes_versions() -> list[str]:
+    return [OLDEST_KUBERNETES, kubernetes_validate.utils.latest_version()]
+
+
+@pytest.mark.parametrize("version", _kubernetes_versions())
+@pytest.mark.parametrize("target", [*OVERLAYS, "examples"])
+def test_rendered_objects_validate_against_kubernetes_schemas(
+    rendered: dict[str, list[dict]], target: str, version: str
+) -> None:
+    crd = _gpuquota_crd(rendered)
+    problems: list[str] = []
+    for obj in rendered[target]:
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        if (obj["apiVersion"], obj["kind"]) in OPERATOR_KINDS:
+            continue
+        if obj["kind"] == contract.QUOTA_KIND:
+            problems.extend(f"{where}: {error.message}" for error in _crd_validator(crd).iter_errors(obj))
+            continue
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            problems.append(f"{where} at {'/'.join(map(str, error.path))}: {error.message}")
+        except kubernetes_validate.SchemaNotFoundError as error:
+            problems.append(f"{where}: {error.message}")
+    assert not problems, f"{target} against Kubernetes {version}:\n" + "\n".join(problems)
+
+
+def test_strict_validation_would_catch_a_misspelt_field(rendered: dict[str, list[dict]]) -> None:
+    daemonset = copy.deepcopy(_one(rendered["production"], "DaemonSet", "tensorai-device-plugin"))
+    daemonset["spec"]["template"]["spec"]["containers"][0]["imagePullPolice"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(daemonset, OLDEST_KUBERNETES, strict=True)
+
+
+# --- GPUQuota CRD --------------------------------------------------------------------------------
+
+
+def _gpuquota_crd(rendered: dict[str, list[dict]]) -> dict[str, Any]:
+    return _one(rendered["production"], "CustomResourceDefinition", f"{contract.QUOTA_PLURAL}.{contract.QUOTA_GROUP}")
+
+
+def _crd_validator(crd: dict[str, Any]) -> jsonschema.Draft7Validator:
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == contract.QUOTA_VERSION]
+    return jsonschema.Draft7Validator(version["schema"]["openAPIV3Schema"])
+
+
+def _quota(hard: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": f"{contract.QUOTA_GROUP}/{contract.QUOTA_VERSION}", "kind": contract.QUOTA_KIND,
+            "metadata": {"name": "q", "namespace": "team"}, "spec": {"hard": hard}}
+
+
+def test_gpuquota_crd_names_match_the_contract(rendered: dict[str, list[dict]]) -> None:
+    crd = _gpuquota_crd(rendered)
+    assert crd["spec"]["group"] == contract.QUOTA_GROUP
+    assert crd["spec"]["names"]["plural"] == contract.QUOTA_PLURAL
+    assert crd["spec"]["names"]["kind"] == contract.QUOTA_KIND
+    assert crd["spec"]["scope"] == "Namespaced"
+    (version,) = crd["spec"]["versions"]
+    assert version["name"] == contract.QUOTA_VERSION and version["served"] and version["storage"]
+    assert version["subresources"] == {"status": {}}
+    columns = {column["name"]: column["jsonPath"] for column in version["additionalPrinterColumns"]}
+    assert columns["Hard GPUs"] == ".spec.hard.gpus"
+    assert columns["Used GPUs"] == ".status.used.gpus"
+    assert columns["Age"] == ".metadata.creationTimestamp"
+
+
+@pytest.mark.parametrize(
+    "hard",
+    [{"gpus": "2.5"}, {"gpus": "2500m"}, {"gpus": 3}, {"memory": "80Gi"}, {"models": {"H100": "1", "A100": 2}},
+     {"maxGpusPerPod": "0.5", "gpus": "4"}],
+)
+def test_gpuquota_schema_accepts_quantities(rendered: dict[str, list[dict]], hard: dict[str, Any]) -> None:
+    assert not list(_crd_validator(_gpuquota_crd(rendered)).iter_errors(_quota(hard)))
+
+
+@pytest.mark.parametrize(
+    "hard",
+    [{}, {"gpus": "-1"}, {"gpus": "two"}, {"memory": "80 Gi"}, {"models": {"H100": "-0.5"}},
+     {"maxGpusPerPod": "1.5.0"}],
+)
+def test_gpuquota_schema_rejects_malformed_limits(rendered: dict[str, list[dict]], hard: dict[str, Any]) -> None:
+    assert list(_crd_validator(_gpuquota_crd(rendered)).iter_errors(_quota(hard))), f"{hard} was accepted"
+
+
+def test_extender_quota_status_fits_the_crd_status_schema(rendered: dict[str, list[dict]]) -> None:
+    from tensorai.scheduler.core.quota import Usage, status_used
+
+    quota = _quota({"gpus": "2"})
+    quota["status"] = {"used": status_used(Usage(1250, 20480, {"H100": 1000, "A100": 250})), "waitingPods": 3}
+    assert not [error.message for error in _crd_validator(_gpuquota_crd(rendered)).iter_errors(quota)]
+
+
+def test_example_gpuquota_is_understood_by_the_extender(rendered: dict[str, list[dict]]) -> None:
+    from tensorai.scheduler.core.quota import parse_gpu_quota
+
+    example = _one(rendered["examples"], contract.QUOTA_KIND, "team-a")
+    limits = parse_gpu_quota(example)
+    assert limits.gpus_milli == 2500
+    assert limits.memory_mib == 80 * 1024
+    assert dict(limits.models_milli) == {"H100": 1000}
+
+
+# --- the second scheduler and its extender -------------------------------------------------------
+
+
+def _scheduler_configuration(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    config_map = _one(objects, "ConfigMap", "tensorai-scheduler-config")
+    deployment = _one(objects, "Deployment", "tensorai-scheduler")
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "config")
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"], "the Deployment mounts another ConfigMap"
+    (scheduler,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "kube-scheduler"]
+    config_path = Path(_flag_value(scheduler, "--config"))
+    mount = next(m for m in scheduler["volumeMounts"] if m["name"] == "config")
+    assert config_path.parent == Path(mount["mountPath"])
+    return yaml.safe_load(config_map["data"][config_path.name])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_scheduler_configuration_wires_the_extender_as_the_only_binder(
+    rendered: dict[str, list[dict]], overlay: str
+) -> None:
+    config = _scheduler_configuration(rendered[overlay])
+    assert config["apiVersion"] == "kubescheduler.config.k8s.io/v1"
+    assert config["kind"] == "KubeSchedulerConfiguration"
+    assert config["leaderElection"]["leaderElect"] is True
+    assert config["leaderElection"]["resourceName"] == "tensorai-scheduler"
+    assert [profile["schedulerName"] for profile in config["profiles"]] == ["tensorai-scheduler"]
+    (extender,) = config["extenders"]
+    assert [e for e in config["extenders"] if e.get("bindVerb")] == [extender], "exactly one extender binds"
+    assert extender["weight"] > 0, "kube-scheduler rejects prioritizeVerb without a positive weight"
+    assert extender["nodeCacheCapable"] is True
+    assert re.fullmatch(r"\d+(\.\d+)?(ms|s)", extender["httpTimeout"])
+    managed = {resource["name"]: resource.get("ignoredByScheduler", False) for resource in extender["managedResources"]}
+    assert managed == {contract.RESOURCE_VGPU_MILLI: False, contract.RESOURCE_VGPU_MEMORY: True}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_extender_url_is_the_sidecar_on_localhost(rendered: dict[str, list[dict]], overlay: str) -> None:
+    extender = _scheduler_configuration(rendered[overlay])["extenders"][0]
+    url = urllib3.util.parse_url(extender["urlPrefix"])
+    deployment = _one(rendered[overlay], "Deployment", "tensorai-scheduler")
+    (sidecar,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "extender"]
+    assert url.scheme == "http" and url.host == "127.0.0.1"
+    assert url.port == int(_flag_value(sidecar, "--port"))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_leader_election_lease_is_granted_to_the_scheduler(rendered: dict[str, list[dict]], overlay: str) -> None:
+    config = _scheduler_configuration(rendered[overlay])
+    role = _one(rendered[overlay], "Role", "tensorai-scheduler-leader-election")
+    assert role["metadata"]["namespace"] == config["leaderElection"]["resourceNamespace"]
+    named = [rule for rule in role["rules"] if rule.get("resourceNames")]
+    assert named and named[0]["resourceNames"] == [config["leaderElection"]["resourceName"]]
+    assert {"get", "update"} <= set(named[0]["verbs"])
+
+
+def test_production_scheduler_has_two_replicas_and_a_disruption_budget(rendered: dict[str, list[dict]]) -> None:
+    deployment = _one(rendered["production"], "Deployment", "tensorai-scheduler")
+    budget = _one(rendered["production"], "PodDisruptionBudget", "tensorai-scheduler")
+    assert deployment["spec"]["replicas"] == 2
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"][
+        "labels"].items()
+
+
+def test_webhook_injects_the_scheduler_the_examples_name(rendered: dict[str, list[dict]]) -> None:
+    (profile,) = _scheduler_configuration(rendered["production"])["profiles"]
+    webhook = _one(rendered["production"], "Deployment", "tensorai-webhook")
+    assert _flag_value(webhook["spec"]["template"]["spec"]["containers"][0], "--scheduler-name") == profile[
+        "schedulerName"]
+    for obj, spec, _ in _containers(rendered["examples"]):
+        assert spec.get("schedulerName") == profile["schedulerName"], obj["metadata"]["name"]
+
+
+# --- running the programs as the manifests start them ---------------------------------------------
+
+
+def _program(name: str) -> Path:
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        pytest.fail(f"{name} is not installed in {path.parent}: its package has no main yet "
+                    f"(pyproject.toml [project.scripts]); the manifests start it")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Running:
+    """A program started for a test; stopped (and its output kept for failures) at teardown."""
+
+    def __init__(self, argv: list[str], log_path: Path) -> None:
+        self.argv = argv
+        self.log_path = log_path
+        self._log = log_path.open("w", encoding="utf-8")
+        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, text=True)
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_for(self, url: str, *, predicate: Any = None) -> requests.Response:
+        """Poll `url` until it answers 200 (and `predicate(response)`), the process exits, or time runs out."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        last_error = ""
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"{shlex.join(self.argv)} exited {self.process.returncode}:\n{self.output()[-3000:]}")
+            try:
+                response = requests.get(url, timeout=2, verify=False)
+                if response.status_code == 200 and (predicate is None or predicate(response)):
+                    return response
+                last_error = f"HTTP {response.status_code}"
+            except requests.RequestException as error:
+                last_error = str(error)
+            time.sleep(0.2)
+        pytest.fail(f"{url} not ready within {START_TIMEOUT_S} s ({last_error}):\n{self.output()[-3000:]}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=15)
+        self._log.close()
+
+
+def _inventory_node(name: str) -> dict[str, Any]:
+    inventory = pb.Inventory(
+        node_name=name,
+        gpus=[pb.GPU(uuid="GPU-11111111-2222-3333-4444-555555555555", index=0, model="H100", memory_mib=81559,
+                     reserved_mib=559, numa_node=0, healthy=True)],
+        sharing_mode=pb.SHARING_MODE_TIMESLICE,
+        plugin_version="test",
+        heartbeat_time=contract.timestamp_now(),
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {contract.LABEL_GPU_NODE: "true"},
+                     "annotations": {contract.ANNOTATION_INVENTORY: contract.encode_inventory(inventory)}},
+        "status": {"allocatable": {contract.RESOURCE_VGPU_MILLI: "1000", "cpu": "32", "memory": "256Gi",
+                                   "pods": "110"},
+                   "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def _pending_quarter_pod() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "quarter", "namespace": "team-a", "uid": "7c1d0000-0000-0000-0000-000000000001",
+                     "annotations": {}},
+        "spec": {"schedulerName": "tensorai-scheduler",
+                 "containers": [{"name": "worker", "image": "x",
+                                 "resources": {"limits": {contract.RESOURCE_VGPU_MILLI: "250"},
+                                               "requests": {contract.RESOURCE_VGPU_MILLI: "250"}}}]},
+        "status": {"phase": "Pending"},
+    }
+
+
+@pytest.fixture(scope="module")
+def extender(rendered: dict[str, list[dict]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """tensorai-extender on a cluster file: one GPU node, one pending pod, the example GPUQuota."""
+    folder = tmp_path_factory.mktemp("extender")
+    cluster = {"apiVersion": "v1", "kind": "List",
+               "items": [_inventory_node("gpu-a"), _pending_quarter_pod(),
+                         _one(rendered["examples"], contract.QUOTA_KIND, "team-a")]}
+    cluster_file = folder / "cluster.yaml"
+    cluster_file.write_text(yaml.safe_dump(cluster), encoding="utf-8")
+    port = _free_port()
+    running = Running([str(_program("tensorai-extender")), "--address=127.0.0.1", f"--port={port}",
+                       f"--cluster-file={cluster_file}", "--log-level=INFO"], folder / "log")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        running.wait_for(base + "/healthz")
+        yield base
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def device_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """tensorai-device-plugin on two simulated H100s, standalone (no kubelet, no API server)."""
+    folder = tmp_path_factory.mktemp("device-plugin")
+    port = _free_port()
+    running = Running([str(_program("tensorai-device-plugin")), "--backend=sim", "--sim-gpus=2xH100:81559",
+                       "--no-kube", f"--device-plugin-dir={folder}",
+                       f"--pod-resources-socket={folder / 'pod-resources.sock'}", "--node-name=gpu-a",
+                       f"--metrics-port={port}", "--log-level=INFO"], folder / "log")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        running.wait_for(base + "/metrics", predicate=lambda response: "tensorai_gpu_healthy" in response.text)
+        yield base
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """tensorai-webhook with its own self-signed certificate and no API server."""
+    folder = tmp_path_factory.mktemp("webhook")
+    port = _free_port()
+    running = Running([str(_program("tensorai-webhook")), "--address=127.0.0.1", f"--port={port}", "--self-signed",
+                       "--no-kube", "--scheduler-name=tensorai-scheduler", "--log-level=INFO"], folder / "log")
+    try:
+        base = f"https://127.0.0.1:{port}"
+        running.wait_for(base + "/healthz")
+        yield base
+    finally:
+        running.stop()
+
+
+def test_extender_serves_every_verb_the_scheduler_configuration_calls(
+    rendered: dict[str, list[dict]], extender: str
+) -> None:
+    """POST each configured verb as kube-scheduler does (nodeCacheCapable: NodeNames, Nodes null)."""
+    config = _scheduler_configuration(rendered["production"])["extenders"][0]
+    pod = _pending_quarter_pod()
+    url = urllib3.util.parse_url(config["urlPrefix"])
+    prefix = extender + (url.path or "").rstrip("/")
+
+    def post(verb_key: str, body: dict[str, Any]) -> Any:
+        response = requests.post(f"{prefix}/{config[verb_key]}", json=body, timeout=HTTP_TIMEOUT_S)
+        assert response.status_code == 200, f"{config[verb_key]}: HTTP {response.status_code} {response.text}"
+        return response.json()
+
+    filtered = post("filterVerb", {"Pod": pod, "Nodes": None, "NodeNames": ["gpu-a"]})
+    assert filtered["NodeNames"] == ["gpu-a"], filtered
+    assert not filtered.get("Error")
+    priorities = post("prioritizeVerb", {"Pod": pod, "Nodes": None, "NodeNames": ["gpu-a"]})
+    assert isinstance(priorities, list) and [p["Host"] for p in priorities] == ["gpu-a"]
+    assert 0 <= priorities[0]["Score"] <= 10
+    preempted = post("preemptVerb", {"Pod": pod, "NodeNameToVictims": None, "NodeNameToMetaVictims": {}})
+    assert "NodeNameToMetaVictims" in preempted
+    bound = post("bindVerb", {"PodName": pod["metadata"]["name"], "PodNamespace": pod["metadata"]["namespace"],
+                              "PodUID": pod["metadata"]["uid"], "Node": "gpu-a"})
+    assert bound.get("Error") == "", bound
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_probe_paths_of_the_extender_sidecar_are_served(
+    rendered: dict[str, list[dict]], overlay: str, extender: str
+) -> None:
+    deployment = _one(rendered[overlay], "Deployment", "tensorai-scheduler")
+    (sidecar,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "extender"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        path = sidecar[probe]["httpGet"]["path"]
+        assert requests.get(extender + path, timeout=HTTP_TIMEOUT_S).status_code == 200, f"{probe} {path}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_probe_paths_of_the_device_plugin_are_served(
+    rendered: dict[str, list[dict]], overlay: str, device_plugin: str
+) -> None:
+    daemonset = _one(rendered[overlay], "DaemonSet", "tensorai-device-plugin")
+    container = daemonset["spec"]["template"]["spec"]["containers"][0]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports["metrics"] == int(_flag_value(container, "--metrics-port"))
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "metrics"
+        path = container[probe]["httpGet"]["path"]
+        assert requests.get(device_plugin + path, timeout=HTTP_TIMEOUT_S).status_code == 200, f"{probe} {path}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_probe_paths_of_the_webhook_are_served(rendered: dict[str, list[dict]], overlay: str, webhook: str) -> None:
+    deployment = _one(rendered[overlay], "Deployment", "tensorai-webhook")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+        path = container[probe]["httpGet"]["path"]
+        assert requests.get(webhook + path, timeout=HTTP_TIMEOUT_S, verify=False).status_code == 200, path
+
+
+def test_webhook_answers_the_path_its_configuration_names(rendered: dict[str, list[dict]], webhook: str) -> None:
+    configuration = _one(rendered["production"], "MutatingWebhookConfiguration", "tensorai-vgpu")
+    path = configuration["webhooks"][0]["clientConfig"]["service"]["path"]
+    pod = copy.deepcopy(_one(rendered["examples"], "Pod", "vgpu-quarter"))
+    pod["spec"]["containers"][0]["resources"]["limits"][contract.RESOURCE_VGPU] = "250m"
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+              "request": {"uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                          "resource": {"group": "", "version": "v1", "resource": "pods"},
+                          "namespace": "team-a", "operation": "CREATE", "userInfo": {"username": "admin"},
+                          "object": pod, "oldObject": None, "dryRun": False}}
+    response = requests.post(webhook + path, json=review, timeout=HTTP_TIMEOUT_S, verify=False)
+    assert response.status_code == 200, response.text
+    answer = response.json()["response"]
+    assert answer["uid"] == "u-1" and answer["allowed"] is True
+    assert answer["patchType"] == "JSONPatch"
+
+
+# --- flags ---------------------------------------------------------------------------------------
+
+
+def _our_containers(rendered: dict[str, list[dict]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    for target in (*OVERLAYS, "examples"):
+        for obj, _, container in _containers(rendered[target]):
+            if container.get("command", [""])[0] in PROGRAMS:
+                yield target, obj, container
+
+
+def test_every_program_container_names_its_program_explicitly(rendered: dict[str, list[dict]]) -> None:
+    started = {container["command"][0] for _, _, container in _our_containers(rendered)}
+    assert started == set(PROGRAMS)
+    for target in (*OVERLAYS, "examples"):
+        for obj, _, container in _containers(rendered[target]):
+            if container["image"].startswith("ghcr.io/tensorai/vgpu"):
+                assert container.get("command", [""])[0] in PROGRAMS, f"{target}: {obj['metadata']['name']}"
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_flags_in_the_manifests_exist_and_their_values_parse(rendered: dict[str, list[dict]], program: str) -> None:
+    """Every --flag is in the program's --help, and `program <the manifest's args> --help` exits 0:
+    argparse checks each value (choices, types) before it reaches --help."""
+    executable = str(_program(program))
+    help_text = subprocess.run([executable, "--help"], capture_output=True, text=True, timeout=120).stdout
+    known = set(re.findall(r"(--[a-z0-9][a-z0-9-]*)", help_text))
+    seen = False
+    for target, obj, container in _our_containers(rendered):
+        if container["command"][0] != program:
+            continue
+        seen = True
+        args = [re.sub(r"\$\((\w+)\)", "value-of-env", arg) for arg in _args(container)]
+        flags = {arg.split("=", 1)[0] for arg in args if arg.startswith("--")}
+        assert flags <= known, f"{target} {obj['metadata']['name']}: {sorted(flags - known)} not in {program} --help"
+        parsed = subprocess.run([executable, *args, "--help"], capture_output=True, text=True, timeout=120)
+        assert parsed.returncode == 0, f"{target} {obj['metadata']['name']}: {program} rejects {args}:\n{parsed.stderr}"
+    assert seen, f"no manifest starts {program}"
+
+
+# --- admission webhook configuration --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_webhook_configuration_points_at_the_webhook_service(rendered: dict[str, list[dict]], overlay: str) -> None:
+    objects = rendered[overlay]
+    configuration = _one(objects, "MutatingWebhookConfiguration", "tensorai-vgpu")
+    service = _one(objects, "Service", "tensorai-webhook")
+    deployment = _one(objects, "Deployment", "tensorai-webhook")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    (hook,) = configuration["webhooks"]
+    target = hook["clientConfig"]["service"]
+    assert (target["name"], target["namespace"]) == (service["metadata"]["name"], service["metadata"]["namespace"])
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == target["port"]]
+    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container_ports[port["targetPort"]] == int(_flag_value(container, "--port"))
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    if "--self-signed" in container["args"]:
+        assert _flag_value(container, "--service-name") == service["metadata"]["name"]
+        assert _flag_value(container, "--namespace") == service["metadata"]["namespace"]
+        assert _flag_value(container, "--webhook-config-name") == configuration["metadata"]["name"]
+        assert "--patch-ca-bundle" in container["args"]
+        assert deployment["spec"]["replicas"] == 1, "each self-signed replica would patch in its own CA"
+    else:
+        injected = configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+        certificate = _one(objects, "Certificate", "tensorai-webhook")
+        assert injected == f"{certificate['metadata']['namespace']}/{certificate['metadata']['name']}"
+        dns_name = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
+        assert dns_name in certificate["spec"]["dnsNames"]
+
+
+def test_webhook_is_fail_closed_idempotent_and_never_intercepts_the_control_plane(
+    rendered: dict[str, list[dict]],
+) -> None:
+    (hook,) = _one(rendered["production"], "MutatingWebhookConfiguration", "tensorai-vgpu")["webhooks"]
+    assert hook["failurePolicy"] == "Fail"
+    assert hook["sideEffects"] == "None"
+    assert hook["reinvocationPolicy"] == "IfNeeded"
+    assert hook["admissionReviewVersions"] == ["v1"]
+    assert 1 <= hook["timeoutSeconds"] <= 30
+    (expression,) = hook["namespaceSelector"]["matchExpressions"]
+    assert expression["key"] == "kubernetes.io/metadata.name" and expression["operator"] == "NotIn"
+    assert {"kube-system", "tensorai-system"} <= set(expression["values"])
+
+
+def test_webhook_rules_cover_pods_and_every_workload_template(rendered: dict[str, list[dict]]) -> None:
+    from tensorai.scheduler.webhook import TEMPLATE_LOCATIONS
+
+    (hook,) = _one(rendered["production"], "MutatingWebhookConfiguration", "tensorai-vgpu")["webhooks"]
+    covered = {(group, resource) for rule in hook["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"]}
+    plural = {"Pod": "pods", "ReplicationController": "replicationcontrollers", "PodTemplate": "podtemplates",
+              "Deployment": "deployments", "ReplicaSet": "replicasets", "StatefulSet": "statefulsets",
+              "DaemonSet": "daemonsets", "Job": "jobs", "CronJob": "cronjobs"}
+    assert covered == {(group, plural[kind]) for group, kind in TEMPLATE_LOCATIONS}
+    for rule in hook["rules"]:
+        assert "CREATE" in rule["operations"]
+        if rule["resources"] != ["pods"]:
+            assert "UPDATE" in rule["operations"], f"{rule['resources']}: removing a request must reach the webhook"
+
+
+def test_webhook_match_condition_is_the_webhooks_own_expression(rendered: dict[str, list[dict]]) -> None:
+    from tensorai.scheduler.webhook import MATCH_CONDITION_EXPRESSION, MATCH_CONDITION_NAME
+
+    (hook,) = _one(rendered["production"], "MutatingWebhookConfiguration", "tensorai-vgpu")["webhooks"]
+    (condition,) = hook["matchConditions"]
+    assert condition == {"name": MATCH_CONDITION_NAME, "expression": MATCH_CONDITION_EXPRESSION}
+
+
+def test_webhook_match_condition_selects_the_examples_and_skips_our_own_workloads(
+    rendered: dict[str, list[dict]],
+) -> None:
+    import celpy
+
+    (hook,) = _one(rendered["production"], "MutatingWebhookConfiguration", "tensorai-vgpu")["webhooks"]
+    environment = celpy.Environment()
+    program = environment.program(environment.compile(hook["matchConditions"][0]["expression"]))
+
+    def selected(obj: dict[str, Any]) -> bool:
+        activation = {"object": celpy.json_to_cel(obj), "oldObject": celpy.json_to_cel(None),
+                      "request": celpy.json_to_cel({"operation": "CREATE"})}
+        return bool(program.evaluate(activation))
+
+    for obj in rendered["examples"]:
+        if _pod_spec(obj) is not None:
+            assert selected(obj), f"example {obj['kind']}/{obj['metadata']['name']} would bypass the webhook"
+    for obj in rendered["production"]:
+        if _pod_spec(obj) is not None:
+            assert not selected(obj), f"{obj['kind']}/{obj['metadata']['name']} would wait on the webhook"
+
+
+# --- security shape ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_device_plugin_runs_as_root_and_no_container_keeps_capabilities(
+    rendered: dict[str, list[dict]], overlay: str
+) -> None:
+    for obj, spec, container in _containers(rendered[overlay]):
+        where = f"{obj['kind']}/{obj['metadata']['name']}/{container['name']}"
+        context = {**spec.get("securityContext", {}), **container.get("securityContext", {})}
+        assert context.get("allowPrivilegeEscalation") is False, where
+        assert context.get("readOnlyRootFilesystem") is True, where
+        assert context.get("capabilities", {}).get("drop") == ["ALL"], where
+        assert not context.get("privileged"), where
+        assert context.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        if obj["metadata"]["name"] == "tensorai-device-plugin":
+            assert context["runAsUser"] == 0, "the device plugin needs root for the kubelet sockets"
+        else:
+            assert context.get("runAsNonRoot") is True and context.get("runAsUser", 0) > 0, where
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_device_plugin_mounts_only_the_kubelet_directories_from_the_host(
+    rendered: dict[str, list[dict]], overlay: str
+) -> None:
+    daemonset = _one(rendered[overlay], "DaemonSet", "tensorai-device-plugin")
+    spec = daemonset["spec"]["template"]["spec"]
+    host_paths = {volume["hostPath"]["path"] for volume in spec["volumes"] if "hostPath" in volume}
+    assert host_paths == {"/var/lib/kubelet/device-plugins", "/var/lib/kubelet/pod-resources"}
+    container = spec["containers"][0]
+    assert _flag_value(container, "--device-plugin-dir") == "/var/lib/kubelet/device-plugins"
+    assert _flag_value(container, "--pod-resources-socket").startswith("/var/lib/kubelet/pod-resources/")
+    assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert all(any(e["key"] == contract.LABEL_GPU_NODE for e in term["matchExpressions"]) for term in terms)
+    if overlay != "dev":
+        assert spec["priorityClassName"] == "system-node-critical"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_program_has_its_own_service_account_with_a_binding(
+    rendered: dict[str, list[dict]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    accounts = {sa["metadata"]["name"] for sa in _find(objects, "ServiceAccount")}
+    used = {
+        obj["metadata"]["name"]: _pod_spec(obj)["serviceAccountName"]
+        for obj in objects if _pod_spec(obj) is not None
+    }
+    assert sorted(used.values()) == sorted(set(used.values())), "two workloads share a ServiceAccount"
+    assert set(used.values()) == accounts
+    bound = {subject["name"] for binding in [*_find(objects, "RoleBinding"), *_find(objects, "ClusterRoleBinding")]
+             for subject in binding["subjects"]}
+    assert accounts <= bound
+
+
+def test_no_role_grants_wildcards_or_secrets(rendered: dict[str, list[dict]]) -> None:
+    for overlay in OVERLAYS:
+        for role in [*_find(rendered[overlay], "Role"), *_find(rendered[overlay], "ClusterRole")]:
+            for rule in role["rules"]:
+                where = f"{overlay}: {role['kind']}/{role['metadata']['name']}"
+                assert "*" not in rule["verbs"] and "*" not in rule["resources"], where
+                assert "secrets" not in rule["resources"], where
+
+
+def test_network_policies_admit_exactly_the_ports_that_are_served(rendered: dict[str, list[dict]]) -> None:
+    objects = rendered["production"]
+    policies = _find(objects, "NetworkPolicy")
+    assert any(p["spec"]["podSelector"] == {} and not p["spec"].get("ingress") for p in policies), "no default deny"
+    admitted = {port["port"] for policy in policies for rule in policy["spec"].get("ingress", [])
+                for port in rule.get("ports", [])}
+    served = {port["containerPort"] for _, _, container in _containers(objects)
+              if container["name"] != "kube-scheduler" for port in container.get("ports", [])}
+    assert admitted == served
+
+
+# --- monitoring ----------------------------------------------------------------------------------
+
+
+def _named_ports(objects: list[dict[str, Any]], labels: dict[str, str]) -> set[str]:
+    names: set[str] = set()
+    for obj in objects:
+        spec = _pod_spec(obj)
+        if spec is None:
+            continue
+        template_labels = obj["metadata"].get("labels", {}) if obj["kind"] == "Pod" else obj["spec"]["template"][
+            "metadata"]["labels"]
+        if labels.items() <= template_labels.items():
+            names |= {port["name"] for c in spec["containers"] for port in c.get("ports", []) if "name" in port}
+    return names
+
+
+def test_pod_and_service_monitors_select_real_pods_and_ports(rendered: dict[str, list[dict]]) -> None:
+    objects = rendered["production"]
+    workloads = objects + rendered["examples"]
+    for monitor in _find(objects, "PodMonitor"):
+        ports = _named_ports(workloads, monitor["spec"]["selector"]["matchLabels"])
+        for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+            assert endpoint["port"] in ports, f"PodMonitor {monitor['metadata']['name']}: no port {endpoint['port']}"
+    for monitor in _find(objects, "ServiceMonitor"):
+        services = [s for s in _find(objects, "Service")
+                    if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
+        assert services, f"ServiceMonitor {monitor['metadata']['name']} selects no Service"
+        for endpoint in monitor["spec"]["endpoints"]:
+            assert any(endpoint["port"] == port["name"] for s in services for port in s["spec"]["ports"])
+
+
+def _exposed_metric_names(*expositions: str) -> set[str]:
+    """Every sample name a Prometheus text exposition can produce (histograms and counters expanded)."""
+    names: set[str] = set()
+    for text in expositions:
+        for line in text.splitlines():
+            match = re.match(r"# TYPE (\S+) (\S+)", line)
+            if match:
+                name, kind = match.groups()
+                names.add(name)
+                if kind == "histogram":
+                    names |= {f"{name}_bucket", f"{name}_count", f"{name}_sum"}
+                if kind == "counter":
+                    names |= {name if name.endswith("_total") else f"{name}_total"}
+            elif line and not line.startswith("#"):
+                names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return names
+
+
+def _alert_rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    (rule,) = _find(objects, "PrometheusRule")
+    return [r for group in rule["spec"]["groups"] for r in group["rules"]]
+
+
+def _dashboard(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    config_map = _one(objects, "ConfigMap", "tensorai-grafana-dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (text,) = config_map["data"].values()
+    return json.loads(text)
+
+
+def test_alerts_cover_the_failures_an_operator_must_hear_about(rendered: dict[str, list[dict]]) -> None:
+    rules = _alert_rules(rendered["production"])
+    names = {rule["alert"] for rule in rules}
+    assert {"TensorAIGPUUnhealthy", "TensorAIExtenderErrors", "TensorAIExtenderSlow", "TensorAIQuotaNearLimit",
+            "TensorAIInventoryHeartbeatStale"} <= names
+    for rule in rules:
+        assert rule["expr"].count("(") == rule["expr"].count(")"), rule["alert"]
+        assert rule["expr"].count("{") == rule["expr"].count("}"), rule["alert"]
+        assert rule["labels"]["severity"] in {"info", "warning", "critical"}
+        assert rule["annotations"]["summary"] and re.fullmatch(r"\d+[smh]", rule["for"])
+
+
+def test_dashboard_shows_allocation_per_gpu_per_pod_and_scheduling_latency(rendered: dict[str, list[dict]]) -> None:
+    dashboard = _dashboard(rendered["production"])
+    expressions = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel["targets"])
+    for metric in ("tensorai_gpu_allocated_milli", "tensorai_gpu_memory_used_bytes",
+                   "tensorai_container_memory_used_bytes", "tensorai_extender_request_seconds_bucket"):
+        assert metric in expressions
+    assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+def test_alerts_and_dashboard_read_only_metrics_the_programs_export(
+    rendered: dict[str, list[dict]], extender: str, device_plugin: str, webhook: str
+) -> None:
+    exposed = _exposed_metric_names(
+        requests.get(extender + "/metrics", timeout=HTTP_TIMEOUT_S).text,
+        requests.get(device_plugin + "/metrics", timeout=HTTP_TIMEOUT_S).text,
+        requests.get(webhook + "/metrics", timeout=HTTP_TIMEOUT_S, verify=False).text,
+    )
+    objects = rendered["production"]
+    expressions = [rule["expr"] for rule in _alert_rules(objects)]
+    expressions += [target["expr"] for panel in _dashboard(objects)["panels"] for target in panel["targets"]]
+    referenced = {name for expression in expressions for name in re.findall(r"\btensorai_[a-z0-9_]+", expression)}
+    missing = sorted(referenced - exposed)
+    assert not missing, f"no program exports {missing}; exported: {sorted(n for n in exposed if 'tensorai' in n)}"
+
+
+# --- examples ------------------------------------------------------------------------------------
+
+
+def _vgpu_request(container: dict[str, Any]) -> Decimal | None:
+    limits = container.get("resources", {}).get("limits", {})
+    return parse_quantity(limits[contract.RESOURCE_VGPU]) if contract.RESOURCE_VGPU in limits else None
+
+
+def test_examples_ask_for_a_quarter_a_half_and_two_whole_gpus(rendered: dict[str, list[dict]]) -> None:
+    requests_by_name = {obj["metadata"]["name"]: _vgpu_request(container)
+                        for obj, _, container in _containers(rendered["examples"])}
+    assert requests_by_name["vgpu-quarter"] == Decimal("0.25")
+    assert requests_by_name["tensor-workers"] == Decimal("0.5")
+    assert requests_by_name["two-gpu-job"] == Decimal(2)
+    for name, gpus in requests_by_name.items():
+        assert gpus is not None and (gpus <= 1 or gpus == gpus.to_integral_value()), f"{name}: {gpus} can never run"
+
+
+def test_examples_use_only_contract_annotations_and_known_policies(rendered: dict[str, list[dict]]) -> None:
+    from tensorai.scheduler.core.policies import POLICY_NAMES
+
+    known = {value for name, value in vars(contract).items() if name.startswith("ANNOTATION_")}
+    seen: set[str] = set()
+    for obj in rendered["examples"]:
+        templates = [obj["metadata"]]
+        if obj["kind"] in {"Deployment", "Job"}:
+            templates.append(obj["spec"]["template"]["metadata"])
+        for metadata in templates:
+            for key, value in (metadata.get("annotations") or {}).items():
+                if key.startswith(contract.DOMAIN + "/"):
+                    assert key in known, f"{obj['metadata']['name']}: {key} is not a contract annotation"
+                    seen.add(key)
+                if key == contract.ANNOTATION_POLICY:
+                    assert value in POLICY_NAMES
+    assert {contract.ANNOTATION_GPU_MODEL, contract.ANNOTATION_ANTI_AFFINITY_GROUP} <= seen
+
+
+def test_every_example_is_documented_in_the_install_guide() -> None:
+    guide = (REPO_ROOT / "docs" / "install.md").read_text(encoding="utf-8")
+    for example in sorted((MANIFESTS / "examples").glob("*.yaml")):
+        if example.name != "kustomization.yaml":
+            assert example.name in guide, f"docs/install.md does not describe {example.name}"
+
+
+# --- image ---------------------------------------------------------------------------------------
+
+
+def _dockerfile() -> str:
+    return (REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
+
+
+def test_dockerfile_base_image_is_pinned_to_a_patch_release() -> None:
+    (default,) = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", _dockerfile(), flags=re.MULTILINE)
+    assert re.fullmatch(r"python:3\.\d+\.\d+-slim-\w+", default), default
+    assert re.findall(r"^FROM \$\{PYTHON_IMAGE\} AS (\w+)$", _dockerfile(), flags=re.MULTILINE) == ["build", "runtime"]
+
+
+def test_dockerfile_pins_every_runtime_dependency_at_or_above_the_projects_minimum() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pins = {}
+    # "numba-cuda${CUDA_EXTRA:+[${CUDA_EXTRA}]}==0.30.4": drop the optional-extra expansion first.
+    dockerfile = re.sub(r"\$\{\w+:\+\[\$\{\w+\}\]\}", "", _dockerfile())
+    for name, version in re.findall(r'"([A-Za-z0-9_.-]+)==([0-9][^"]*)"', dockerfile):
+        pins[name.lower().replace("_", "-")] = version
+    for line in project["dependencies"]:
+        requirement = Requirement(line)
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pins, f"Dockerfile does not pin {name} (pyproject.toml depends on it)"
+        assert requirement.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} vs {line}"
+
+
+def test_dockerfile_copies_every_package_folder_and_runs_as_non_root() -> None:
+    import tomllib
+
+    dockerfile = _dockerfile()
+    folders = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"][
+        "package-dir"].values()
+    ignore = (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    for folder in folders:
+        assert f"COPY {folder}/ {folder}/" in dockerfile, f"the image lacks {folder}/"
+        assert f"!{folder}/" in ignore, f".dockerignore keeps {folder}/ out of the build context"
+    runtime = dockerfile.split("AS runtime", 1)[1]
+    assert re.search(r"^USER 65532:65532$", runtime, flags=re.MULTILINE)
+    assert "gcc" not in runtime and "build-essential" not in runtime
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
+    checkov = checkov_runner.checkov_executable()
+    hadolint = checkov.parent / "hadolint" if checkov else None
+    if hadolint is None or not hadolint.exists():
+        _tool_absent("hadolint (installed next to checkov in .venv-checkov)")
+    completed = subprocess.run([str(hadolint), str(REPO_ROOT / "Dockerfile")], capture_output=True, text=True,
+                               timeout=120)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+# --- checkov -------------------------------------------------------------------------------------
+
+
+def _tool_absent(what: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is missing in CI: `make checkov` creates .venv-checkov")
+    pytest.skip(f"{what} not installed here: run `make checkov` (or set TENSORAI_CHECKOV)")
+
+
+def test_checkov_skips_all_have_reasons() -> None:
+    skips = checkov_runner.load_skips()
+    assert skips
+    assert len({(skip.check_id, skip.resources) for skip in skips}) == len(skips)
+
+
+def test_checkov_finds_nothing_unexplained_in_manifests_and_dockerfile(kubectl: str) -> None:
+    checkov = checkov_runner.checkov_executable()
+    if checkov is None:
+        _tool_absent("checkov")
+    with tempfile.TemporaryDirectory(prefix="tensorai-checkov-") as folder:
+        checkov_runner.render_scan_folder(kubectl, Path(folder))
+        findings = checkov_runner.run_checkov(checkov, Path(folder))
+    skips = checkov_runner.load_skips()
+    assert any(finding.file.endswith("Dockerfile") for finding in findings), "checkov did not scan the Dockerfile"
+    unexplained = checkov_runner.unexplained(findings, skips)
+    assert not unexplained, "checkov findings without a reason in manifests/checkov-skips.yaml:\n" + "\n".join(
+        f"{f.check_id} {f.resource} ({f.file})" for f in unexplained
+    )
+    assert not checkov_runner.stale(findings, skips), "remove stale skips from manifests/checkov-skips.yaml"
