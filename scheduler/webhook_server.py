@@ -204,6 +204,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")  # so a keep-alive client does not reuse the socket
         self.end_headers()
         self.wfile.write(body)
 
@@ -229,10 +231,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"not found: GET /healthz, /readyz, /metrics; POST /mutate\n", "text/plain")
 
     def do_POST(self) -> None:
-        if self.path.split("?", 1)[0] != "/mutate":
-            self.close_connection = True  # the unread body must not be parsed as the next request
-            self._bad_request(404, "not_found", f"no such endpoint {self.path!r}; the API server posts to /mutate")
-            return
         length_header = self.headers.get("Content-Length")
         try:
             length = int(length_header) if length_header is not None else -1
@@ -246,7 +244,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._bad_request(413, "too_large", f"body of {length} bytes exceeds {MAX_BODY_BYTES}")
             return
+        # Read the body even for a wrong path: closing with unread data would reset the connection
+        # before the client sees the answer, and keeping it would be parsed as the next request.
         body = self.rfile.read(length)
+        if self.path.split("?", 1)[0] != "/mutate":
+            self._bad_request(404, "not_found", f"no such endpoint {self.path!r}; the API server posts to /mutate")
+            return
         started = time.perf_counter()
         try:
             document = json.loads(body)
