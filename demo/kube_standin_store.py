@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tensorai.demo.kube_standin_patch import PatchError, PatchFormatError, json_patch, merge_patch
+from tensorai.demo.kube_standin_resources import ResourceError, normalize_node_resources, normalize_pod_resources
 from tensorai.demo.kube_standin_select import Selector
 from tensorai.proto import contract
 
@@ -276,6 +277,7 @@ class Store:
             )
         namespace = self._check_namespace(resource, namespace, metadata, name)
         self._validate(resource, obj, name)
+        self._normalize_resources(resource, obj, name)
         with self._lock:
             key = self._key(resource, namespace, name)
             if key in self._objects[resource.key]:
@@ -500,6 +502,7 @@ class Store:
             self._validate(resource, result, old_metadata["name"])
             if result.get("spec") != old.get("spec"):
                 metadata["generation"] = int(old_metadata.get("generation", 1)) + 1
+        self._normalize_resources(resource, result, old_metadata["name"])
         result["apiVersion"] = resource.api_version
         result["kind"] = resource.kind
         namespace = old_metadata.get("namespace")
@@ -601,6 +604,17 @@ class Store:
                         raise ApiError(422, f'Pod "{name}" is invalid: spec.{list_name}[{index}].name: Required value')
         if resource.key == "events" and not isinstance(obj.get("involvedObject"), dict):
             raise ApiError(422, f'Event "{name}" is invalid: involvedObject: Required value')
+
+    @staticmethod
+    def _normalize_resources(resource: ResourceType, obj: dict, name: str) -> None:
+        """Quantities stored canonical (`8000` -> `8k`) and checked, as a real API server does."""
+        try:
+            if resource.key == "pods":
+                normalize_pod_resources(obj)
+            elif resource.key == "nodes":
+                normalize_node_resources(obj)
+        except ResourceError as error:
+            raise ApiError(422, f'{resource.kind} "{name}" is invalid: {error}') from None
 
     @staticmethod
     def _check_pod_spec_update(old: dict, new: dict) -> None:

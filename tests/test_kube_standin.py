@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from decimal import ROUND_CEILING, Decimal, localcontext
 from pathlib import Path
 
 import jsonpatch
@@ -28,8 +29,10 @@ from kubernetes import client, watch
 
 from tensorai.demo.kube_standin import KubeStandin
 from tensorai.demo.kube_standin_patch import PatchError, json_patch, merge_patch
+from tensorai.demo.kube_standin_resources import canonical_quantity
 from tensorai.demo.kube_standin_select import SelectorError, parse_label_selector
 from tensorai.proto import contract
+from tensorai.proto.quantity import parse_quantity
 
 WAIT_SECONDS = 10
 
@@ -228,13 +231,82 @@ def test_a_patch_cannot_leave_an_object_without_its_name(core: client.CoreV1Api,
 
 
 def test_node_status_changes_only_through_the_status_subresource(core: client.CoreV1Api, api: KubeStandin) -> None:
-    api.add_node("n1", allocatable={contract.RESOURCE_VGPU_MILLI: "1000"})
+    api.add_node("n1", allocatable={contract.RESOURCE_VGPU_MILLI: "1500"})
     node = core.patch_node("n1", {"status": {"allocatable": {contract.RESOURCE_VGPU_MILLI: "9"}}})
-    assert node.status.allocatable[contract.RESOURCE_VGPU_MILLI] == "1000"
-    node = core.patch_node_status("n1", {"status": {"allocatable": {contract.RESOURCE_VGPU_MILLI: "2000"}}})
-    assert node.status.allocatable[contract.RESOURCE_VGPU_MILLI] == "2000"
+    assert node.status.allocatable[contract.RESOURCE_VGPU_MILLI] == "1500"
+    node = core.patch_node_status("n1", {"status": {"allocatable": {contract.RESOURCE_VGPU_MILLI: "2500"}}})
+    assert node.status.allocatable[contract.RESOURCE_VGPU_MILLI] == "2500"
     node = core.patch_node("n1", {"metadata": {"annotations": {contract.ANNOTATION_INVENTORY: "{}"}}})
     assert node.metadata.annotations[contract.ANNOTATION_INVENTORY] == "{}"
+
+
+# --- quantities as a real API server stores them -----------------------------------------------------
+def test_quantities_come_back_canonical_like_a_real_api_server(core: client.CoreV1Api, api: KubeStandin) -> None:
+    api.add_node("n1", allocatable={contract.RESOURCE_VGPU_MILLI: "8000", "memory": "1024Mi"})
+    node = core.read_node("n1")
+    assert node.status.allocatable[contract.RESOURCE_VGPU_MILLI] == "8k"
+    assert node.status.allocatable["memory"] == "1Gi"
+    body = pod_body("p1")
+    body["spec"]["containers"][0]["resources"] = {
+        "limits": {contract.RESOURCE_VGPU_MILLI: "2000", "cpu": "0.5", "memory": "0.2501"}
+    }
+    pod = core.create_namespaced_pod("default", body)
+    resources = pod.spec.containers[0].resources
+    # pod quantities are also rounded up to whole milli, as observed on kube-apiserver
+    assert resources.limits == {contract.RESOURCE_VGPU_MILLI: "2k", "cpu": "500m", "memory": "251m"}
+    assert resources.requests == resources.limits  # requests defaulted from limits
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ({"limits": {contract.RESOURCE_VGPU: "0.25"}}, "must be an integer"),
+        ({"limits": {contract.RESOURCE_VGPU: "0.0005"}}, '"1m": must be an integer'),
+        ({"requests": {contract.RESOURCE_VGPU_MILLI: "250"}}, "Limit must be set"),
+        ({"requests": {contract.RESOURCE_VGPU_MILLI: "250"}, "limits": {contract.RESOURCE_VGPU_MILLI: "500"}}, "equal"),
+        ({"limits": {"cpu": "lots"}}, "quantities must match"),
+        ({"limits": {"memory": "-1Gi"}}, "greater than or equal to 0"),
+    ],
+)
+def test_pods_with_resources_a_real_server_rejects_are_invalid(
+    core: client.CoreV1Api, resources: dict, message: str
+) -> None:
+    body = pod_body("p1")
+    body["spec"]["containers"][0]["resources"] = resources
+    with pytest.raises(client.ApiException) as invalid:
+        core.create_namespaced_pod("default", body)
+    assert invalid.value.status == 422
+    assert message in json.loads(invalid.value.body)["message"]
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("2000", "2k"),
+        ("1500", "1500"),
+        ("0.25", "250m"),
+        ("1.5", "1500m"),
+        ("1024Mi", "1Gi"),
+        ("1536Mi", "1536Mi"),
+        ("0.5Gi", "512Mi"),
+        ("1e3", "1e3"),
+        ("1000000", "1M"),
+        ("0", "0"),
+        (110, "110"),
+    ],
+)
+def test_canonical_quantity_matches_kube_apiserver(given: object, stored: str) -> None:
+    assert canonical_quantity(given) == stored
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.decimals(min_value=0, max_value=10**15, places=3), st.sampled_from(["", "m", "k", "Mi", "Gi"]))
+def test_canonical_quantity_keeps_the_value(number, suffix: str) -> None:
+    text = f"{number}{suffix}"
+    with localcontext() as context:
+        context.prec = 80
+        expected = parse_quantity(text).quantize(Decimal("1e-9"), ROUND_CEILING)
+        assert parse_quantity(canonical_quantity(text)) == expected
 
 
 # --- bindings --------------------------------------------------------------------------------------
