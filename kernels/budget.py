@@ -185,7 +185,9 @@ def _make_memory_manager() -> type | None:
             except BaseException:
                 budget.release(size)
                 raise
-            weakref.finalize(pointer, budget.release, size)
+            # Views of a device array get their own OwnedPointer over the same memory object;
+            # that object dies only when the last view is gone and Numba has freed it.
+            weakref.finalize(getattr(pointer, "_mem", pointer), budget.release, size)
             return pointer
 
         def get_memory_info(self):  # type: ignore[no-untyped-def]
