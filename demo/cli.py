@@ -55,7 +55,7 @@ def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status (see the module docstring)."""
     args = build_parser().parse_args(argv)
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=200)  # logs and CI: no 80-column wrap
     try:
         scenario = load_scenario(args.scenario)
     except ScenarioError as error:

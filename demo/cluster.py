@@ -1,6 +1,8 @@
 """Bring up the demo's local cluster: API stand-in, nodes (stub kubelet + real device plugin), extender, webhook.
 
-Each part is the real program in its own process, reached over its real protocol: the device plugins
+Each part is the real program in its own process, reached over its real protocol - the API stand-in
+too, so its server log stays out of the demo's screen and the demo itself talks to it only through
+the kubernetes client and a kubeconfig, like every other program. The device plugins
 register with their node's StubKubelet over v1beta1 gRPC on unix sockets and publish Inventory to the
 stand-in through a kubeconfig; the extender watches the stand-in and serves HTTP; the webhook serves
 HTTPS with a self-signed CA it writes into the MutatingWebhookConfiguration's caBundle, which is the
@@ -20,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
 
-from tensorai.demo.kube_standin import KubeStandin
 from tensorai.demo.processes import ManagedProcess, ProcessGroup, StepError, module_command
 from tensorai.demo.scenario import SCHEDULER_NAME, NodeSpec, Scenario
 from tensorai.demo.stub_kubelet import StubKubelet
@@ -48,9 +50,10 @@ class DemoNode:
 class DemoCluster:
     """Everything `start_cluster` started; `stop()` undoes all of it."""
 
-    standin: KubeStandin
     processes: ProcessGroup
     socket_root: Path
+    api_url: str = ""
+    kubeconfig_path: Path | None = None
     nodes: dict[str, DemoNode] = field(default_factory=dict)
     extender_url: str = ""
     webhook_port: int = 0
@@ -61,7 +64,6 @@ class DemoCluster:
         self.processes.stop_all()
         for node in self.nodes.values():
             node.kubelet.stop()
-        self.standin.stop()
         for path in sorted(self.socket_root.rglob("*"), reverse=True):
             if path.is_dir():
                 path.rmdir()
@@ -90,6 +92,41 @@ def _http_status(url_host: str, port: int, path: str) -> int:
         connection.close()
 
 
+def read_json(call: Callable[..., Any], *args: Any) -> dict[str, Any]:
+    """One API read as plain JSON (`_preload_content=False`: no model round trip); {} when not found."""
+    try:
+        return json.loads(call(*args, _preload_content=False).data)
+    except ApiException as error:
+        if error.status == 404:
+            return {}
+        raise
+
+
+def _create_node(api_client: Any, name: str) -> None:
+    """A Ready node labelled for the device plugin, as a joining kubelet would register it."""
+    client.CoreV1Api(api_client).create_node({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {contract.LABEL_GPU_NODE: "true", "kubernetes.io/hostname": name}},
+        "status": {
+            "capacity": {"pods": "110"},
+            "allocatable": {"pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+        },
+    }, _preload_content=False)
+
+
+def _start_standin(cluster: DemoCluster, logs: Path) -> None:
+    cluster.kubeconfig_path = logs.parent / "kubeconfig"
+    standin = cluster.processes.start(
+        "Kubernetes API stand-in",
+        module_command("tensorai.demo.kube_standin", "--port", "0", "--kubeconfig", str(cluster.kubeconfig_path)),
+        logs / "kube-standin.log",
+    )
+    cluster.api_url = standin.wait_for_line(r"^(http://[^\s]+)", START_TIMEOUT_S)[1]
+    cluster.api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig_path))
+
+
 def _start_node(cluster: DemoCluster, spec: NodeSpec, logs: Path) -> DemoNode:
     socket_dir = cluster.socket_root / spec.name
     (socket_dir / "device-plugins").mkdir(parents=True)
@@ -104,7 +141,7 @@ def _start_node(cluster: DemoCluster, spec: NodeSpec, logs: Path) -> DemoNode:
             "--device-plugin-dir", str(socket_dir / "device-plugins"),
             "--pod-resources-socket", str(pod_resources),
             "--node-name", spec.name,
-            "--kubeconfig", str(cluster.standin.kubeconfig_path),
+            "--kubeconfig", str(cluster.kubeconfig_path),
             "--metrics-port", "0",
             "--inventory-interval", "10",
         ),
@@ -125,7 +162,7 @@ def _wait_node_ready(cluster: DemoCluster, node: DemoNode) -> None:
     wait_until("Register and a first ListAndWatch", registered, START_TIMEOUT_S, step)
 
     def published() -> bool:
-        obj = cluster.standin.get_object("nodes", node.spec.name) or {}
+        obj = read_json(client.CoreV1Api(cluster.api_client).read_node, node.spec.name)
         return contract.ANNOTATION_INVENTORY in ((obj.get("metadata") or {}).get("annotations") or {})
 
     wait_until(f"the {contract.ANNOTATION_INVENTORY} annotation", published, START_TIMEOUT_S,
@@ -157,9 +194,10 @@ def _webhook_configuration() -> dict[str, Any]:
     }
 
 
-def _start_webhook(cluster: DemoCluster, logs: Path) -> None:
-    cluster.standin.add_object("mutatingwebhookconfigurations", _webhook_configuration())
-    webhook = cluster.processes.start(
+def _launch_webhook(cluster: DemoCluster, logs: Path) -> ManagedProcess:
+    registration = client.AdmissionregistrationV1Api(cluster.api_client)
+    registration.create_mutating_webhook_configuration(_webhook_configuration(), _preload_content=False)
+    return cluster.processes.start(
         "webhook",
         module_command(
             "tensorai.scheduler.webhook_cli",
@@ -167,15 +205,19 @@ def _start_webhook(cluster: DemoCluster, logs: Path) -> None:
             "--service-name", WEBHOOK_SERVICE, "--namespace", WEBHOOK_NAMESPACE,
             "--webhook-config-name", WEBHOOK_CONFIG_NAME,
             "--scheduler-name", SCHEDULER_NAME,
-            "--kubeconfig", str(cluster.standin.kubeconfig_path),
+            "--kubeconfig", str(cluster.kubeconfig_path),
             "--address", "127.0.0.1", "--port", "0",
         ),
         logs / "webhook.log",
     )
+
+
+def _wait_webhook(cluster: DemoCluster, webhook: ManagedProcess, logs: Path) -> None:
+    registration = client.AdmissionregistrationV1Api(cluster.api_client)
     cluster.webhook_port = int(webhook.wait_for_line(r"serving https://[^:]+:(\d+)/mutate", START_TIMEOUT_S)[1])
 
     def ca_bundle() -> str:
-        obj = cluster.standin.get_object("mutatingwebhookconfigurations", WEBHOOK_CONFIG_NAME) or {}
+        obj = read_json(registration.read_mutating_webhook_configuration, WEBHOOK_CONFIG_NAME)
         hooks = obj.get("webhooks") or [{}]
         return (hooks[0].get("clientConfig") or {}).get("caBundle") or ""
 
@@ -186,17 +228,20 @@ def _start_webhook(cluster: DemoCluster, logs: Path) -> None:
     cluster.webhook_ca_path = ca_path
 
 
-def _start_extender(cluster: DemoCluster, logs: Path) -> None:
-    extender = cluster.processes.start(
+def _launch_extender(cluster: DemoCluster, logs: Path) -> ManagedProcess:
+    return cluster.processes.start(
         "extender",
         module_command(
             "tensorai.scheduler.cli",
-            "--kubeconfig", str(cluster.standin.kubeconfig_path),
+            "--kubeconfig", str(cluster.kubeconfig_path),
             "--address", "127.0.0.1", "--port", "0",
             "--requeue-interval-seconds", "1",
         ),
         logs / "extender.log",
     )
+
+
+def _wait_extender(cluster: DemoCluster, extender: ManagedProcess) -> None:
     port = int(extender.wait_for_line(r"serving on http://[^:]+:(\d+)", START_TIMEOUT_S)[1])
     cluster.extender_url = f"http://127.0.0.1:{port}"
     wait_until("GET /readyz = 200 (cluster view synced)", lambda: _http_status("127.0.0.1", port, "/readyz") == 200,
@@ -209,27 +254,31 @@ def start_cluster(scenario: Scenario, out_dir: Path, progress: Callable[[str], N
     logs.mkdir(parents=True, exist_ok=True)
     # Unix socket paths are limited to ~107 bytes: keep them under a short temporary directory.
     socket_root = Path(tempfile.mkdtemp(prefix="tensorai-demo-"))
+    cluster = DemoCluster(processes=ProcessGroup(), socket_root=socket_root)
     try:
-        standin = KubeStandin().start()
-    except OSError as error:
-        socket_root.rmdir()
-        raise StepError("start Kubernetes API stand-in", str(error)) from error
-    cluster = DemoCluster(standin=standin, processes=ProcessGroup(), socket_root=socket_root)
-    try:
-        cluster.api_client = standin.api_client()
-        progress(f"Kubernetes API stand-in on {standin.url}")
-        for spec in scenario.nodes:
-            standin.add_node(spec.name, labels={contract.LABEL_GPU_NODE: "true"}, allocatable={})
-        for quota in scenario.quotas:
-            standin.add_object("gpuquotas", quota.to_object())
+        _start_standin(cluster, logs)
+        progress(f"Kubernetes API stand-in on {cluster.api_url}")
+        custom = client.CustomObjectsApi(cluster.api_client)
+        try:
+            for spec in scenario.nodes:
+                _create_node(cluster.api_client, spec.name)
+            for quota in scenario.quotas:
+                custom.create_namespaced_custom_object(
+                    contract.QUOTA_GROUP, contract.QUOTA_VERSION, quota.namespace, contract.QUOTA_PLURAL,
+                    quota.to_object(), _preload_content=False)
+        except ApiException as error:
+            raise StepError("create nodes and GPUQuotas", f"HTTP {error.status}: {error.body}") from error
+        # Launch everything first, then wait: the programs' start-up overlaps on the CPU.
         for spec in scenario.nodes:
             cluster.nodes[spec.name] = _start_node(cluster, spec, logs)
-        _start_webhook(cluster, logs)
+        webhook = _launch_webhook(cluster, logs)
+        extender = _launch_extender(cluster, logs)
+        _wait_webhook(cluster, webhook, logs)
         progress(f"webhook on https://127.0.0.1:{cluster.webhook_port}/mutate (CA from the caBundle)")
         for node in cluster.nodes.values():
             _wait_node_ready(cluster, node)
             progress(f"node {node.spec.name}: {node.spec.sim_gpus}, {len(node.kubelet.healthy_ids())} devices")
-        _start_extender(cluster, logs)
+        _wait_extender(cluster, extender)
         progress(f"extender on {cluster.extender_url}")
     except BaseException:
         cluster.stop()

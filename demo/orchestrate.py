@@ -20,7 +20,7 @@ from typing import Any
 from kubernetes import client
 
 from tensorai.demo.admission import Admission
-from tensorai.demo.cluster import DemoCluster, start_cluster
+from tensorai.demo.cluster import DemoCluster, read_json, start_cluster
 from tensorai.demo.kubelet_runner import KubeletRunner
 from tensorai.demo.processes import StepError
 from tensorai.demo.scenario import EXPECT_DENIED, EXPECT_QUOTA_WAIT, Scenario
@@ -46,7 +46,7 @@ class DemoResult:
 def _read_gpus(cluster: DemoCluster) -> list[GpuInfo]:
     gpus = []
     for name in cluster.nodes:
-        node = cluster.standin.get_object("nodes", name) or {}
+        node = read_json(client.CoreV1Api(cluster.api_client).read_node, name)
         text = ((node.get("metadata") or {}).get("annotations") or {}).get(contract.ANNOTATION_INVENTORY, "")
         try:
             inventory = contract.decode_inventory(text)
@@ -60,7 +60,9 @@ def _read_gpus(cluster: DemoCluster) -> list[GpuInfo]:
 
 def _refresh_quotas(cluster: DemoCluster, state: DemoState) -> None:
     quotas = {}
-    for obj in cluster.standin.list_objects("gpuquotas"):
+    listing = read_json(client.CustomObjectsApi(cluster.api_client).list_cluster_custom_object,
+                        contract.QUOTA_GROUP, contract.QUOTA_VERSION, contract.QUOTA_PLURAL)
+    for obj in listing.get("items") or []:
         metadata = obj.get("metadata") or {}
         status = obj.get("status") or {}
         quotas[f"{metadata.get('namespace')}/{metadata.get('name')}"] = {
