@@ -9,10 +9,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 import tensorai.kernels as K
@@ -81,6 +85,24 @@ def test_malformed_requests_do_not_take_the_exporter_down() -> None:
         assert requests.get(f"http://127.0.0.1:{server.port}/healthz", timeout=10).status_code == 200
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def fuzz_server() -> Iterator[MetricsServer]:
+    server = MetricsServer(WorkerMetrics(MemoryBudget(1), None), "127.0.0.1", 0).start()
+    yield server
+    server.stop()
+
+
+@given(path=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=60))
+@settings(max_examples=60, deadline=None)
+def test_any_request_path_gets_an_answer_and_the_exporter_stays_up(fuzz_server, path) -> None:
+    server = fuzz_server
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+        connection.sendall(f"GET /{path} HTTP/1.0\r\n\r\n".encode())
+        status_line = connection.recv(64).split(b"\r\n", 1)[0]
+    assert status_line.split()[1] in (b"200", b"400", b"404"), status_line
+    assert requests.get(f"http://127.0.0.1:{server.port}/healthz", timeout=10).status_code == 200
 
 
 def free_port() -> int:
