@@ -69,8 +69,7 @@ class EventRecorder:
     def record(self, event: PodEvent) -> None:
         """Queue an event; never blocks."""
         self.recent.append(event)
-        log.log(
-            logging.WARNING if event.warning else logging.INFO,
+        log.info(
             "%s/%s %s: %s",
             event.namespace,
             event.pod_name,

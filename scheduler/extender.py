@@ -27,7 +27,13 @@ from tensorai.scheduler.bind import Binder, BindError, BindRequest
 from tensorai.scheduler.core.cluster import copy_cluster
 from tensorai.scheduler.core.context import PolicyContext
 from tensorai.scheduler.core.fit import node_feasibility
-from tensorai.scheduler.core.placement import release_placement, score_nodes, to_extender_scores
+from tensorai.scheduler.core.placement import (
+    ScoreCache,
+    release_placement,
+    resolve_policy,
+    score_nodes,
+    to_extender_scores,
+)
 from tensorai.scheduler.core.quota import estimate_usage, never_fits, quota_violations
 from tensorai.scheduler.core.types import PodDemand
 from tensorai.scheduler.events import REASON_QUOTA_WAIT, EventRecorder, PodEvent
@@ -57,7 +63,7 @@ def _parse_args(body: object) -> tuple[dict, list[str], list[dict] | None]:
     names = body.get("NodeNames")
     nodes = body.get("Nodes")
     if names is not None:
-        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        if not isinstance(names, list) or not set(map(type, names)) <= {str}:  # C-speed check of 5,000 names
             raise BadRequest("ExtenderArgs.NodeNames must be a list of node names or null")
         return pod, names, None
     if nodes is None:
@@ -93,7 +99,8 @@ class ExtenderService:
         self.policy = policy
         self.events = events or EventRecorder()
         self.metrics = metrics or ExtenderMetrics(view)
-        self.context = context
+        self.context = context or PolicyContext()
+        self._names_cache: tuple[int, list[str], np.ndarray, np.ndarray] | None = None
         self.binder = Binder(
             view,
             policy=policy,
@@ -111,7 +118,7 @@ class ExtenderService:
             raise BadRequest("ExtenderArgs.Pod needs metadata.name (and metadata.uid)")
         if record.demand is None:
             raise PodError(f"pod {record.namespace}/{record.name}: {record.demand_error}")
-        if self.context is not None and self.context.online is not None and record.uid not in self._observed:
+        if self.context.online is not None and record.uid not in self._observed:
             with self.view.lock:
                 self.context.online.observe(record.demand)
                 self._observed[record.uid] = None
@@ -119,10 +126,41 @@ class ExtenderService:
                     self._observed.pop(next(iter(self._observed)))
         return record, record.demand
 
-    def _candidates(self, node_names: list[str]) -> tuple[np.ndarray, list[int | None]]:
-        positions = [self.view.node_index(name) for name in node_names]
-        known = np.fromiter((index for index in positions if index is not None), dtype=np.int64)
+    def _candidates(self, node_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(known node rows, row per requested name with -1 for unknown); call under the view lock.
+
+        kube-scheduler sends the same node list again and again, so the name -> row mapping of the
+        last list is reused while the view's node set is unchanged (one C-level list compare).
+        """
+        generation = self.view.node_generation
+        cached = self._names_cache
+        if cached is not None and cached[0] == generation and cached[1] == node_names:
+            return cached[2], cached[3]
+        index_of = self.view.node_index
+        positions = np.fromiter(
+            ((-1 if (row := index_of(name)) is None else row) for name in node_names),
+            dtype=np.int64,
+            count=len(node_names),
+        )
+        known = positions[positions >= 0]
+        self._names_cache = (generation, node_names, known, positions)
         return known, positions
+
+    def _node_scores(self, demand: PodDemand) -> np.ndarray:
+        """(N,) policy scores, -inf where the pod does not fit; call under the view lock.
+
+        Uses the core's ScoreCache (per pod shape, recomputing only nodes whose arrays changed since
+        the last call), exactly as the simulator does; policies it cannot cache are scored afresh.
+        """
+        context = self.context
+        policy = resolve_policy(demand, self.policy)
+        cluster = self.view.cluster
+        if context.use_cache and policy != "random" and demand.anti_affinity_group is None:
+            if not isinstance(context.cache, ScoreCache):
+                context.cache = ScoreCache()
+            return context.cache.node_scores(cluster, demand, policy, context)
+        scores, _ = score_nodes(cluster, demand, policy, None, context=context)
+        return scores
 
     # ------------------------------------------------------------------ filter
     def filter(self, body: object) -> dict:
@@ -149,7 +187,7 @@ class ExtenderService:
             view = self.view
             with view.lock:
                 view.refresh_schedulable()
-                candidates, positions = self._candidates(node_names)
+                _, positions = self._candidates(node_names)
                 limits = view.quotas(record.namespace)
                 used = view.used(record.namespace)
                 if limits:
@@ -161,27 +199,9 @@ class ExtenderService:
                     for name in node_names:
                         target[name] = reason
                 else:
-                    mask, reasons = node_feasibility(view.cluster, demand, candidates)
-                    for name, index in zip(node_names, positions, strict=True):
-                        if index is None:
-                            unresolvable[name] = view.node_problem(name) or "unknown node"
-                            continue
-                        if mask[index]:
-                            node = view.node_record(name)
-                            model_reasons = []
-                            if limits and node is not None:
-                                estimate = estimate_usage(demand, node.model, node.usable_memory_mib)
-                                model_reasons = quota_violations(limits, used, estimate)
-                            if model_reasons:
-                                failed[name] = "; ".join(model_reasons)
-                                quota_reasons.extend(model_reasons)
-                            else:
-                                kept.append(name)
-                            continue
-                        reason, resolvable = reasons.get(index, ("does not fit", True))
-                        if not view.cluster.node_schedulable[index]:
-                            reason, resolvable = view.node_problem(name) or reason, False
-                        (failed if resolvable else unresolvable)[name] = reason
+                    kept = self._filter_nodes(
+                        demand, node_names, positions, limits, used, failed, unresolvable, quota_reasons
+                    )
             if quota_reasons and not kept:
                 reason = "; ".join(dict.fromkeys(quota_reasons))
                 if self.view.note_waiting(record, reason):
@@ -214,19 +234,77 @@ class ExtenderService:
             "Error": "",
         }
 
+    def _filter_nodes(
+        self,
+        demand: PodDemand,
+        node_names: list[str],
+        positions: np.ndarray,
+        limits: list,
+        used: object,
+        failed: dict[str, str],
+        unresolvable: dict[str, str],
+        quota_reasons: list[str],
+    ) -> list[str]:
+        """Split the requested nodes into kept / failed / unresolvable (under the view lock).
+
+        Feasibility comes from the cached scores (-inf = does not fit); the core's reasons are
+        computed only for the nodes that do not fit, and a node the scores rejected but the fit
+        check accepts is kept, so the answer is always the fit rules' answer.
+        """
+        view = self.view
+        scores = self._node_scores(demand)
+        known = positions >= 0
+        fits = np.zeros(len(node_names), dtype=bool)
+        fits[known] = scores[positions[known]] > -np.inf
+        rejected = np.flatnonzero(known & ~fits)
+        if rejected.size:
+            mask, reasons = node_feasibility(view.cluster, demand, positions[rejected])
+            schedulable = view.cluster.node_schedulable
+            for position in rejected.tolist():
+                row = int(positions[position])
+                if mask[row]:
+                    fits[position] = True
+                    continue
+                name = node_names[position]
+                reason, resolvable = reasons.get(row, ("does not fit", True))
+                if not schedulable[row]:
+                    reason, resolvable = view.node_problem(name) or reason, False
+                (failed if resolvable else unresolvable)[name] = reason
+        for position in np.flatnonzero(~known).tolist():
+            name = node_names[position]
+            unresolvable[name] = view.node_problem(name) or "unknown node"
+        kept_positions = np.flatnonzero(fits).tolist()
+        if not limits:
+            return [node_names[position] for position in kept_positions]
+        kept = []
+        for position in kept_positions:  # per-model and memory quotas depend on the node's GPUs
+            name = node_names[position]
+            node = view.node_record(name)
+            estimate = estimate_usage(demand, node.model, node.usable_memory_mib) if node else None
+            model_reasons = quota_violations(limits, used, estimate) if estimate else []
+            if model_reasons:
+                failed[name] = "; ".join(model_reasons)
+                quota_reasons.extend(model_reasons)
+            else:
+                kept.append(name)
+        return kept
+
     def _count_failures(self, failed: dict[str, str], unresolvable: dict[str, str], quota: bool) -> None:
         counts: dict[str, int] = {}
         for reason in (*failed.values(), *unresolvable.values()):
+            counts[reason] = counts.get(reason, 0) + 1
+        by_kind: dict[str, int] = {}
+        for reason, count in counts.items():  # classify each distinct reason once
             if quota and "GPUQuota" in reason:
                 kind = metric_names.REASON_QUOTA
-            elif "unknown" in reason or "no tensor.ai/inventory" in reason or "has no tensor.ai" in reason:
+            elif "unknown" in reason or "has no tensor.ai" in reason:
                 kind = metric_names.REASON_UNKNOWN_NODE
             elif "inventory" in reason or "cordoned" in reason or "heartbeat" in reason:
                 kind = metric_names.REASON_NODE_UNUSABLE
             else:
                 kind = metric_names.REASON_GPU_FIT
-            counts[kind] = counts.get(kind, 0) + 1
-        for kind, count in counts.items():
+            by_kind[kind] = by_kind.get(kind, 0) + count
+        for kind, count in by_kind.items():
             self.metrics.filter_failures.labels(kind).inc(count)
 
     # ------------------------------------------------------------------ prioritize
@@ -239,15 +317,14 @@ class ExtenderService:
         view = self.view
         with view.lock:
             view.refresh_schedulable()
-            candidates, positions = self._candidates(node_names)
-            scores, _ = score_nodes(
-                view.cluster, demand, demand.policy or self.policy, candidates, context=self.context
-            )
-            ints = to_extender_scores(scores)
-        return [
-            {"Host": name, "Score": 0 if index is None else int(ints[index])}
-            for name, index in zip(node_names, positions, strict=True)
-        ]
+            _, positions = self._candidates(node_names)
+            scores = self._node_scores(demand)
+            requested = np.full(len(node_names), -np.inf)
+            known = positions >= 0
+            requested[known] = scores[positions[known]]
+        # min-max over the nodes asked about, so the best of THIS list gets 10
+        ints = to_extender_scores(requested).tolist()
+        return [{"Host": name, "Score": score} for name, score in zip(node_names, ints, strict=True)]
 
     # ------------------------------------------------------------------ bind
     def bind(self, body: object) -> dict:
@@ -333,6 +410,8 @@ ROUTES = tuple(_ROUTES)  # the verbs' paths; the manifests' KubeSchedulerConfigu
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as kube-scheduler's Go client expects
+    # Headers and body are two writes; with Nagle on, the body waits for the client's delayed ACK (~40 ms).
+    disable_nagle_algorithm = True
     server: ExtenderHTTPServer
 
     def log_message(self, format: str, *args: object) -> None:

@@ -1,0 +1,252 @@
+"""Benchmark the extender over HTTP, the way kube-scheduler calls it, and print a table.
+
+For each cluster size (default 1,000 and 5,000 nodes x 8 GPUs, 20,000 running pods holding
+fractional and whole GPUs) it writes a cluster file, starts the real `tensorai-extender
+--cluster-file` process, and from this process (persistent HTTP/1.1 connections, like the Go client):
+- latency p50/p99 of filter, prioritize and bind, each pod going filter -> prioritize -> bind on
+  the best-scored feasible node, with ALL nodes in NodeNames (nodeCacheCapable: true) - the worst
+  case; kube-scheduler usually sends fewer (percentageOfNodesToScore);
+- sustained pods/s through filter + prioritize + bind with 1 and with 4 concurrent clients.
+
+    .venv/bin/python tests/benchmarks/bench_extender.py [--nodes 1000 5000] [--pods 20000] [--measure 300]
+
+Targets (issue 3): p99 <= 10 ms per verb at 5,000 nodes; >= 500 pods/s at 1,000 nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from test_extender_support import gpu_uuid, node, pod
+
+from tensorai.proto import contract
+
+# running-pod mix: mostly shares, some whole GPUs; 20,000 of them fill ~75 % of 1,000 x 8 GPUs
+SHAPES_MILLI = (100, 250, 250, 250, 500, 100, 250, 250, 500, 1000)
+
+
+def build_cluster(nodes: int, running_pods: int, seed: int) -> dict:
+    """A List of nodes (8 GPUs each) and running pods with Assignments that fit (first fit, random order)."""
+    rng = random.Random(seed)
+    items: list[dict] = [node(f"node-{i:05d}", 8) for i in range(nodes)]
+    free = np.full((nodes, 8), contract.MILLI_PER_GPU, dtype=np.int32)
+    placed = 0
+    attempts = 0
+    while placed < running_pods and attempts < running_pods * 4:
+        attempts += 1
+        milli = rng.choice(SHAPES_MILLI)
+        row = rng.randrange(nodes)
+        whole = milli // contract.MILLI_PER_GPU
+        if whole:
+            slots = np.flatnonzero(free[row] == contract.MILLI_PER_GPU)[:whole]
+            if len(slots) < whole:
+                continue
+            shares = [(int(slot), contract.MILLI_PER_GPU) for slot in slots]
+        else:
+            slots = np.flatnonzero(free[row] >= milli)
+            if not len(slots):
+                continue
+            shares = [(int(slots[0]), milli)]
+        name = f"node-{row:05d}"
+        running = pod(f"run-{placed}", milli, node_name=name, phase="Running", namespace=f"team-{placed % 20}")
+        assignment = contract.pb.Assignment(pod_uid=running["metadata"]["uid"], node_name=name)
+        container = assignment.containers.add(name="c0")
+        for slot, share in shares:
+            free[row, slot] -= share
+            container.gpus.add(uuid=gpu_uuid(name, slot), milli=share, memory_mib=share * 80)
+        running["metadata"]["annotations"][contract.ANNOTATION_ASSIGNMENT] = contract.encode_assignment(assignment)
+        items.append(running)
+        placed += 1
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+class Client:
+    """One persistent HTTP/1.1 connection."""
+
+    def __init__(self, port: int) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def post(self, path: str, body: object) -> tuple[float, object]:
+        data = json.dumps(body).encode()
+        started = time.perf_counter()
+        self.connection.request("POST", path, body=data, headers={"Content-Type": "application/json"})
+        response = self.connection.getresponse()
+        payload = response.read()
+        elapsed = time.perf_counter() - started
+        if response.status != 200:
+            raise RuntimeError(f"{path}: HTTP {response.status} {payload[:200]!r}")
+        return elapsed, json.loads(payload)
+
+
+def schedule_one(client: Client, names: list[str], milli: int, tag: str) -> tuple[float, float, float, bool]:
+    """filter -> prioritize -> bind one pod; returns the three latencies and whether it was bound."""
+    pending = pod(tag, milli, namespace="bench")
+    args = {"Pod": pending, "Nodes": None, "NodeNames": names}
+    filter_s, filtered = client.post("/filter", args)
+    feasible = filtered["NodeNames"] or []
+    if not feasible:
+        return filter_s, 0.0, 0.0, False
+    prioritize_s, scores = client.post("/prioritize", {"Pod": pending, "Nodes": None, "NodeNames": feasible})
+    best = max(scores, key=lambda entry: entry["Score"])["Host"]
+    bind_s, result = client.post(
+        "/bind", {"PodName": tag, "PodNamespace": "bench", "PodUID": pending["metadata"]["uid"], "Node": best}
+    )
+    return filter_s, prioritize_s, bind_s, not result["Error"]
+
+
+def start_extender(path: str) -> tuple[subprocess.Popen, int]:
+    """Run the real CLI on a cluster file; returns the process and its port."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorai.scheduler.cli",
+            "--cluster-file",
+            path,
+            "--port",
+            "0",
+            "--address",
+            "127.0.0.1",
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = process.stdout.readline()
+    if "serving on" not in line:
+        process.kill()
+        raise RuntimeError(f"extender did not start: {line!r}")
+    return process, int(line.strip().rsplit(":", 1)[1])
+
+
+def percentile_ms(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values) * 1000, q)) if values else float("nan")
+
+
+def run_size(nodes: int, running_pods: int, measure: int, seed: int) -> dict:
+    cluster = build_cluster(nodes, running_pods, seed)
+    names = [item["metadata"]["name"] for item in cluster["items"] if item["kind"] == "Node"]
+    rng = random.Random(seed + 1)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "cluster.json")
+        with open(path, "w") as handle:
+            json.dump(cluster, handle)
+        load_started = time.perf_counter()
+        process, port = start_extender(path)
+        load_s = time.perf_counter() - load_started
+        try:
+            client = Client(port)
+            for index in range(20):  # warm-up
+                schedule_one(client, names, 250, f"warm-{index}")
+            latencies: dict[str, list[float]] = {"filter": [], "prioritize": [], "bind": []}
+            bound = 0
+            started = time.perf_counter()
+            for index in range(measure):
+                filter_s, prioritize_s, bind_s, ok = schedule_one(
+                    client, names, rng.choice((250, 500, 1000)), f"m-{index}"
+                )
+                latencies["filter"].append(filter_s)
+                if ok:
+                    latencies["prioritize"].append(prioritize_s)
+                    latencies["bind"].append(bind_s)
+                    bound += 1
+            single_rate = bound / (time.perf_counter() - started)
+            rate4 = concurrent_rate(port, names, measure, rng)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    running = sum(1 for item in cluster["items"] if item["kind"] == "Pod")
+    return {
+        "nodes": nodes,
+        "running": running,
+        "load_s": load_s,
+        "latencies": latencies,
+        "rate1": single_rate,
+        "rate4": rate4,
+    }
+
+
+def concurrent_rate(port: int, names: list[str], total: int, rng: random.Random, clients: int = 4) -> float:
+    """Pods/s bound through filter+prioritize+bind by `clients` concurrent schedulers."""
+    shapes = [rng.choice((250, 500, 1000)) for _ in range(total)]
+    counter = iter(range(total))
+    lock = threading.Lock()
+    bound = [0]
+
+    def worker(worker_id: int) -> None:
+        client = Client(port)
+        while True:
+            with lock:
+                index = next(counter, None)
+            if index is None:
+                return
+            if schedule_one(client, names, shapes[index], f"c{worker_id}-{index}")[3]:
+                with lock:
+                    bound[0] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(600)
+    return bound[0] / (time.perf_counter() - started)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), for the table's caption."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--pods", type=int, default=20_000, help="running pods in the cluster")
+    parser.add_argument("--measure", type=int, default=300, help="pods scheduled per measurement")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    header = (
+        f"{'nodes':>6} {'GPUs':>6} {'running':>7} | {'filter p50/p99 ms':>18} | {'prioritize p50/p99 ms':>22} | "
+        f"{'bind p50/p99 ms':>16} | {'pods/s x1':>9} {'pods/s x4':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for nodes in args.nodes:
+        result = run_size(nodes, args.pods, args.measure, args.seed)
+        lat = result["latencies"]
+        cells = [
+            f"{percentile_ms(lat[v], 50):7.2f} / {percentile_ms(lat[v], 99):7.2f}"
+            for v in ("filter", "prioritize", "bind")
+        ]
+        print(
+            f"{nodes:>6} {nodes * 8:>6} {result['running']:>7} | {cells[0]:>18} | {cells[1]:>22} | {cells[2]:>16} | "
+            f"{result['rate1']:>9.0f} {result['rate4']:>9.0f}",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
