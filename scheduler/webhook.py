@@ -619,8 +619,8 @@ def _check_quota(request: _Request, result: _TemplateResult, quotas: QuotaSource
             code=403, reason="Forbidden")
 
 
-def bad_request_review(message: str, uid: str = "") -> dict[str, Any]:
-    """An AdmissionReview-shaped body for HTTP 400 answers (the API server shows the message)."""
+def bad_request_review(message: str, uid: str = "", *, code: int = 400, reason: str = "BadRequest") -> dict[str, Any]:
+    """An AdmissionReview-shaped body for non-200 answers (the API server shows the message)."""
     return {"apiVersion": ADMISSION_API_VERSION, "kind": ADMISSION_KIND,
             "response": {"uid": uid, "allowed": False,
-                         "status": {"status": "Failure", "code": 400, "reason": "BadRequest", "message": message}}}
+                         "status": {"status": "Failure", "code": code, "reason": reason, "message": message}}}

@@ -214,7 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _bad_request(self, status: int, reason: str, message: str) -> None:
         self.server.metrics.bad_requests.labels(reason).inc()
-        self._send_json(status, bad_request_review(message))
+        self._send_json(status, bad_request_review(message, code=status))
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -263,6 +263,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         except RecursionError:
             self._bad_request(400, "review", "AdmissionReview is nested too deeply")
+            return
+        except Exception:  # a bug must cost one request (the API server applies failurePolicy), not the server
+            log.exception("internal error while deciding an AdmissionReview")
+            self.server.metrics.bad_requests.labels("internal").inc()
+            self._send_json(500, bad_request_review("internal error in tensorai-webhook; see its log", code=500,
+                                                    reason="InternalError"))
             return
         metrics = self.server.metrics
         metrics.latency.observe(time.perf_counter() - started)
