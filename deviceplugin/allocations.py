@@ -183,13 +183,14 @@ class AllocationBook:
                 holder = next((h for h in holders if h is not None), None)
                 if holder is None:
                     continue
-                if holder == record.owner.listing_key:
+                named = owner_of.get(holder)
+                if holder == record.owner.listing_key and (record.owner.pod_uid or named is None):
                     if not record.confirmed:
                         updated = replace(record, confirmed=True)
                         self._records[record_id] = updated
                         confirmed.append(updated)
                     continue
-                new_owner = owner_of.get(holder, Owner(holder[0], holder[1], "", holder[2]))
+                new_owner = named or Owner(holder[0], holder[1], "", holder[2])  # uid learnt on a later pass
                 updated = replace(record, owner=new_owner, confirmed=True)
                 self._records[record_id] = updated
                 relabelled.append((updated, record.owner))

@@ -123,9 +123,9 @@ class Plugin:
             self.writer.enqueue(record.owner.pod_uid)
         self.reconciler.kick()
 
-    def _annotations_changed(self, pod_uids: set[str]) -> None:
+    def _annotations_changed(self, pod_uids: list[str]) -> None:
         if self.writer is not None:
-            for uid in sorted(pod_uids):
+            for uid in pod_uids:
                 self.writer.enqueue(uid)
 
     def start(self, *, sync_timeout_s: float = 10.0) -> Plugin:

@@ -96,6 +96,7 @@ class PodState:
     allocated: Mapping[str, tuple[GPUPortion, ...]]  # container -> what the allocated annotation says
     terminal: bool
     problems: tuple[str, ...]  # why some container has no usable slot
+    assignment: pb.Assignment | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,7 @@ def parse_pod(pod: Mapping[str, Any], node_name: str, seen_order: int) -> PodSta
     assigned: dict[str, tuple[GPUPortion, ...]] = {}
     text = annotations.get(contract.ANNOTATION_ASSIGNMENT)
     assignment_valid = True
+    assignment: pb.Assignment | None = None
     if text is not None:
         try:
             assignment = contract.decode_assignment(text)
@@ -172,6 +174,7 @@ def parse_pod(pod: Mapping[str, Any], node_name: str, seen_order: int) -> PodSta
         except contract.ContractError as error:
             problems.append(f"unusable {contract.ANNOTATION_ASSIGNMENT}: {error}")
             assignment_valid = False
+            assignment = None
 
     allocated: dict[str, tuple[GPUPortion, ...]] = {}
     text = annotations.get(contract.ANNOTATION_ALLOCATED)
@@ -200,7 +203,7 @@ def parse_pod(pod: Mapping[str, Any], node_name: str, seen_order: int) -> PodSta
         slots.append(
             Slot(uid, namespace, name, container, milli, portions, memory[container], class_key, seen_order)
         )
-    return PodState(uid, namespace, name, tuple(slots), allocated, terminal, tuple(problems))
+    return PodState(uid, namespace, name, tuple(slots), allocated, terminal, tuple(problems), assignment)
 
 
 class PodIdentity:
@@ -223,6 +226,9 @@ class PodIdentity:
         self._seen_order: dict[str, int] = {}
         self._counter = 0
         self._inflight: dict[SlotKey, GPUSet] = {}
+        # Placements the plugin moved when kubelet's listing revealed a swap (see `rebalance`); they
+        # replace the parsed Assignment at once, before the rewritten annotation comes back by watch.
+        self._overrides: dict[SlotKey, tuple[GPUPortion, ...]] = {}
         self.synced = threading.Event()
         # Once kubelet's pod-resources listing has been read into the book, the book is the truth and
         # allocated annotations (possibly stale until rewritten) no longer count as occupancy.
@@ -269,6 +275,8 @@ class PodIdentity:
     def _forget(self, uid: str) -> None:
         known = self._pods.pop(uid, None)
         self._seen_order.pop(uid, None)
+        for key in [key for key in self._overrides if key[0] == uid]:
+            del self._overrides[key]
         if known is not None and self.on_pod_gone is not None:
             self.on_pod_gone(uid)
 
@@ -298,6 +306,29 @@ class PodIdentity:
                 (s.namespace, s.pod_name, s.container): s for state in self._pods.values() for s in state.slots
             }
 
+    def placement(self, slot: Slot) -> tuple[GPUPortion, ...]:
+        """Where the scheduler's accounting puts this container now: its Assignment, or a swap's override."""
+        return self._overrides.get(slot.key, slot.portions)
+
+    def assignment_of(self, uid: str) -> pb.Assignment | None:
+        """The pod's Assignment with every override applied; None when nothing was moved."""
+        with self._cond:
+            state = self._pods.get(uid)
+            if state is None or state.assignment is None:
+                return None
+            moved = {slot.container: self._overrides[slot.key] for slot in state.slots if slot.key in self._overrides}
+            if all(portions == slot.portions for slot in state.slots
+                   if (portions := moved.get(slot.container)) is not None):
+                return None
+            rewritten = pb.Assignment()
+            rewritten.CopyFrom(state.assignment)
+            for container in rewritten.containers:
+                if container.name in moved:
+                    del container.gpus[:]
+                    for portion in moved[container.name]:
+                        container.gpus.add(uuid=portion.uuid, milli=portion.milli, memory_mib=portion.memory_mib)
+            return rewritten
+
     def _occupied(self) -> dict[SlotKey, GPUSet]:
         """Slots already holding GPUs: the book's records, claims in flight, allocated annotations."""
         occupied: dict[SlotKey, GPUSet] = {}
@@ -326,7 +357,7 @@ class PodIdentity:
             for slot in state.slots:
                 if slot.milli != size_milli:
                     continue
-                positions.setdefault(slot.class_key, []).append(slot.portions)
+                positions.setdefault(slot.class_key, []).append(self.placement(slot))
                 taken = occupied.get(slot.key)
                 if taken is None:
                     pending.append(slot)
@@ -346,13 +377,19 @@ class PodIdentity:
         pending.sort(key=lambda slot: (slot.seen_order, slot.namespace, slot.pod_name, slot.container))
         return pending, free
 
-    def target_gpu_sets(self, size_milli: int) -> list[tuple[str, ...]]:
+    def target_gpu_sets(self, size_milli: int, *, wait_s: float = 0.0) -> list[tuple[str, ...]]:
         """GPU sets the scheduler accounted for pending containers of this size, oldest pod first.
 
-        GetPreferredAllocation prefers these; positions of one class are interchangeable.
+        GetPreferredAllocation prefers these; positions of one class are interchangeable. When no
+        container of this size is pending yet, waits up to `wait_s` for the watch to catch up with
+        kubelet (which learns of a bound pod from its own watch, possibly before ours).
         """
+        deadline = self._clock() + wait_s
         with self._cond:
             pending, free = self._classes(size_milli)
+            while not pending and (remaining := deadline - self._clock()) > 0:
+                self._cond.wait(min(remaining, 0.25))
+                pending, free = self._classes(size_milli)
             targets: list[tuple[str, ...]] = []
             for slot in pending:
                 for portions in free.get(slot.class_key, ()):
@@ -415,7 +452,7 @@ class PodIdentity:
             return Claim(slot, ())
         for portions in free.get(class_key, ()):
             if frozenset(p.uuid for p in portions) == gpu_set:
-                own = [slot for slot in pending if slot.gpu_set == gpu_set]
+                own = [slot for slot in pending if frozenset(p.uuid for p in self.placement(slot)) == gpu_set]
                 slot = own[0] if own else pending[0]
                 return Claim(slot, portions)
         accounted = sorted({",".join(sorted(p.uuid for p in position)) for position in free.get(class_key, ())})
@@ -424,6 +461,70 @@ class PodIdentity:
             f"{size_milli}-milli container(s): {'; '.join(accounted)[:300] or 'nowhere'}; refusing so that no "
             f"container runs on a GPU the scheduler did not account for"
         )
+
+
+    def rebalance(self, class_keys: Iterable[tuple[Any, ...]]) -> list[str]:
+        """After kubelet's listing moved containers between interchangeable slots, move placements too.
+
+        Within one class the multiset of placements is what the scheduler counted; it must not change.
+        Admitted containers take the GPUs they really hold; pending ones keep their placement if it is
+        still free, else take a leftover one. Returns the pods whose placement changed - admitted
+        first, so their annotations are rewritten before the displaced ones' (the order in which a
+        transient view over-counts, never under-counts, a running container).
+        """
+        held: dict[SlotKey, GPUSet] = {}
+        for record in self._book.records():
+            if record.owner.pod_uid:
+                held[(record.owner.pod_uid, record.owner.container_name)] = frozenset(p.uuid for p in record.portions)
+        admitted_changed: list[str] = []
+        displaced_changed: list[str] = []
+        with self._cond:
+            for class_key in set(class_keys):
+                if class_key[0] != "assigned":
+                    continue
+                members = [slot for state in self._pods.values() if not state.terminal
+                           for slot in state.slots if slot.class_key == class_key]
+                portions_of: dict[GPUSet, tuple[GPUPortion, ...]] = {}
+                counts: Counter[GPUSet] = Counter()
+                for slot in members:
+                    placed = self.placement(slot)
+                    gpus = frozenset(p.uuid for p in placed)
+                    portions_of.setdefault(gpus, placed)
+                    counts[gpus] += 1
+                moves: dict[SlotKey, tuple[GPUPortion, ...]] = {}
+                consistent = True
+                for slot in members:
+                    want = held.get(slot.key) or self._inflight.get(slot.key)
+                    if want is None:
+                        continue
+                    if counts[want] <= 0:
+                        consistent = False
+                        break
+                    counts[want] -= 1
+                    if frozenset(p.uuid for p in self.placement(slot)) != want:
+                        moves[slot.key] = portions_of[want]
+                if not consistent:
+                    log.error("placements of class %s no longer match what the scheduler counted; left as they are",
+                              class_key)
+                    continue
+                displaced: list[Slot] = []
+                for slot in members:
+                    if slot.key in held or slot.key in self._inflight:
+                        continue
+                    gpus = frozenset(p.uuid for p in self.placement(slot))
+                    if counts[gpus] > 0:
+                        counts[gpus] -= 1
+                    else:
+                        displaced.append(slot)
+                for slot, gpus in zip(displaced, counts.elements(), strict=False):
+                    moves[slot.key] = portions_of[gpus]
+                for key, portions in moves.items():
+                    self._overrides[key] = portions
+                    target = admitted_changed if key in held else displaced_changed
+                    if key[0] not in target:
+                        target.append(key[0])
+            self._cond.notify_all()
+        return admitted_changed + [uid for uid in displaced_changed if uid not in admitted_changed]
 
 
 def allocated_annotation(node_name: str, pod_uid: str, records: Iterable[tuple[str, tuple[GPUPortion, ...]]]) -> str:
@@ -548,16 +649,20 @@ class AllocatedAnnotationWriter:
     def _write(self, uid: str) -> None:
         state = self._identity.pod(uid)
         records = self._book.records_of_pod(uid)
-        if state is None or (not records and not state.allocated):
+        if state is None:
             return
+        # No `state.allocated` shortcut: the watch may not show our own earlier write yet, and a stale
+        # annotation left behind would make the scheduler count this pod on the wrong GPU.
         text: str | None = None  # no records left (a relabel moved them): remove the stale annotation
         if records:
             text = allocated_annotation(self._node, uid, [(r.owner.container_name, r.portions) for r in records])
+        annotations = {contract.ANNOTATION_ALLOCATED: text}
+        moved = self._identity.assignment_of(uid)
+        if moved is not None:  # a swap moved this pod's placement: keep the scheduler's accounting true
+            annotations[contract.ANNOTATION_ASSIGNMENT] = contract.encode_assignment(moved)
         for attempt in range(5):
             try:
-                self._core.patch_namespaced_pod(
-                    state.name, state.namespace, {"metadata": {"annotations": {contract.ANNOTATION_ALLOCATED: text}}}
-                )
+                self._core.patch_namespaced_pod(state.name, state.namespace, {"metadata": {"annotations": annotations}})
                 self.written += 1
                 return
             except Exception as error:

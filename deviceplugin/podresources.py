@@ -74,8 +74,8 @@ class Reconciler:
     def __init__(
         self,
         client: PodResourcesClient,
-        reconcile: Callable[[Mapping[tuple[str, str, str], frozenset[str]]], set[str]],
-        on_changed: Callable[[set[str]], None],
+        reconcile: Callable[[Mapping[tuple[str, str, str], frozenset[str]]], list[str]],
+        on_changed: Callable[[list[str]], None],
         *,
         interval_s: float = 10.0,
         settle_s: float = 0.2,
@@ -107,7 +107,7 @@ class Reconciler:
         if self._thread is not None:
             self._thread.join(timeout=5.0)
 
-    def run_once(self) -> set[str]:
+    def run_once(self) -> list[str]:
         changed = self._reconcile(self._client.list_resource())
         if changed:
             self._on_changed(changed)

@@ -87,7 +87,9 @@ class VGPUManager:
         request_shape(size, gpu_count=len(self.table.uuids))
         self.sharing.check_request(size)
         healthy = {uuid: ids for uuid, ids in available.items() if self.health.is_healthy(uuid)}
-        targets = self.identity.target_gpu_sets(size) if self.identity is not None else []
+        targets = (
+            self.identity.target_gpu_sets(size, wait_s=self.identity.catch_up_s) if self.identity is not None else []
+        )
         return choose_preferred(self.table, healthy, must, size, target_gpus=targets)
 
     # --- Allocate --------------------------------------------------------------------------------
@@ -166,8 +168,8 @@ class VGPUManager:
         return tuple(portions)
 
     # --- reconciliation with kubelet's pod-resources listing -------------------------------------
-    def reconcile(self, listing: Mapping[tuple[str, str, str], frozenset[str]]) -> set[str]:
-        """Correct owners from kubelet's listing; returns the pod uids whose annotation must be rewritten."""
+    def reconcile(self, listing: Mapping[tuple[str, str, str], frozenset[str]]) -> list[str]:
+        """Correct owners from kubelet's listing; returns, in write order, the pods whose annotations change."""
         owner_of: dict[tuple[str, str, str], Owner] = {}
         portions_of: dict[tuple[str, str, str], tuple[GPUPortion, ...]] = {}
         live: set[str] | None = None
@@ -198,19 +200,28 @@ class VGPUManager:
         if self.identity is not None and self.identity.synced.is_set():
             live = self.identity.live_uids()
         outcome = self.book.reconcile(listing, owner_of=owner_of, portions_of=portions_of, live_pod_uids=live)
-        changed: set[str] = set()
+        changed: list[str] = []
         for record, before in outcome.relabelled:
             (log.info if before.pod_uid else log.debug)(
                 "kubelet gave %s to %s/%s[%s], not %s/%s[%s] (interchangeable): relabelled",
                 ",".join(p.uuid for p in record.portions), record.owner.namespace, record.owner.pod_name,
                 record.owner.container_name, before.namespace, before.pod_name, before.container_name,
             )
-            changed.update(uid for uid in (record.owner.pod_uid, before.pod_uid) if uid)
-        changed.update(record.owner.pod_uid for record in outcome.adopted if record.owner.pod_uid)
+        touched_classes = set()
+        for record, before in outcome.relabelled:
+            for owner in (record.owner, before):
+                slot = slots.get(owner.listing_key)
+                if slot is not None:
+                    touched_classes.add(slot.class_key)
+        if self.identity is not None:
+            changed.extend(self.identity.rebalance(touched_classes))
+        for record, before in outcome.relabelled:
+            changed.extend(uid for uid in (record.owner.pod_uid, before.pod_uid) if uid)
+        changed.extend(record.owner.pod_uid for record in outcome.adopted if record.owner.pod_uid)
         if self.identity is not None:
             self.identity.book_authoritative = True
             self.identity.notify()
-        return changed
+        return list(dict.fromkeys(changed))
 
 
 class DevicePluginServicer(dp_grpc.DevicePluginServicer):
