@@ -48,7 +48,8 @@ COPY scheduler/ scheduler/
 COPY kernels/ kernels/
 COPY demo/ demo/
 # --no-deps: everything it needs is pinned above; a missing pin fails `pip check` below.
-RUN /opt/tensorai/bin/pip install --no-cache-dir --no-deps . \
+# --no-build-isolation: build with the pinned setuptools/wheel above, not whatever is newest.
+RUN /opt/tensorai/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
     && /opt/tensorai/bin/pip check \
     && /opt/tensorai/bin/python -m compileall -q /opt/tensorai/lib \
     && /opt/tensorai/bin/pip uninstall --yes pip setuptools wheel

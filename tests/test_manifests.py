@@ -862,7 +862,8 @@ def test_dashboard_shows_allocation_per_gpu_per_pod_and_scheduling_latency(rende
     dashboard = _dashboard(rendered["production"])
     expressions = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel["targets"])
     for metric in ("tensorai_gpu_allocated_milli", "tensorai_gpu_memory_used_bytes",
-                   "tensorai_container_memory_used_bytes", "tensorai_extender_request_seconds_bucket"):
+                   "tensorai_container_memory_used_bytes", "tensorai_extender_request_seconds_bucket",
+                   "tensorai_tensor_memory_budget_bytes"):
         assert metric in expressions
     assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
 
@@ -870,10 +871,19 @@ def test_dashboard_shows_allocation_per_gpu_per_pod_and_scheduling_latency(rende
 def test_alerts_and_dashboard_read_only_metrics_the_programs_export(
     rendered: dict[str, list[dict]], extender: str, device_plugin: str, webhook: str
 ) -> None:
+    from prometheus_client import generate_latest
+
+    from tensorai.kernels.budget import MemoryBudget
+    from tensorai.kernels.metrics import WorkerMetrics
+
+    # The tensor worker's metrics come from its own registry class (running a worker means running
+    # kernels); the three servers are scraped as Prometheus would.
+    worker = generate_latest(WorkerMetrics(MemoryBudget(1 << 30), share_milli=250).registry).decode()
     exposed = _exposed_metric_names(
         requests.get(extender + "/metrics", timeout=HTTP_TIMEOUT_S).text,
         requests.get(device_plugin + "/metrics", timeout=HTTP_TIMEOUT_S).text,
         requests.get(webhook + "/metrics", timeout=HTTP_TIMEOUT_S, verify=False).text,
+        worker,
     )
     objects = rendered["production"]
     expressions = [rule["expr"] for rule in _alert_rules(objects)]
