@@ -176,7 +176,7 @@ def launch_gemm(
     config = config or default_config()
     dtype = np.dtype(c.flat.dtype)
     if bias is None:
-        bias_flat, bias_length = memory.device_empty((1,), dtype, what="an unused bias placeholder"), 0
+        bias_flat, bias_length = memory.placeholder(dtype), 0
     else:
         bias_flat, bias_length = bias, int(bias.shape[0])
     kernel = build_gemm_kernel(dtype, config)

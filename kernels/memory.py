@@ -77,6 +77,22 @@ def to_device(host_array: np.ndarray, what: str = "an input copied to the device
     return _charge(array, nbytes, what)
 
 
+_placeholders: dict[np.dtype, Any] = {}
+
+
+def placeholder(dtype: np.dtype) -> Any:
+    """A cached one-element device array for unused kernel arguments (e.g. "no bias").
+
+    Allocated once per dtype and never freed, so a kernel launch does not pay a device allocation
+    for an argument it ignores. Its few bytes are not charged on the simulator (a cached buffer
+    would otherwise stay charged to whichever budget was current when it was made).
+    """
+    key = np.dtype(dtype)
+    if key not in _placeholders:
+        _placeholders[key] = cuda.device_array((1,), dtype=key)
+    return _placeholders[key]
+
+
 def poison(device_array: Any) -> Any:
     """Fill a device array with NaN (tests use it to prove every output element is written)."""
     if device_array.size:
