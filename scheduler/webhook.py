@@ -595,7 +595,8 @@ def admit(document: Any, config: WebhookConfig | None = None, quotas: QuotaSourc
         decision.status_code, decision.reason, decision.message = denial.code, denial.reason, denial.message
         return decision
     decision.patch = result.ops
-    decision.warnings = [warning[:500] for warning in result.warnings]
+    # The API server may truncate warnings longer than 256 characters; ours fit, this keeps it so.
+    decision.warnings = [warning[:256] for warning in result.warnings]
     return decision
 
 

@@ -90,16 +90,20 @@ def kube_api_client(kubeconfig: Path | None) -> Any:
         return config.new_client_from_config()
 
 
-def _patch_ca_bundle_until_done(api_client: Any, name: str, ca_pem: bytes, metrics: WebhookMetrics,
+def _patch_ca_bundle_until_done(api_client: Any, name: str, ca_pem: bytes, server: WebhookServer,
                                 stop: threading.Event) -> None:
+    """Retry until the configuration holds our CA; only then report ready (the API server cannot
+    verify us before, and an unready pod makes a missing configuration or RBAC rule visible)."""
     attempt = 0
     while not stop.is_set():
         try:
             certs.patch_ca_bundle(api_client, name, ca_pem)
-            metrics.ca_bundle_patched.set(1)
+            server.metrics.ca_bundle_patched.set(1)
+            server.ready.set()
             return
         except certs.CaBundlePatchError as error:
             delay = CA_PATCH_RETRY_SECONDS[min(attempt, len(CA_PATCH_RETRY_SECONDS) - 1)]
+            server.not_ready_reason = f"caBundle not patched yet: {error}"
             log.warning("%s; retrying in %d s", error, delay)
             attempt += 1
             stop.wait(delay)
@@ -139,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = threading.Event()
     if args.patch_ca_bundle and bundle is not None and api_client is not None:
+        server.ready.clear()
+        server.not_ready_reason = "caBundle not patched yet"
         threading.Thread(target=_patch_ca_bundle_until_done, name="ca-bundle",
-                         args=(api_client, args.webhook_config_name, bundle.ca_pem, metrics, stop),
+                         args=(api_client, args.webhook_config_name, bundle.ca_pem, server, stop),
                          daemon=True).start()
 
     def _shutdown(signum: int, _frame: Any) -> None:

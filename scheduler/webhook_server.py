@@ -146,7 +146,8 @@ class WebhookServer(ThreadingHTTPServer):
         self._tls_lock = threading.Lock()
         self._tls_stamp: tuple[float, float] | None = None
         self._tls_context = self._load_tls()  # fail at start, not at the first request, on a bad cert
-        self.ready = threading.Event()
+        self.ready = threading.Event()  # /readyz; the CLI clears it until the caBundle patch succeeded
+        self.not_ready_reason = "starting"
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
@@ -228,7 +229,7 @@ class _Handler(BaseHTTPRequestHandler):
             if self.server.ready.is_set():
                 self._send(200, b"ok\n", "text/plain")
             else:
-                self._send(503, b"not ready\n", "text/plain")
+                self._send(503, f"not ready: {self.server.not_ready_reason}\n".encode(), "text/plain")
         elif path == "/metrics":
             self._send(200, generate_latest(self.server.metrics.registry), CONTENT_TYPE_LATEST)
         else:

@@ -151,6 +151,14 @@ def test_missing_configuration_gives_a_clear_error(standin: KubeStandin, bundle:
         certs.patch_ca_bundle(standin.api_client(), CONFIG_NAME, bundle.ca_pem)
 
 
+def https_get(port: int, path: str, context: ssl.SSLContext) -> bytes:
+    """One GET to the webhook, verified as the API server would: for <svc>.<ns>.svc against `context`."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw, \
+            context.wrap_socket(raw, server_hostname=f"{SERVICE}.{NAMESPACE}.svc") as tls:
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        return tls.recv(1024)
+
+
 def test_cli_self_signed_patches_the_ca_bundle_that_then_verifies_its_own_https(standin: KubeStandin) -> None:
     """The whole 'no manual step' path: start with --self-signed --patch-ca-bundle before the
     configuration exists (it is retried), read the caBundle back as the API server would, and verify
@@ -172,6 +180,7 @@ def test_cli_self_signed_patches_the_ca_bundle_that_then_verifies_its_own_https(
                 continue
             port = int(match.group(1)) if match else None
         assert port is not None, "the webhook did not report its port within 30 s"
+        assert https_get(port, "/readyz", ssl._create_unverified_context()).startswith(b"HTTP/1.1 503")
         standin.add_object(WEBHOOK_CONFIGS, webhook_configuration("vgpu.tensor.ai"))
         ca_bundle = None
         while ca_bundle is None and time.monotonic() < deadline:
@@ -180,10 +189,10 @@ def test_cli_self_signed_patches_the_ca_bundle_that_then_verifies_its_own_https(
             time.sleep(0.1)
         assert ca_bundle is not None, "caBundle was not patched within 30 s"
         context = ssl.create_default_context(cadata=base64.b64decode(ca_bundle).decode())
-        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw, \
-                context.wrap_socket(raw, server_hostname=f"{SERVICE}.{NAMESPACE}.svc") as tls:
-            tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            assert tls.recv(1024).startswith(b"HTTP/1.1 200")
+        ready = b""
+        while not ready.startswith(b"HTTP/1.1 200") and time.monotonic() < deadline:
+            ready = https_get(port, "/readyz", context)
+        assert ready.startswith(b"HTTP/1.1 200"), ready
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=TIMEOUT) == 0
     finally:
