@@ -127,6 +127,10 @@ class _Handler(BaseHTTPRequestHandler):
     # --- plumbing --------------------------------------------------------------------------------
     def setup(self) -> None:
         super().setup()
+        # Headers and body leave in separate writes; without NODELAY, Nagle plus the client's delayed
+        # ACK stalls every keep-alive request by ~40 ms.
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.track(self.connection, add=True)
 
     def finish(self) -> None:
@@ -424,6 +428,12 @@ class _Server(ThreadingHTTPServer):
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that drops its keep-alive connection is routine, not worth a traceback."""
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
 
     def track(self, connection: socket.socket, *, add: bool) -> None:
         with self._connections_lock:
