@@ -105,8 +105,10 @@ class StubKubelet:
         resource_name: str = contract.RESOURCE_VGPU_MILLI,
         honor_preferred: bool = True,
         rng: random.Random | None = None,
+        dial_timeout_s: float = 10.0,
     ) -> None:
         self.plugin_dir = plugin_dir
+        self.dial_timeout_s = dial_timeout_s  # kubelet's blocking dial-back timeout
         self.pod_resources_socket = pod_resources_socket
         self.resource_name = resource_name
         self.honor_preferred = honor_preferred
@@ -193,9 +195,9 @@ class StubKubelet:
         socket_path = os.path.join(self.plugin_dir, request.endpoint)
         channel = grpc.insecure_channel(f"unix://{socket_path}")
         try:
-            grpc.channel_ready_future(channel).result(timeout=10)
+            grpc.channel_ready_future(channel).result(timeout=self.dial_timeout_s)
             stub = dp_grpc.DevicePluginStub(channel)
-            options = stub.GetDevicePluginOptions(dp.Empty(), timeout=10)
+            options = stub.GetDevicePluginOptions(dp.Empty(), timeout=self.dial_timeout_s)
         except (grpc.FutureTimeoutError, grpc.RpcError) as error:
             channel.close()
             return f"failed to dial device plugin at {socket_path}: {error}"
@@ -220,7 +222,7 @@ class StubKubelet:
                         self._state.first_list_bytes = response.ByteSize()
                     self._state.updates += 1
                     self._cond.notify_all()
-        except grpc.RpcError:
+        except (grpc.RpcError, ValueError):  # ValueError: the channel was closed by a newer registration
             pass
         with self._cond:  # stream gone: kubelet marks every device of the resource unhealthy
             if self._endpoint is endpoint:

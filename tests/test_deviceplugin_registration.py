@@ -1,0 +1,111 @@
+"""Serving and registering with kubelet, and doing both again after a kubelet restart."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from tensorai.demo.stub_kubelet import StubKubelet, is_extended_resource_name, wait_until
+from tensorai.deviceplugin.cli import Plugin, PluginConfig
+from tensorai.deviceplugin.registration import RegistrationError, register
+from tensorai.proto import contract
+from tensorai.proto import deviceplugin_v1beta1_pb2 as dp
+from tensorai.proto import deviceplugin_v1beta1_pb2_grpc as dp_grpc
+
+
+@pytest.fixture
+def workdir() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="dpreg", dir="/tmp")  # unix socket paths max 107 chars
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def make_plugin(workdir: str) -> Plugin:
+    return Plugin(PluginConfig(
+        backend="sim", sim_gpus="2xA100:40960", node_name="node-r", no_kube=True, device_plugin_dir=f"{workdir}/dp",
+        pod_resources_socket=f"{workdir}/pr.sock", metrics_port=0, registration_poll_s=0.2,
+    ))
+
+
+def test_plugin_registers_its_socket_and_resource_and_kubelet_gets_the_full_list(workdir: str) -> None:
+    with StubKubelet(f"{workdir}/dp") as kubelet, make_plugin(workdir) as plugin:
+        assert kubelet.wait_for_registration(1, 10)
+        (request,) = kubelet.registrations
+        assert request.version == "v1beta1" and request.resource_name == contract.RESOURCE_VGPU_MILLI
+        assert request.endpoint == os.path.basename(plugin.runner.socket_path)
+        assert request.options.get_preferred_allocation_available
+        assert kubelet.wait_for(lambda devices: len(devices) == 2000, 5.0)
+
+
+def test_plugin_reregisters_within_5_seconds_of_a_kubelet_restart(workdir: str) -> None:
+    with StubKubelet(f"{workdir}/dp") as kubelet, make_plugin(workdir) as plugin:
+        assert kubelet.wait_for_registration(1, 10) and kubelet.wait_for(lambda d: len(d) == 2000, 5.0)
+        admitted = kubelet.admit("ml", "before", [("main", 500)])
+        kubelet.restart()
+        assert not os.path.exists(plugin.runner.socket_path) or kubelet.devices() == {}
+        assert kubelet.wait_for_registration(2, 5.0), "no re-registration within 5 s"
+        assert kubelet.wait_for(lambda devices: len(devices) == 2000, 5.0)
+        assert os.path.exists(plugin.runner.socket_path)
+        # the running container keeps its slices (kubelet's checkpoint); new pods still fit
+        assert kubelet.allocations()[("ml", "before", "main")] == admitted["main"].device_ids
+        kubelet.admit("ml", "after", [("main", 1000)])
+
+
+def test_plugin_started_before_kubelet_registers_once_kubelet_appears(workdir: str) -> None:
+    with make_plugin(workdir) as plugin:
+        assert wait_until(lambda: plugin.runner.last_error is None and os.path.exists(plugin.runner.socket_path), 2)
+        with StubKubelet(f"{workdir}/dp") as kubelet:
+            assert kubelet.wait_for_registration(1, 5.0)
+
+
+def test_stop_removes_the_socket_and_kubelet_marks_the_devices_unhealthy(workdir: str) -> None:
+    with StubKubelet(f"{workdir}/dp") as kubelet:
+        plugin = make_plugin(workdir).start()
+        assert kubelet.wait_for_registration(1, 10) and kubelet.wait_for(lambda d: len(d) == 2000, 5.0)
+        plugin.stop()
+        assert not os.path.exists(plugin.runner.socket_path)
+        assert kubelet.wait_for(lambda devices: set(devices.values()) == {"Unhealthy"}, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("version", "resource", "reason"),
+    [
+        ("v1alpha", contract.RESOURCE_VGPU_MILLI, 'requested API version "v1alpha" is not supported'),
+        ("v1beta1", "vgpu", 'the ResourceName "vgpu" is invalid'),
+        ("v1beta1", "kubernetes.io/vgpu", "is invalid"),
+    ],
+)
+def test_kubelet_refusals_reach_the_plugin_with_kubelets_reason(
+    workdir: str, version: str, resource: str, reason: str
+) -> None:
+    with StubKubelet(f"{workdir}/dp") as kubelet:
+        if version == "v1beta1":
+            with pytest.raises(RegistrationError, match=reason):
+                register(kubelet.kubelet_socket, "x.sock", dp.DevicePluginOptions(), resource_name=resource)
+        else:
+            channel = grpc.insecure_channel(f"unix://{kubelet.kubelet_socket}")
+            with channel, pytest.raises(grpc.RpcError) as caught:
+                dp_grpc.RegistrationStub(channel).Register(
+                    dp.RegisterRequest(version=version, endpoint="x.sock", resource_name=resource), timeout=5)
+            assert reason in caught.value.details()
+        assert kubelet.registrations == []
+
+
+def test_registration_fails_clearly_when_the_plugin_socket_does_not_answer(workdir: str) -> None:
+    with StubKubelet(f"{workdir}/dp", dial_timeout_s=0.5) as kubelet, pytest.raises(
+        RegistrationError, match="failed to dial device plugin"
+    ):
+        register(kubelet.kubelet_socket, "missing.sock", dp.DevicePluginOptions(), timeout_s=15)
+
+
+def test_extended_resource_name_rule_matches_kubelets() -> None:
+    assert is_extended_resource_name(contract.RESOURCE_VGPU_MILLI)
+    for name in ("vgpu", "kubernetes.io/vgpu", "requests.tensor.ai/x", "tensor.ai/vgpu milli", "Tensor.AI/x"):
+        assert not is_extended_resource_name(name), name
