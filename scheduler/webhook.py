@@ -257,7 +257,7 @@ def _read_record(template: dict[str, Any] | None) -> tuple[dict[str, dict[str, s
         return None, None
     try:
         parsed = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, raw
     if not isinstance(parsed, dict):
         return None, raw
@@ -323,7 +323,7 @@ def _apply_owners(obj: dict[str, Any] | None, location: tuple[str, ...], group: 
                 continue
             try:
                 container_key = json.loads(key[2:])
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if not isinstance(container_key, dict) or container_key.get("name") != name:
                 continue
@@ -348,7 +348,7 @@ class _UpdateContext:
             return None
         try:
             applied = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         return _dict_at(applied, self.location) if self.location else applied if isinstance(applied, dict) else None
 
@@ -365,8 +365,8 @@ class _UpdateContext:
         return bool(owners_before) and not owners_now
 
 
-def _parse_share(container: dict[str, Any], where: str) -> tuple[Decimal | None, bool, bool]:
-    """(GPUs asked for or None, has tensor.ai/vgpu in limits, in requests); denies invalid values."""
+def _parse_share(container: dict[str, Any], where: str) -> Decimal | None:
+    """GPUs the container asks for in tensor.ai/vgpu (None: it does not); denies invalid values."""
     values: dict[str, Decimal] = {}
     for section in ("limits", "requests"):
         resources = container.get("resources")
@@ -386,15 +386,13 @@ def _parse_share(container: dict[str, Any], where: str) -> tuple[Decimal | None,
             except QuantityError as error:
                 raise _Denied(f"{where}.resources.{section}[{contract.RESOURCE_VGPU}]: {error}") from error
     if not values:
-        return None, False, False
+        return None
     if len(values) == 2 and values["limits"] != values["requests"]:
         raise _Denied(
             f"{where}: {contract.RESOURCE_VGPU} request {format_gpus(values['requests'])} must equal its limit "
             f"{format_gpus(values['limits'])} (GPU shares cannot be overcommitted; set only limits)"
         )
-    gpus = values.get("limits", values.get("requests"))
-    assert gpus is not None
-    return gpus, "limits" in values, "requests" in values
+    return values.get("limits", values.get("requests"))
 
 
 def _milli_of(gpus: Decimal, where: str) -> int:
@@ -472,7 +470,7 @@ def _rewrite_template(template: dict[str, Any], prefix: tuple[str, ...], where: 
             key = name if isinstance(name, str) and name else f"#{index}"
             cwhere = f"{where}.spec.{group}[{index}] ({key})"
             path = (*prefix, "spec", group, index)
-            gpus, _, _ = _parse_share(container, cwhere)
+            gpus = _parse_share(container, cwhere)
             sidecar = group == "initContainers" and container.get("restartPolicy") == "Always"
             if gpus is not None:
                 if gpus == 0:

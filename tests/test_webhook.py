@@ -494,3 +494,15 @@ def test_any_valid_share_becomes_integer_milli_and_a_second_pass_is_a_no_op(case
                 assert section[MILLI].isdigit() and 1 <= int(section[MILLI]) <= 8000
     review["request"]["object"] = patched
     assert decoded_patch(admit(review)) == []
+
+
+@pytest.mark.parametrize("garbage", ["not json", "[1]", '{"containers": 5}', "[" * 5000])
+def test_a_malformed_webhook_annotation_is_dropped_with_a_warning(garbage: str) -> None:
+    live = live_deployment(annotations={LAST_APPLIED_ANNOTATION: "[" * 5000})
+    incoming = copy.deepcopy(live)
+    template_of(incoming)["metadata"]["annotations"][RECORD] = garbage
+    decision = admit_deployment(incoming, old=None, operation="CREATE")
+    result = template_of(applied(make_review(incoming), decision))
+    assert RECORD not in result["metadata"]["annotations"]
+    assert limits_of(result) == {MILLI: "500"}  # a share written as vgpu-milli is the user's own
+    assert any("malformed" in warning for warning in decision.warnings)
