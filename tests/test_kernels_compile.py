@@ -31,9 +31,10 @@ SCRIPT = textwrap.dedent(
     for dtype, element in ((np.float32, types.float32), (np.float64, types.float64)):
         array = element[::1]
         lower(gemm.build_gemm_kernel(np.dtype(dtype), gemm.GPU_CONFIG), (array,) * 4 + (types.int64,) * 15)
-        lower(rows._softmax_kernel(np.dtype(dtype), rows.GPU_ROW_THREADS), (array, array) + (types.int64,) * 3)
+        row_config = (rows.GPU_ROW_THREADS, rows.GPU_ROW_CACHE)
+        lower(rows._softmax_kernel(np.dtype(dtype), *row_config), (array, array) + (types.int64,) * 3)
         lower(
-            rows._layernorm_kernel(np.dtype(dtype), rows.GPU_ROW_THREADS),
+            rows._layernorm_kernel(np.dtype(dtype), *row_config),
             (array,) * 4 + (types.int64, types.int64, types.float64, types.boolean),
         )
         lower(reduce._reduce_kernel(np.dtype(dtype), rows.GPU_ROW_THREADS), (array, array) + (types.int64,) * 5)

@@ -7,7 +7,7 @@ import pytest
 
 import tensorai.kernels as K
 from tensorai.kernels import memory
-from tensorai.kernels.rows import SIM_ROW_THREADS
+from tensorai.kernels.rows import SIM_ROW_CACHE, SIM_ROW_THREADS
 from tensorai.kernels.testing import assert_matches, fresh_rng, random_array
 
 
@@ -33,6 +33,8 @@ def layernorm_reference(x: np.ndarray, eps: float) -> np.ndarray:
     [
         ((3, 5), -1),
         ((2, 2 * SIM_ROW_THREADS + 3), -1),  # rows longer than the block: several elements per thread
+        ((2, SIM_ROW_CACHE + 1), -1),  # too long for the shared-memory row cache: read from global twice
+        ((2, SIM_ROW_CACHE), -1),  # exactly fills the row cache
         ((5, 3, 4), 1),  # a middle axis, read with a stride; more rows than the simulator's grid
         ((2, 3, 4), 0),
         ((1, 1), -1),
@@ -77,7 +79,7 @@ def test_softmax_axis_out_of_range_is_a_clear_error() -> None:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(3, 5), (2, 3, 2 * SIM_ROW_THREADS + 1), (1, 1), (4,)])
+@pytest.mark.parametrize("shape", [(3, 5), (2, 3, 2 * SIM_ROW_THREADS + 1), (2, SIM_ROW_CACHE + 1), (1, 1), (4,)])
 def test_layernorm_matches_numpy(rng, dtype, shape) -> None:
     x = random_array(rng, shape, dtype) * 3 + 2
     with memory.poisoned_allocations():
