@@ -3,8 +3,8 @@
 `run_demo` returns a DemoResult whose `problems` are the outcome checks that failed (empty = the run
 did what the scenario expects); it raises StepError when a step cannot be carried out at all. Either
 way every process it started is stopped before it returns. The files it writes under `out_dir`:
-summary.json (the run and its checks), standin-pods.json (the pods as the API stand-in holds them
-at the end), kubelet-allocations.json (what each stub kubelet allocated and Allocate returned),
+summary.json (the run and its checks), standin-{pods,nodes,events}.json (those objects as the API
+stand-in holds them at the end), kubelet-allocations.json (what each stub kubelet allocated and Allocate returned),
 workers/*.json (each worker's own report), logs/*.log (every process's output), allocation.png.
 """
 
@@ -181,6 +181,10 @@ def _write_outputs(cluster: DemoCluster, runner: KubeletRunner, state: DemoState
     core = client.CoreV1Api(cluster.api_client)
     pods = json.loads(core.list_pod_for_all_namespaces(_preload_content=False).data).get("items") or []
     (out_dir / "standin-pods.json").write_text(json.dumps(pods, indent=1, sort_keys=True))
+    nodes = read_json(core.list_node).get("items") or []
+    (out_dir / "standin-nodes.json").write_text(json.dumps(nodes, indent=1, sort_keys=True))
+    events = read_json(core.list_event_for_all_namespaces).get("items") or []
+    (out_dir / "standin-events.json").write_text(json.dumps(events, indent=1, sort_keys=True))
     (out_dir / "kubelet-allocations.json").write_text(json.dumps(runner.admissions, indent=1, sort_keys=True))
     summary = {
         "scenario": scenario.name,

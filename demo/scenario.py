@@ -181,7 +181,6 @@ def parse_scenario(text: str, source: str, base: Path) -> Scenario:
     interval_s = document.get("interval_s", 0.4)
     _require(isinstance(interval_s, int | float) and 0 <= interval_s <= 60, f"{source} interval_s",
              "must be 0..60 seconds")
-    default_job = _job(document.get("job", "jobs/small.yaml"), base, f"{source} job")
     nodes_raw = document.get("nodes")
     _require(isinstance(nodes_raw, list) and bool(nodes_raw), f"{source} nodes", "must be a non-empty list")
     nodes = []
@@ -193,6 +192,7 @@ def parse_scenario(text: str, source: str, base: Path) -> Scenario:
                  f"{where}.gpus", f"must be COUNTxMODEL:MEMORY_MIB[,...] such as 2xH100:81559, got {gpus!r}")
         nodes.append(NodeSpec(_name(raw.get("name"), f"{where}.name"), gpus))
     _require(len({n.name for n in nodes}) == len(nodes), f"{source} nodes", "node names must be unique")
+    default_job = _job(document.get("job", "jobs/small.yaml"), base, f"{source} job")
     quotas = []
     for position, raw in enumerate(document.get("quotas") or []):
         where = f"{source} quotas[{position}]"
