@@ -168,6 +168,17 @@ class Runner:
         return [np.ascontiguousarray(array) for array in arrays]
 
     @staticmethod
+    def _check_inputs_fit(operation: Any) -> None:
+        """Refuse inputs larger than the whole budget before building them in host memory."""
+        from tensorai.kernels.budget import OutOfBudget, current_budget
+
+        budget = current_budget()
+        itemsize = np.dtype(operation.dtype).itemsize
+        needed = sum(int(np.prod(shape, dtype=np.float64)) * itemsize for shape in operation.shapes)
+        if budget.limit_bytes is not None and needed > budget.limit_bytes:
+            raise OutOfBudget(needed, budget.used_bytes, budget.limit_bytes, f"the inputs of {operation.label}")
+
+    @staticmethod
     def _output_last(operation: Any) -> int:
         from tensorai.kernels.contraction import plan_contraction
 
@@ -207,6 +218,7 @@ class Runner:
                 flops_per_run=operation.flops,
             ),
         )  # fmt: skip
+        self._check_inputs_fit(operation)
         host_inputs = self._inputs(operation)
         device_inputs = [memory.to_device(array, what=f"{operation.label} input") for array in host_inputs]
         for iteration in range(operation.iterations):

@@ -134,3 +134,12 @@ def test_share_fraction_caps_at_one_gpu() -> None:
 def test_malformed_share_is_a_clear_error(raw) -> None:
     with pytest.raises(ValueError, match=contract.ENV_VGPU_MILLI):
         read_env({contract.ENV_VGPU_MILLI: raw})
+
+
+def test_worker_refuses_inputs_larger_than_the_budget_before_building_them(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    # 80 GB of inputs: building them in host memory first would hang or crash the test machine.
+    job.write_text("- {op: matmul, shapes: [[100000, 100000], [100000, 100000]]}\n")
+    done = run_worker(["--job", str(job)], {contract.ENV_VGPU_MEMORY_MIB: "64"}, timeout=120)
+    assert done.returncode == 3
+    assert "the inputs of matmul needs 80000000000 bytes" in done.stderr
