@@ -505,6 +505,9 @@ class Store:
         self._normalize_resources(resource, result, old_metadata["name"])
         result["apiVersion"] = resource.api_version
         result["kind"] = resource.kind
+        result["metadata"]["resourceVersion"] = old_metadata["resourceVersion"]
+        if result == old:
+            return old  # like kube-apiserver: a write that changes nothing keeps the version, emits no event
         namespace = old_metadata.get("namespace")
         return self._commit(resource, self._key(resource, namespace, old_metadata["name"]), old, result, "MODIFIED")
 

@@ -354,6 +354,20 @@ def test_watch_sees_added_modified_deleted_in_order(core: client.CoreV1Api, api:
     assert versions == sorted(versions) and len(set(versions)) == 3
 
 
+def test_a_write_that_changes_nothing_keeps_the_version_and_emits_no_event(
+    core: client.CoreV1Api, api: KubeStandin
+) -> None:
+    api.add_node("n1", labels={"a": "1"})
+    before = core.read_node("n1").metadata.resource_version
+    collector = EventCollector(core.list_node, resource_version=before)
+    try:
+        assert core.patch_node("n1", {"metadata": {"labels": {"a": "1"}}}).metadata.resource_version == before
+        api.add_node("n2")  # a later change, so the watch has something to deliver
+        assert [obj["metadata"]["name"] for _, obj in collector.take(1)] == ["n2"]
+    finally:
+        collector.finish()
+
+
 def test_watch_without_version_starts_with_current_objects_as_added(core: client.CoreV1Api, api: KubeStandin) -> None:
     api.add_node("n1")
     api.add_node("n2")
