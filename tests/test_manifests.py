@@ -8,6 +8,7 @@ webhook with a self-signed certificate), on loopback, as the manifests start the
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -242,6 +243,30 @@ def test_gpuquota_schema_rejects_malformed_limits(rendered: dict[str, list[dict]
     assert list(_crd_validator(_gpuquota_crd(rendered)).iter_errors(_quota(hard))), f"{hard} was accepted"
 
 
+def test_every_quantity_the_crd_admits_is_parsed_or_refused_cleanly_by_the_extender(
+    rendered: dict[str, list[dict]],
+) -> None:
+    """The CRD's pattern is the admission-time gate; whatever passes it reaches the extender's quota
+    parser, which must answer with limits or a QuotaError (logged, quota ignored), never crash."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tensorai.scheduler.core.quota import QuotaError, parse_gpu_quota
+
+    validator = _crd_validator(_gpuquota_crd(rendered))
+    pattern = validator.schema["properties"]["spec"]["properties"]["hard"]["properties"]["gpus"]["pattern"]
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(value=st.from_regex(pattern, fullmatch=True), key=st.sampled_from(["gpus", "memory", "maxGpusPerPod"]))
+    def check(value: str, key: str) -> None:
+        quota = _quota({key: value})
+        assert not list(validator.iter_errors(quota))
+        with contextlib.suppress(QuotaError):
+            parse_gpu_quota(quota)
+
+    check()
+
+
 def test_extender_quota_status_fits_the_crd_status_schema(rendered: dict[str, list[dict]]) -> None:
     from tensorai.scheduler.core.quota import Usage, status_used
 
@@ -348,9 +373,10 @@ def test_production_scheduler_has_two_replicas_and_a_disruption_budget(rendered:
         "labels"].items()
 
 
-def test_webhook_injects_the_scheduler_the_examples_name(rendered: dict[str, list[dict]]) -> None:
-    (profile,) = _scheduler_configuration(rendered["production"])["profiles"]
-    webhook = _one(rendered["production"], "Deployment", "tensorai-webhook")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_webhook_injects_the_scheduler_the_examples_name(rendered: dict[str, list[dict]], overlay: str) -> None:
+    (profile,) = _scheduler_configuration(rendered[overlay])["profiles"]
+    webhook = _one(rendered[overlay], "Deployment", "tensorai-webhook")
     assert _flag_value(webhook["spec"]["template"]["spec"]["containers"][0], "--scheduler-name") == profile[
         "schedulerName"]
     for obj, spec, _ in _containers(rendered["examples"]):
