@@ -63,7 +63,8 @@ def test_worker_runs_a_job_correctly_inside_its_memory_budget(tmp_path: Path) ->
 
 def test_worker_over_its_memory_budget_exits_3_and_reports_the_budget(tmp_path: Path) -> None:
     job = tmp_path / "job.yaml"
-    job.write_text("- {op: matmul, shapes: [[512, 512], [512, 512]], dtype: float64}\n")
+    # The two 1 MiB inputs fill the 2 MiB budget exactly; the 2 MiB output cannot be allocated.
+    job.write_text("- {op: matmul, shapes: [[512, 256], [256, 512]], dtype: float64}\n")
     report_path = tmp_path / "report.json"
     done = run_worker(
         ["--job", str(job), "--report-json", str(report_path)], {contract.ENV_VGPU_MEMORY_MIB: "2"}
