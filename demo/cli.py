@@ -23,7 +23,7 @@ from tensorai.demo.orchestrate import DEFAULT_RUN_TIMEOUT_S, run_demo
 from tensorai.demo.processes import StepError
 from tensorai.demo.scenario import DEFAULT_SCENARIO, ScenarioError, load_scenario
 from tensorai.demo.state import DemoState
-from tensorai.demo.view import live_view, print_summary
+from tensorai.demo.view import BusiestScreen, live_view, print_summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     state = DemoState()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
     try:
-        with live_view(state, console, live=live):
+        with live_view(state, console, live=live), BusiestScreen(state) as screen:
             result = run_demo(scenario, args.out, state, timeout_s=args.timeout_s)
     except StepError as error:
         console.print(Text.assemble((f"tensorai-demo: step '{error.step}' failed: ", "bold red"), error.message),
@@ -79,9 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+    screenshot = screen.save(args.out / "screen.svg")
     print_summary(state, console, result.problems)
     console.print(f"summary: {result.summary_path}   allocation plot: {result.plot_path}   "
-                  f"logs: {args.out / 'logs'}", soft_wrap=True)
+                  f"busiest screen: {screenshot}   logs: {args.out / 'logs'}", soft_wrap=True)
     return 0 if not result.problems else 1
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tensorai.demo.scenario import PodSpec
+from tensorai.proto import contract
 
 # Pod phases as the demo shows them (a superset of Kubernetes' Pending/Running/Succeeded/Failed).
 ARRIVING = "arriving"
@@ -97,8 +98,9 @@ class PodRun:
             "schedule_attempts": self.schedule_attempts,
             "node": self.node,
             "assignment": [asdict(share) for share in self.shares],
-            "device_ids": self.device_ids,
-            "preferred_ids": self.preferred_ids,
+            "device_count": len(self.device_ids),  # the IDs themselves are in kubelet-allocations.json
+            "device_gpus": sorted({contract.gpu_of_device_id(device) for device in self.device_ids}),
+            "preferred_matched": bool(self.preferred_ids) and sorted(self.preferred_ids) == sorted(self.device_ids),
             "allocate_env": self.allocate_env,
             "reason": self.reason,
             "worker_exit": self.worker_exit,

@@ -8,8 +8,11 @@ failures and waits in colour. Everything is read from DemoState under its lock.
 
 from __future__ import annotations
 
+import io
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -118,20 +121,9 @@ def render(state: DemoState) -> Group:
 def live_view(state: DemoState, console: Console, *, live: bool) -> Iterator[None]:
     """A rich Live view when `live` (a terminal), else one printed line per event."""
     if live:
-        with Live(render(state), console=console, refresh_per_second=4, transient=False) as screen:
-            stop_refresh = False
-
-            def refresh(_stamp: float, _kind: str, _message: str) -> None:
-                if not stop_refresh:
-                    screen.update(render(state))
-
-            state.listeners.append(refresh)
-            try:
-                yield
-            finally:
-                stop_refresh = True
-                state.listeners.remove(refresh)
-                screen.update(render(state))
+        # get_renderable: every refresh (4/s) re-reads the state, so bars move between events too.
+        with Live(console=console, refresh_per_second=4, get_renderable=lambda: render(state), transient=True):
+            yield
         return
 
     def printer(stamp: float, kind: str, message: str) -> None:
@@ -143,6 +135,43 @@ def live_view(state: DemoState, console: Console, *, live: bool) -> Iterator[Non
         yield
     finally:
         state.listeners.remove(printer)
+
+
+class BusiestScreen:
+    """Keeps an SVG of the live view at the moment the most pods were running (the docs' screenshot)."""
+
+    def __init__(self, state: DemoState, width: int = 150, interval_s: float = 0.5) -> None:
+        self._state = state
+        self._width = width
+        self._interval_s = interval_s
+        self._best = 0
+        self.svg = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="busiest-screen", daemon=True)
+
+    def __enter__(self) -> BusiestScreen:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            with self._state.lock:
+                running = sum(run.phase == RUNNING for run in self._state.pods.values())
+            if running > self._best:
+                self._best = running
+                recorder = Console(record=True, width=self._width, file=io.StringIO(), force_terminal=True)
+                recorder.print(render(self._state))
+                self.svg = recorder.export_svg(title="tensorai-demo")
+
+    def save(self, path: Path) -> Path | None:
+        if not self.svg:
+            return None
+        path.write_text(self.svg, encoding="utf-8")
+        return path
 
 
 def print_summary(state: DemoState, console: Console, problems: list[str]) -> None:

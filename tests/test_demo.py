@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +223,34 @@ def test_a_failing_step_is_named_and_every_started_process_is_stopped(tmp_path: 
     assert completed.returncode == 1, completed.stdout[-2000:]
     assert "step 'register device plugin of gpu-l4' failed" in completed.stdout
     assert "MEMORY_MIB must be at least 1" in completed.stdout
+    assert _processes_mentioning(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_mid_run_stops_every_process_and_exits_130(tmp_path: Path, signum: int) -> None:
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "tensorai.demo.cli", "--out", str(tmp_path), "--no-live", "--short"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in demo.stdout], daemon=True).start()  # type: ignore[union-attr]
+    seen = []
+    try:
+        deadline = time.monotonic() + 120
+        while not any(" admitted on " in line for line in seen):  # a worker process is running now
+            assert time.monotonic() < deadline, "the demo never admitted a pod:\n" + "".join(seen)
+            seen.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
+        demo.send_signal(signum)
+        assert demo.wait(timeout=60) == 130
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(10)
+    time.sleep(0.5)
+    while not lines.empty():
+        seen.append(lines.get())
+    assert "interrupted" in "".join(seen)
     assert _processes_mentioning(str(tmp_path)) == []
 
 
