@@ -39,7 +39,10 @@ from tensorai.proto.quantity import parse_quantity
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = REPO_ROOT / "manifests"
-OVERLAYS = ("production", "dev", "cert-manager")
+OVERLAYS = checkov_runner.OVERLAYS
+# The shipped overlays plus one rendering of every optional component (mps, hostPID, nvidia runtime).
+TARGETS = checkov_runner.TARGETS
+ALL_COMPONENTS = checkov_runner.ALL_COMPONENTS
 OLDEST_KUBERNETES = "1.30.0"
 PROGRAMS = ("tensorai-device-plugin", "tensorai-extender", "tensorai-webhook", "tensorai-worker")
 # Kinds with no schema in kubernetes-validate: GPUQuota is checked against our own CRD below; the
@@ -71,21 +74,25 @@ def kubectl() -> str:
     return path
 
 
-def _render(kubectl: str, folder: Path) -> list[dict[str, Any]]:
-    completed = subprocess.run(
-        [kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert completed.returncode == 0, f"kubectl kustomize {folder} failed:\n{completed.stderr}"
-    return [document for document in yaml.safe_load_all(completed.stdout) if document]
+def _render(kubectl: str, target: str) -> list[dict[str, Any]]:
+    try:
+        text = checkov_runner.render_target(kubectl, target)
+    except checkov_runner.RenderError as error:
+        pytest.fail(str(error))
+    return [document for document in yaml.safe_load_all(text) if document]
 
 
 @pytest.fixture(scope="module")
 def rendered(kubectl: str) -> dict[str, list[dict[str, Any]]]:
-    """Every overlay, the default install (`kubectl apply -k manifests/`) and the examples, rendered."""
-    targets = {name: MANIFESTS / "overlays" / name for name in OVERLAYS}
-    targets["manifests/"] = MANIFESTS
-    targets["examples"] = MANIFESTS / "examples"
-    return {name: _render(kubectl, folder) for name, folder in targets.items()}
+    """Every overlay, all optional components, the default install (`kubectl apply -k manifests/`) and
+    the examples, rendered."""
+    objects = {target: _render(kubectl, target) for target in TARGETS}
+    for name, folder in (("manifests/", MANIFESTS), ("examples", MANIFESTS / "examples")):
+        text = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=120,
+                              check=False)
+        assert text.returncode == 0, f"kubectl kustomize {folder} failed:\n{text.stderr}"
+        objects[name] = [document for document in yaml.safe_load_all(text.stdout) if document]
+    return objects
 
 
 def _find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
@@ -137,7 +144,7 @@ def _flag_value(container: dict[str, Any], flag: str) -> str:
 
 
 def test_every_overlay_renders_and_the_default_install_is_production(rendered: dict[str, list[dict]]) -> None:
-    for name in (*OVERLAYS, "manifests/", "examples"):
+    for name in (*TARGETS, "manifests/", "examples"):
         assert rendered[name], f"{name} rendered no objects"
     assert rendered["manifests/"] == rendered["production"]
 
@@ -145,7 +152,7 @@ def test_every_overlay_renders_and_the_default_install_is_production(rendered: d
 def test_every_namespaced_object_lands_in_tensorai_system_or_kube_system(rendered: dict[str, list[dict]]) -> None:
     cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
                       "MutatingWebhookConfiguration"}
-    for overlay in OVERLAYS:
+    for overlay in TARGETS:
         for obj in rendered[overlay]:
             namespace = obj["metadata"].get("namespace")
             if obj["kind"] in cluster_scoped:
@@ -164,7 +171,7 @@ def _kubernetes_versions() -> list[str]:
 
 
 @pytest.mark.parametrize("version", _kubernetes_versions())
-@pytest.mark.parametrize("target", [*OVERLAYS, "examples"])
+@pytest.mark.parametrize("target", [*TARGETS, "examples"])
 def test_rendered_objects_validate_against_kubernetes_schemas(
     rendered: dict[str, list[dict]], target: str, version: str
 ) -> None:
@@ -312,7 +319,7 @@ EXTENDER_KEYS = {"urlPrefix", "filterVerb", "preemptVerb", "prioritizeVerb", "we
                  "tlsConfig", "httpTimeout", "nodeCacheCapable", "managedResources", "ignorable"}
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", TARGETS)
 def test_scheduler_configuration_has_only_fields_kube_scheduler_knows(
     rendered: dict[str, list[dict]], overlay: str
 ) -> None:
@@ -325,7 +332,7 @@ def test_scheduler_configuration_has_only_fields_kube_scheduler_knows(
             assert set(resource) <= {"name", "ignoredByScheduler"}
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", TARGETS)
 def test_scheduler_configuration_wires_the_extender_as_the_only_binder(
     rendered: dict[str, list[dict]], overlay: str
 ) -> None:
@@ -344,7 +351,7 @@ def test_scheduler_configuration_wires_the_extender_as_the_only_binder(
     assert managed == {contract.RESOURCE_VGPU_MILLI: False, contract.RESOURCE_VGPU_MEMORY: True}
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", TARGETS)
 def test_extender_url_is_the_sidecar_on_localhost(rendered: dict[str, list[dict]], overlay: str) -> None:
     extender = _scheduler_configuration(rendered[overlay])["extenders"][0]
     url = urllib3.util.parse_url(extender["urlPrefix"])
@@ -354,7 +361,7 @@ def test_extender_url_is_the_sidecar_on_localhost(rendered: dict[str, list[dict]
     assert url.port == int(_flag_value(sidecar, "--port"))
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", TARGETS)
 def test_leader_election_lease_is_granted_to_the_scheduler(rendered: dict[str, list[dict]], overlay: str) -> None:
     config = _scheduler_configuration(rendered[overlay])
     role = _one(rendered[overlay], "Role", "tensorai-scheduler-leader-election")
@@ -373,7 +380,7 @@ def test_production_scheduler_has_two_replicas_and_a_disruption_budget(rendered:
         "labels"].items()
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", TARGETS)
 def test_webhook_injects_the_scheduler_the_examples_name(rendered: dict[str, list[dict]], overlay: str) -> None:
     (profile,) = _scheduler_configuration(rendered[overlay])["profiles"]
     webhook = _one(rendered[overlay], "Deployment", "tensorai-webhook")
@@ -553,7 +560,7 @@ def test_extender_serves_every_verb_the_scheduler_configuration_calls(
     assert bound.get("Error") == "", bound
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", TARGETS)
 def test_probe_paths_of_the_extender_sidecar_are_served(
     rendered: dict[str, list[dict]], overlay: str, extender: str
 ) -> None:
@@ -564,7 +571,7 @@ def test_probe_paths_of_the_extender_sidecar_are_served(
         assert requests.get(extender + path, timeout=HTTP_TIMEOUT_S).status_code == 200, f"{probe} {path}"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", TARGETS)
 def test_probe_paths_of_the_device_plugin_are_served(
     rendered: dict[str, list[dict]], overlay: str, device_plugin: str
 ) -> None:
@@ -578,7 +585,7 @@ def test_probe_paths_of_the_device_plugin_are_served(
         assert requests.get(device_plugin + path, timeout=HTTP_TIMEOUT_S).status_code == 200, f"{probe} {path}"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", TARGETS)
 def test_probe_paths_of_the_webhook_are_served(rendered: dict[str, list[dict]], overlay: str, webhook: str) -> None:
     deployment = _one(rendered[overlay], "Deployment", "tensorai-webhook")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -609,7 +616,7 @@ def test_webhook_answers_the_path_its_configuration_names(rendered: dict[str, li
 
 
 def _our_containers(rendered: dict[str, list[dict]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
-    for target in (*OVERLAYS, "examples"):
+    for target in (*TARGETS, "examples"):
         for obj, _, container in _containers(rendered[target]):
             if container.get("command", [""])[0] in PROGRAMS:
                 yield target, obj, container
@@ -618,7 +625,7 @@ def _our_containers(rendered: dict[str, list[dict]]) -> Iterator[tuple[str, dict
 def test_every_program_container_names_its_program_explicitly(rendered: dict[str, list[dict]]) -> None:
     started = {container["command"][0] for _, _, container in _our_containers(rendered)}
     assert started == set(PROGRAMS)
-    for target in (*OVERLAYS, "examples"):
+    for target in (*TARGETS, "examples"):
         for obj, _, container in _containers(rendered[target]):
             if container["image"].startswith("ghcr.io/tensorai/vgpu"):
                 assert container.get("command", [""])[0] in PROGRAMS, f"{target}: {obj['metadata']['name']}"
@@ -647,7 +654,7 @@ def test_flags_in_the_manifests_exist_and_their_values_parse(rendered: dict[str,
 # --- admission webhook configuration --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", TARGETS)
 def test_webhook_configuration_points_at_the_webhook_service(rendered: dict[str, list[dict]], overlay: str) -> None:
     objects = rendered[overlay]
     configuration = _one(objects, "MutatingWebhookConfiguration", "tensorai-vgpu")
@@ -738,7 +745,7 @@ def test_webhook_match_condition_selects_the_examples_and_skips_our_own_workload
 # --- security shape ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", TARGETS)
 def test_only_the_device_plugin_runs_as_root_and_no_container_keeps_capabilities(
     rendered: dict[str, list[dict]], overlay: str
 ) -> None:
@@ -756,7 +763,7 @@ def test_only_the_device_plugin_runs_as_root_and_no_container_keeps_capabilities
             assert context.get("runAsNonRoot") is True and context.get("runAsUser", 0) > 0, where
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", TARGETS)
 def test_device_plugin_mounts_only_the_kubelet_directories_from_the_host(
     rendered: dict[str, list[dict]], overlay: str
 ) -> None:
@@ -767,14 +774,16 @@ def test_device_plugin_mounts_only_the_kubelet_directories_from_the_host(
     container = spec["containers"][0]
     assert _flag_value(container, "--device-plugin-dir") == "/var/lib/kubelet/device-plugins"
     assert _flag_value(container, "--pod-resources-socket").startswith("/var/lib/kubelet/pod-resources/")
-    assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
+    assert not spec.get("hostNetwork") and not spec.get("hostIPC")
+    # hostPID only through the opt-in component (per-pod memory metrics; trade-off in docs/install.md).
+    assert bool(spec.get("hostPID")) == (overlay == ALL_COMPONENTS)
     terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert all(any(e["key"] == contract.LABEL_GPU_NODE for e in term["matchExpressions"]) for term in terms)
     if overlay != "dev":
         assert spec["priorityClassName"] == "system-node-critical"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", TARGETS)
 def test_each_program_has_its_own_service_account_with_a_binding(
     rendered: dict[str, list[dict]], overlay: str
 ) -> None:
@@ -792,7 +801,7 @@ def test_each_program_has_its_own_service_account_with_a_binding(
 
 
 def test_no_role_grants_wildcards_or_secrets(rendered: dict[str, list[dict]]) -> None:
-    for overlay in OVERLAYS:
+    for overlay in TARGETS:
         for role in [*_find(rendered[overlay], "Role"), *_find(rendered[overlay], "ClusterRole")]:
             for rule in role["rules"]:
                 where = f"{overlay}: {role['kind']}/{role['metadata']['name']}"

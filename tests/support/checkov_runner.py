@@ -26,6 +26,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO_ROOT / "manifests"
 SKIPS_FILE = MANIFESTS / "checkov-skips.yaml"
 OVERLAYS = ("production", "dev", "cert-manager")
+# Components no shipped overlay uses; rendered together on top of overlays/cert-manager so that every
+# file in manifests/ reaches the checks.
+OPTIONAL_COMPONENTS = ("mps", "device-plugin-host-pid", "nvidia-runtime")
+ALL_COMPONENTS = "all-components"
+TARGETS = (*OVERLAYS, ALL_COMPONENTS)
 CHECKOV_TIMEOUT_S = 300
 
 
@@ -84,17 +89,39 @@ def load_skips(path: Path = SKIPS_FILE) -> list[Skip]:
     return skips
 
 
+class RenderError(RuntimeError):
+    """kubectl kustomize failed; the message carries its stderr."""
+
+
+def _kustomize(kubectl: str, folder: Path) -> str:
+    completed = subprocess.run(
+        [kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=120, check=False
+    )
+    if completed.returncode != 0:
+        raise RenderError(f"kubectl kustomize {folder} failed:\n{completed.stderr}")
+    return completed.stdout
+
+
+def render_target(kubectl: str, target: str) -> str:
+    """The YAML a cluster gets from an overlay, or from every optional component at once."""
+    if target != ALL_COMPONENTS:
+        return _kustomize(kubectl, MANIFESTS / "overlays" / target)
+    with tempfile.TemporaryDirectory(prefix="tensorai-kustomize-") as scratch:
+        # kustomize refuses absolute paths to other kustomizations; relative ones may leave the root.
+        manifests = os.path.relpath(MANIFESTS, scratch)
+        components = "".join(f"  - {manifests}/components/{name}\n" for name in OPTIONAL_COMPONENTS)
+        (Path(scratch) / "kustomization.yaml").write_text(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+            f"resources:\n  - {manifests}/overlays/cert-manager\ncomponents:\n{components}",
+            encoding="utf-8",
+        )
+        return _kustomize(kubectl, Path(scratch))
+
+
 def render_scan_folder(kubectl: str, folder: Path) -> None:
-    """Write each rendered overlay and each example into `folder`, the way they reach a cluster."""
-    for overlay in OVERLAYS:
-        rendered = subprocess.run(
-            [kubectl, "kustomize", str(MANIFESTS / "overlays" / overlay)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        ).stdout
-        (folder / f"overlay-{overlay}.yaml").write_text(rendered, encoding="utf-8")
+    """Write each rendered target and each example into `folder`, the way they reach a cluster."""
+    for target in TARGETS:
+        (folder / f"overlay-{target}.yaml").write_text(render_target(kubectl, target), encoding="utf-8")
     for example in sorted((MANIFESTS / "examples").glob("*.yaml")):
         if example.name != "kustomization.yaml":
             shutil.copy(example, folder / example.name)
