@@ -100,7 +100,7 @@ class ExtenderService:
         self.events = events or EventRecorder()
         self.metrics = metrics or ExtenderMetrics(view)
         self.context = context or PolicyContext()
-        self._names_cache: tuple[int, list[str], np.ndarray, np.ndarray] | None = None
+        self._names_cache: list[tuple[int, list[str], np.ndarray, np.ndarray]] = []
         self.binder = Binder(
             view,
             policy=policy,
@@ -133,17 +133,14 @@ class ExtenderService:
         last list is reused while the view's node set is unchanged (one C-level list compare).
         """
         generation = self.view.node_generation
-        cached = self._names_cache
-        if cached is not None and cached[0] == generation and cached[1] == node_names:
-            return cached[2], cached[3]
-        index_of = self.view.node_index
-        positions = np.fromiter(
-            ((-1 if (row := index_of(name)) is None else row) for name in node_names),
-            dtype=np.int64,
-            count=len(node_names),
-        )
+        for cached in self._names_cache:
+            if cached[0] == generation and cached[1] == node_names:
+                return cached[2], cached[3]
+        row_of = self.view.row_of
+        positions = np.array([row_of.get(name, -1) for name in node_names], dtype=np.int64)
         known = positions[positions >= 0]
-        self._names_cache = (generation, node_names, known, positions)
+        # filter sends all nodes, prioritize the feasible ones: keep a few lists, newest first
+        self._names_cache = [(generation, node_names, known, positions), *self._names_cache[:3]]
         return known, positions
 
     def _node_scores(self, demand: PodDemand) -> np.ndarray:

@@ -211,6 +211,7 @@ class ClusterView:
         self._freed_at: dict[str, float] = {}  # namespace -> time.monotonic() of the last quota release
         self._model_ids: dict[str, int] = {}
         self.node_generation = 0  # bumped whenever a node gets or loses a row (name -> row caches)
+        self.row_of: dict[str, int] = {}  # node name -> row, for vectorised lookups by the verbs
 
     # ------------------------------------------------------------------ readiness
     def mark_synced(self, kind: str) -> None:
@@ -297,6 +298,7 @@ class ClusterView:
             if record is None:
                 record = NodeRecord(name=name, index=self._free_rows.pop())
                 self._nodes[name] = record
+                self.row_of[name] = record.index
                 self.node_generation += 1
             record.problem = problem
             record.cpu_allocatable_milli, record.memory_allocatable_mib = cpu_milli, memory_mib
@@ -351,6 +353,7 @@ class ClusterView:
             if record is None:
                 return
             self.node_generation += 1
+            del self.row_of[name]
             row = record.index
             for uid in self._pods_by_node.get(name, ()):
                 self._pods[uid].applied = None
@@ -751,7 +754,7 @@ class ClusterView:
                         uids.add(_pod_key(pod)[0])
                     except ValueError:
                         continue
-                for uid in [u for u, r in self._pods.items() if u not in uids and r.node_name is not None]:
+                for uid in [u for u in self._pods if u not in uids]:  # deleted while we were not watching
                     self.forget_pod_uid(uid)
             elif kind == "gpuquotas":
                 keys = set()

@@ -134,6 +134,12 @@ def start_extender(path: str) -> tuple[subprocess.Popen, int]:
     return process, int(line.strip().rsplit(":", 1)[1])
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc), to report cost independent of machine load."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile_ms(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1000, q)) if values else float("nan")
 
@@ -155,6 +161,7 @@ def run_size(nodes: int, running_pods: int, measure: int, seed: int) -> dict:
                 schedule_one(client, names, 250, f"warm-{index}")
             latencies: dict[str, list[float]] = {"filter": [], "prioritize": [], "bind": []}
             bound = 0
+            cpu_before_s = process_cpu_s(process.pid)
             started = time.perf_counter()
             for index in range(measure):
                 filter_s, prioritize_s, bind_s, ok = schedule_one(
@@ -166,6 +173,7 @@ def run_size(nodes: int, running_pods: int, measure: int, seed: int) -> dict:
                     latencies["bind"].append(bind_s)
                     bound += 1
             single_rate = bound / (time.perf_counter() - started)
+            server_cpu_ms = (process_cpu_s(process.pid) - cpu_before_s) * 1000 / max(measure, 1)
             rate4 = concurrent_rate(port, names, measure, rng)
         finally:
             process.terminate()
@@ -178,7 +186,48 @@ def run_size(nodes: int, running_pods: int, measure: int, seed: int) -> dict:
         "latencies": latencies,
         "rate1": single_rate,
         "rate4": rate4,
+        "server_cpu_ms_per_pod": server_cpu_ms,
+        "local": in_process(cluster, names, measure, seed),
     }
+
+
+def in_process(cluster: dict, names: list[str], measure: int, seed: int) -> dict[str, list[float]]:
+    """CPU time of the same filter/prioritize/bind calls on an ExtenderService in this process (no HTTP/JSON).
+
+    Thread CPU time, not wall time: on a shared, loaded machine it still says what each call costs.
+    """
+    from tensorai.scheduler.extender import ExtenderService
+    from tensorai.scheduler.view import ClusterView
+
+    view = ClusterView(stale_seconds=0)
+    view.replace("nodes", [item for item in cluster["items"] if item["kind"] == "Node"])
+    view.replace("pods", [item for item in cluster["items"] if item["kind"] == "Pod"])
+    view.replace("gpuquotas", [])
+    service = ExtenderService(view)
+    rng = random.Random(seed + 2)
+    latencies: dict[str, list[float]] = {"filter": [], "prioritize": [], "bind": []}
+    for index in range(measure + 20):
+        pending = pod(f"local-{index}", rng.choice((250, 500, 1000)), namespace="bench")
+        started = time.thread_time()
+        feasible = service.filter({"Pod": pending, "Nodes": None, "NodeNames": names})["NodeNames"]
+        filtered = time.thread_time()
+        scores = service.prioritize({"Pod": pending, "Nodes": None, "NodeNames": feasible})
+        prioritized = time.thread_time()
+        best = max(scores, key=lambda entry: entry["Score"])["Host"]
+        error = service.bind(
+            {
+                "PodName": pending["metadata"]["name"],
+                "PodNamespace": "bench",
+                "PodUID": pending["metadata"]["uid"],
+                "Node": best,
+            }
+        )["Error"]
+        bound = time.thread_time()
+        if index >= 20 and not error:
+            latencies["filter"].append(filtered - started)
+            latencies["prioritize"].append(prioritized - filtered)
+            latencies["bind"].append(bound - prioritized)
+    return latencies
 
 
 def concurrent_rate(port: int, names: list[str], total: int, rng: random.Random, clients: int = 4) -> float:
@@ -226,13 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measure", type=int, default=300, help="pods scheduled per measurement")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
-    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"load average at start {os.getloadavg()[0]:.1f}"
+    )
     header = (
         f"{'nodes':>6} {'GPUs':>6} {'running':>7} | {'filter p50/p99 ms':>18} | {'prioritize p50/p99 ms':>22} | "
         f"{'bind p50/p99 ms':>16} | {'pods/s x1':>9} {'pods/s x4':>9}"
     )
     print(header)
     print("-" * len(header))
+    local_rows = []
     for nodes in args.nodes:
         result = run_size(nodes, args.pods, args.measure, args.seed)
         lat = result["latencies"]
@@ -244,6 +297,26 @@ def main(argv: list[str] | None = None) -> int:
             f"{nodes:>6} {nodes * 8:>6} {result['running']:>7} | {cells[0]:>18} | {cells[1]:>22} | {cells[2]:>16} | "
             f"{result['rate1']:>9.0f} {result['rate4']:>9.0f}",
             flush=True,
+        )
+        local = result["local"]
+        local_rows.append(
+            (
+                nodes,
+                result["server_cpu_ms_per_pod"],
+                [
+                    f"{percentile_ms(local[v], 50):7.2f} / {percentile_ms(local[v], 99):7.2f}"
+                    for v in ("filter", "prioritize", "bind")
+                ],
+            )
+        )
+    print("\nCPU cost, independent of machine load:")
+    print(
+        f"{'nodes':>6} | {'server CPU ms/pod (HTTP+JSON+verbs)':>36} | {'=> pods/s per core':>18} | "
+        f"{'in-process CPU ms p50/p99: filter':>34} | {'prioritize':>16} | {'bind':>16}"
+    )
+    for nodes, cpu_ms, cells in local_rows:
+        print(
+            f"{nodes:>6} | {cpu_ms:>36.2f} | {1000 / cpu_ms:>18.0f} | {cells[0]:>34} | {cells[1]:>16} | {cells[2]:>16}"
         )
     return 0
 
