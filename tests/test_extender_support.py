@@ -109,6 +109,17 @@ def pod(
     }
 
 
+def assigned_pod(name: str, node_name: str, shares: list[tuple[int, int]], **kwargs: object) -> dict:
+    """A Running pod bound to node_name with an Assignment of (gpu index, milli) shares, one container each."""
+    built = pod(name, [milli for _, milli in shares], node_name=node_name, phase="Running", **kwargs)
+    assignment = pb.Assignment(pod_uid=built["metadata"]["uid"], node_name=node_name)
+    for position, (index, milli) in enumerate(shares):
+        container = assignment.containers.add(name=f"c{position}")
+        container.gpus.add(uuid=gpu_uuid(node_name, index), milli=milli, memory_mib=milli * 80)
+    built["metadata"]["annotations"][contract.ANNOTATION_ASSIGNMENT] = contract.encode_assignment(assignment)
+    return built
+
+
 def quota(name: str, namespace: str = "ml", **hard: object) -> dict:
     """A GPUQuota object."""
     return {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_extender_support import ExtenderStack, bind_args, filter_args, node, pod, post, quota, wait_for
+from test_extender_support import ExtenderStack, assigned_pod, bind_args, filter_args, node, pod, post, quota, wait_for
 
 from tensorai.demo.kube_standin import KubeStandin
 from tensorai.scheduler.quota_controller import ANNOTATION_QUOTA_REQUEUE
@@ -90,3 +90,43 @@ def test_per_model_quota_turns_away_only_nodes_of_that_model(api: KubeStandin) -
         assert "H100 GPUs used 0 + 0.25 > hard 0.2" in result["FailedNodes"]["h"]
         # and the bind re-checks it exactly
         assert "H100" in post(stack.url + "/bind", bind_args(worker, "h"))[1]["Error"]
+
+
+def test_waiting_pod_is_requeued_once_per_quota_change_and_only_when_it_fits() -> None:
+    from tensorai.scheduler.extender import ExtenderService
+    from tensorai.scheduler.quota_controller import QuotaController
+    from tensorai.scheduler.view import ClusterView
+
+    view = ClusterView(stale_seconds=0)
+    holder = assigned_pod("holder", "a", [(0, 500)])
+    view.replace("nodes", [node("a", 2)])
+    view.replace("pods", [holder])
+    view.replace("gpuquotas", [quota("team", gpus="1")])
+    requeued: list[str] = []
+    controller = QuotaController(view, on_requeue=lambda namespace, name, uid: requeued.append(name))
+    service = ExtenderService(view)
+    big = pod("big", 1000)
+    assert service.filter(filter_args(big, ["a"]))["NodeNames"] == []
+    assert view.waiting("ml")
+    assert controller.sync_namespace("ml") == 0 and requeued == []  # still over quota: no patch
+    view.upsert_pod({**holder, "status": {"phase": "Succeeded"}})
+    assert controller.sync_namespace("ml") == 1 and requeued == ["big"]
+    assert controller.sync_namespace("ml") == 0, "nothing changed since: no second patch"
+    assert service.filter(filter_args(big, ["a"]))["NodeNames"] == ["a"]
+
+
+def test_quota_metrics_show_used_and_hard(api: KubeStandin) -> None:
+    import urllib.request
+
+    api.add_object("nodes", node("a", 1))
+    api.add_object("gpuquotas", quota("team", gpus="2", memory="100Gi"))
+    with ExtenderStack(api) as stack:
+        assert wait_for(lambda: stack.view.quotas("ml"))
+        worker = _admit(stack, api, pod("w", 250))
+        post(stack.url + "/filter", filter_args(worker, ["a"]))
+        assert post(stack.url + "/bind", bind_args(worker, "a"))[1] == {"Error": ""}
+        with urllib.request.urlopen(stack.url + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+        assert 'tensorai_quota_used{namespace="ml",quota="team",resource="gpus"} 0.25' in text
+        assert 'tensorai_quota_hard{namespace="ml",quota="team",resource="memory_mib"} 102400.0' in text
+        assert 'tensorai_extender_binds_total{result="bound"} 1.0' in text
