@@ -89,6 +89,13 @@ class KubeletRunner:
                 time.sleep(0.5)
 
     def _run_pod(self, namespace: str, name: str, node: str) -> None:
+        try:
+            self._admit_and_run(namespace, name, node)
+        except Exception as error:  # an API or gRPC surprise fails this pod visibly, never the thread silently
+            self._kubelets[node].remove_pod(namespace, name)
+            self._fail(f"{namespace}/{name}", namespace, name, "KubeletError", f"{type(error).__name__}: {error}")
+
+    def _admit_and_run(self, namespace: str, name: str, node: str) -> None:
         key = f"{namespace}/{name}"
         state = self._state
         kubelet = self._kubelets[node]
