@@ -106,9 +106,11 @@ class StubKubelet:
         honor_preferred: bool = True,
         rng: random.Random | None = None,
         dial_timeout_s: float = 10.0,
+        observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self.plugin_dir = plugin_dir
         self.dial_timeout_s = dial_timeout_s  # kubelet's blocking dial-back timeout
+        self.observe = observe  # called with (rpc name, seconds) after each admission RPC: benchmarks
         self.pod_resources_socket = pod_resources_socket
         self.resource_name = resource_name
         self.honor_preferred = honor_preferred
@@ -322,10 +324,13 @@ class StubKubelet:
                     dp.ContainerPreferredAllocationRequest(available_deviceIDs=free, allocation_size=size)
                 ]
             )
+            started = time.perf_counter()
             try:
                 answer = endpoint.stub.GetPreferredAllocation(request, timeout=30)
             except grpc.RpcError as error:
                 raise AdmissionError(error.code().name, error.details() or "") from error
+            if self.observe is not None:
+                self.observe("GetPreferredAllocation", time.perf_counter() - started)
             if answer.container_responses:
                 preferred = tuple(answer.container_responses[0].deviceIDs)
             if self.honor_preferred:
@@ -333,12 +338,15 @@ class StubKubelet:
                 chosen = list(dict.fromkeys(d for d in preferred if d in free_set))[:size]
         chosen_set = set(chosen)
         chosen += [d for d in free if d not in chosen_set][: size - len(chosen)]
+        started = time.perf_counter()
         try:
             response = endpoint.stub.Allocate(
                 dp.AllocateRequest(container_requests=[dp.ContainerAllocateRequest(devices_ids=chosen)]), timeout=30
             )
         except grpc.RpcError as error:
             raise AdmissionError(error.code().name, error.details() or "") from error
+        if self.observe is not None:
+            self.observe("Allocate", time.perf_counter() - started)
         if not response.container_responses:
             raise AdmissionError("Unknown", "no containers return in allocation response")
         with self._cond:

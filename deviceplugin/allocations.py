@@ -194,6 +194,7 @@ class AllocationBook:
                 updated = replace(record, owner=new_owner, confirmed=True)
                 self._records[record_id] = updated
                 relabelled.append((updated, record.owner))
+            self._hand_back_displaced(relabelled)
             for key, ids in listing.items():
                 if not ids or any(device in self._record_of_device for device in ids):
                     continue
@@ -207,6 +208,20 @@ class AllocationBook:
                     self._record_of_device[device] = record.record_id
                 adopted.append(record)
         return ReconcileOutcome(tuple(relabelled), tuple(confirmed), tuple(released), tuple(adopted))
+
+    def _hand_back_displaced(self, relabelled: list[tuple[AllocationRecord, Owner]]) -> None:
+        """A container owns one record. When a relabel gives a container the record kubelet lists for it,
+        any other record still carrying its name (an Allocate kubelet has not listed yet) really filled
+        the slot the relabelled record left: it takes the displaced owner (a swap), to be corrected
+        when kubelet lists it."""
+        for record, before in relabelled:  # grows while we walk it: hand-backs can chain
+            key = (record.owner.pod_uid, record.owner.container_name)
+            for other_id, other in list(self._records.items()):
+                if other_id == record.record_id or other.confirmed or not record.owner.pod_uid:
+                    continue
+                if (other.owner.pod_uid, other.owner.container_name) == key:
+                    self._records[other_id] = replace(other, owner=before)
+                    relabelled.append((self._records[other_id], other.owner))
 
     def check_invariants(self) -> None:
         """Raise AssertionError if the indexes disagree (used by the fuzz tests)."""

@@ -643,6 +643,8 @@ class AllocatedAnnotationWriter:
                 if uid is None:
                     return
                 self._write(uid)
+            except Exception:  # one bad pod must never stop the annotations of every later one
+                log.exception("writing the annotations of pod uid %s failed", uid)
             finally:
                 self._queue.task_done()
 

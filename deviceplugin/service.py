@@ -79,14 +79,14 @@ class VGPUManager:
 
     # --- GetPreferredAllocation ------------------------------------------------------------------
     def preferred(self, request: dp.ContainerPreferredAllocationRequest) -> list[str]:
-        available = self.table.group_by_gpu(request.available_deviceIDs, what="available_deviceIDs")
+        available = self.table.available(request.available_deviceIDs)
         must = self.table.group_by_gpu(request.must_include_deviceIDs, what="must_include_deviceIDs")
-        if any(device not in set(available.get(uuid, ())) for uuid, ids in must.items() for device in ids):
+        if any(device not in available.members for ids in must.values() for device in ids):
             raise SliceError("must_include_deviceIDs must be a subset of available_deviceIDs")
         size = request.allocation_size
         request_shape(size, gpu_count=len(self.table.uuids))
         self.sharing.check_request(size)
-        healthy = {uuid: ids for uuid, ids in available.items() if self.health.is_healthy(uuid)}
+        healthy = available.without(uuid for uuid in self.table.uuids if not self.health.is_healthy(uuid))
         targets = (
             self.identity.target_gpu_sets(size, wait_s=self.identity.catch_up_s) if self.identity is not None else []
         )
@@ -122,19 +122,20 @@ class VGPUManager:
         return responses
 
     def _allocate_one(self, device_ids: list[str]) -> AllocationRecord:
-        grouped = self.table.group_by_gpu(device_ids, what="devices_ids")
+        available = self.table.available(device_ids, what="devices_ids")
+        grouped = {uuid: available.count(uuid) for uuid in self.table.uuids if available.count(uuid)}
         size = len(device_ids)
         shape = request_shape(size, gpu_count=len(self.table.uuids))
         self.sharing.check_request(size)
         if shape.fractional and len(grouped) != 1:
-            spread = ", ".join(f"{uuid} ({len(ids)})" for uuid, ids in grouped.items())
+            spread = ", ".join(f"{uuid} ({count})" for uuid, count in grouped.items())
             raise SliceError(
                 f"a fractional request of {size} milli-GPU must lie on one GPU, but its device IDs span {spread}; "
                 "kubelet filled a shortfall from other GPUs",
                 precondition=True,
             )
         if not shape.fractional:
-            partial = {uuid: len(ids) for uuid, ids in grouped.items() if len(ids) != contract.MILLI_PER_GPU}
+            partial = {uuid: count for uuid, count in grouped.items() if count != contract.MILLI_PER_GPU}
             if partial:
                 raise SliceError(
                     f"a whole-GPU request of {size} milli-GPU must get all {contract.MILLI_PER_GPU} slices of "
@@ -146,8 +147,8 @@ class VGPUManager:
             raise SliceError(f"device IDs lie on unhealthy GPU(s) {', '.join(broken)}", precondition=True)
         gpu_set = frozenset(grouped)
         if self.identity is None:
-            portions = tuple(GPUPortion(uuid, len(ids), self.default_memory_mib(uuid, len(ids)))
-                             for uuid, ids in grouped.items())
+            portions = tuple(GPUPortion(uuid, count, self.default_memory_mib(uuid, count))
+                             for uuid, count in grouped.items())
             return self.book.add(device_ids, portions, UNKNOWN_OWNER)
         claim = self.identity.claim(gpu_set, size)
         try:
@@ -157,12 +158,11 @@ class VGPUManager:
             self.identity.finish(claim)
 
     def _portions_for(
-        self, grouped: Mapping[str, list[str]], assigned: Sequence[GPUPortion], memory_mib: int | None
+        self, grouped: Mapping[str, int], assigned: Sequence[GPUPortion], memory_mib: int | None
     ) -> tuple[GPUPortion, ...]:
         by_uuid = {portion.uuid: portion for portion in assigned}
         portions = []
-        for uuid, ids in grouped.items():
-            milli = len(ids)
+        for uuid, milli in grouped.items():
             memory = by_uuid[uuid].memory_mib if uuid in by_uuid else (memory_mib or 0)
             portions.append(GPUPortion(uuid, milli, memory or self.default_memory_mib(uuid, milli)))
         return tuple(portions)

@@ -8,6 +8,7 @@ ListAndWatch message for a health state is, and which IDs to prefer for a reques
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -119,6 +120,17 @@ class SliceTable:
             grouped.setdefault(uuid, []).append(device)
         return {uuid: grouped[uuid] for uuid in self._gpus if uuid in grouped}
 
+    def available(self, device_ids: Iterable[object], *, what: str = "available_deviceIDs") -> AvailableIds:
+        """Index kubelet's candidate IDs (up to every slice of the node) without a per-ID Python loop."""
+        ids = list(device_ids)
+        gpus = list(map(self._gpu_by_id.get, ids)) if all(isinstance(d, str) for d in ids) else [None]
+        if None in gpus:
+            self.group_by_gpu(ids, what=what)  # raises with the reason for the first bad ID
+        members = set(ids)
+        if len(members) != len(ids):
+            self.group_by_gpu(ids, what=what)  # raises naming the duplicate
+        return AvailableIds(self, members, Counter(gpus))
+
     def _explain_unknown(self, device: object) -> str:
         shown = repr(device)[:100]
         if not isinstance(device, str):
@@ -156,9 +168,33 @@ class SliceTable:
         return response
 
 
+class AvailableIds:
+    """A validated set of free device IDs with a count per GPU."""
+
+    def __init__(self, table: SliceTable, members: set[str], counts: Mapping[str, int]) -> None:
+        self._table = table
+        self.members = members
+        self.counts = dict(counts)
+
+    def count(self, uuid: str) -> int:
+        return self.counts.get(uuid, 0)
+
+    def ids_on(self, uuid: str) -> list[str]:
+        """This GPU's free IDs in slice order."""
+        return [device for device in self._table.device_ids(uuid) if device in self.members]
+
+    def without(self, uuids: Iterable[str]) -> AvailableIds:
+        """The same set minus every ID of `uuids` (e.g. unhealthy GPUs)."""
+        dropped = set(uuids) & set(self.counts)
+        if not dropped:
+            return self
+        members = {d for d in self.members if self._table.gpu_of(d) not in dropped}
+        return AvailableIds(self._table, members, {u: n for u, n in self.counts.items() if u not in dropped})
+
+
 def choose_preferred(
     table: SliceTable,
-    available: Mapping[str, Sequence[str]],
+    available: AvailableIds,
     must_include: Mapping[str, Sequence[str]],
     size_milli: int,
     *,
@@ -166,8 +202,8 @@ def choose_preferred(
 ) -> list[str]:
     """Pick the device IDs to suggest to kubelet for one container.
 
-    `available` / `must_include` are kubelet's candidate IDs grouped by GPU. `target_gpus` are GPU
-    sets the scheduler assigned to containers of this size (from pod Assignments), tried in order;
+    `available` are kubelet's candidate IDs, `must_include` the ones already chosen, by GPU (a subset).
+    `target_gpus` are GPU sets the scheduler assigned to containers of this size (from pod Assignments), tried in order;
     when none fits, fractional requests go to the fullest GPU that fits (binpack) and whole requests
     to wholly free GPUs, NUMA-local first. A fractional answer always lies on ONE GPU.
     """
@@ -180,10 +216,10 @@ def choose_preferred(
     return _choose_whole(table, available, must_include, shape.whole_gpus, target_gpus)
 
 
-def _take(available: Sequence[str], must: Sequence[str], count: int) -> list[str]:
+def _take(available: AvailableIds, uuid: str, must: Sequence[str], count: int) -> list[str]:
     chosen = list(must)
     must_set = set(must)
-    for device in available:
+    for device in available.ids_on(uuid):
         if len(chosen) >= count:
             break
         if device not in must_set:
@@ -193,16 +229,14 @@ def _take(available: Sequence[str], must: Sequence[str], count: int) -> list[str
 
 def _choose_fractional(
     table: SliceTable,
-    available: Mapping[str, Sequence[str]],
+    available: AvailableIds,
     must_include: Mapping[str, Sequence[str]],
     size_milli: int,
     target_gpus: Sequence[Sequence[str]],
 ) -> list[str]:
     if len(must_include) > 1:
         raise SliceError("must_include spans several GPUs, but a fractional request must stay on one GPU")
-
-    def free_on(uuid: str) -> int:
-        return len(set(available.get(uuid, ())) | set(must_include.get(uuid, ())))
+    free_on = available.count
 
     fitting = [uuid for uuid in table.uuids if free_on(uuid) >= size_milli]
     if must_include:
@@ -217,21 +251,17 @@ def _choose_fractional(
     targets = [group[0] for group in target_gpus if len(group) == 1 and group[0] in fitting_set]
     pool = targets or fitting
     uuid = min(pool, key=lambda candidate: (free_on(candidate), table.gpu(candidate).index))
-    return _take(available.get(uuid, ()), must_include.get(uuid, ()), size_milli)
+    return _take(available, uuid, must_include.get(uuid, ()), size_milli)
 
 
 def _choose_whole(
     table: SliceTable,
-    available: Mapping[str, Sequence[str]],
+    available: AvailableIds,
     must_include: Mapping[str, Sequence[str]],
     gpu_count: int,
     target_gpus: Sequence[Sequence[str]],
 ) -> list[str]:
-    whole_free = [
-        uuid
-        for uuid in table.uuids
-        if len(set(available.get(uuid, ())) | set(must_include.get(uuid, ()))) >= contract.MILLI_PER_GPU
-    ]
+    whole_free = [uuid for uuid in table.uuids if available.count(uuid) >= contract.MILLI_PER_GPU]
     required = [uuid for uuid in table.uuids if uuid in must_include]
     if any(uuid not in whole_free for uuid in required) or len(required) > gpu_count:
         raise SliceError("must_include names GPUs that are not wholly free or more GPUs than requested")
@@ -260,5 +290,5 @@ def _choose_whole(
                 chosen.append(uuid)
     result: list[str] = []
     for uuid in chosen:
-        result.extend(_take(available.get(uuid, ()), must_include.get(uuid, ()), contract.MILLI_PER_GPU))
+        result.extend(_take(available, uuid, must_include.get(uuid, ()), contract.MILLI_PER_GPU))
     return result

@@ -11,6 +11,7 @@ from tensorai.deviceplugin.slices import (
     HEALTHY,
     MAX_DEVICE_ID_CHARS,
     UNHEALTHY,
+    AvailableIds,
     SliceError,
     SliceTable,
     choose_preferred,
@@ -27,9 +28,9 @@ def make_table(numa: tuple[int, ...] = (0, 0, 1, 1)) -> SliceTable:
     )
 
 
-def free_ids(table: SliceTable, used: dict[str, int]) -> dict[str, list[str]]:
-    """Available IDs per GPU when `used[uuid]` slices (the first ones) are taken."""
-    return {uuid: list(table.device_ids(uuid)[used.get(uuid, 0):]) for uuid in table.uuids}
+def free_ids(table: SliceTable, used: dict[str, int]) -> AvailableIds:
+    """Available IDs when `used[uuid]` slices (the first ones) of each GPU are taken."""
+    return table.available(d for uuid in table.uuids for d in table.device_ids(uuid)[used.get(uuid, 0):])
 
 
 def test_every_gpu_is_advertised_as_1000_ids_of_at_most_63_characters() -> None:
@@ -150,6 +151,6 @@ def test_fractional_preference_never_spans_gpus(used: list[int], size: int, targ
     gpus = {contract.gpu_of_device_id(d) for d in chosen}
     assert len(gpus) == 1 and len(chosen) == size == len(set(chosen))
     (gpu,) = gpus
-    assert set(chosen) <= set(available[gpu])
+    assert set(chosen) <= set(available.ids_on(gpu))
     if target is not None and 1000 - used[target] >= size:
         assert gpu == UUIDS[target]
