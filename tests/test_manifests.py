@@ -893,6 +893,20 @@ def test_alerts_cover_the_failures_an_operator_must_hear_about(rendered: dict[st
         assert rule["annotations"]["summary"] and re.fullmatch(r"\d+[smh]", rule["for"])
 
 
+def test_alerts_and_dashboard_select_jobs_the_monitors_create(rendered: dict[str, list[dict]]) -> None:
+    """Prometheus Operator names a PodMonitor's job `<namespace>/<name>` and a ServiceMonitor's job after
+    the Service; a selector on any other job name matches nothing and the alert never fires."""
+    objects = rendered["production"]
+    jobs = {f"{m['metadata']['namespace']}/{m['metadata']['name']}" for m in _find(objects, "PodMonitor")}
+    for monitor in _find(objects, "ServiceMonitor"):
+        jobs |= {s["metadata"]["name"] for s in _find(objects, "Service")
+                 if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()}
+    expressions = [rule["expr"] for rule in _alert_rules(objects)]
+    expressions += [target["expr"] for panel in _dashboard(objects)["panels"] for target in panel["targets"]]
+    selected = {job for expression in expressions for job in re.findall(r'job="([^"]+)"', expression)}
+    assert selected and selected <= jobs, f"no monitor creates the jobs {sorted(selected - jobs)}"
+
+
 def test_dashboard_shows_allocation_per_gpu_per_pod_and_scheduling_latency(rendered: dict[str, list[dict]]) -> None:
     dashboard = _dashboard(rendered["production"])
     expressions = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel["targets"])
