@@ -101,6 +101,7 @@ class ExtenderService:
         self.metrics = metrics or ExtenderMetrics(view)
         self.context = context or PolicyContext()
         self._names_cache: list[tuple[int, list[str], np.ndarray, np.ndarray]] = []
+        self._host_prefixes: dict[str, str] = {}
         self.binder = Binder(
             view,
             policy=policy,
@@ -305,12 +306,11 @@ class ExtenderService:
             self.metrics.filter_failures.labels(kind).inc(count)
 
     # ------------------------------------------------------------------ prioritize
-    def prioritize(self, body: object) -> list[dict]:
-        """ExtenderArgs -> HostPriorityList (0..10; 0 for nodes that cannot take the pod)."""
+    def _priorities(self, body: object) -> tuple[list[str], list[int]]:
         pod, node_names, _ = _parse_args(body)
         _, demand = self._demand(pod)
         if not demand.containers:
-            return [{"Host": name, "Score": 0} for name in node_names]
+            return node_names, [0] * len(node_names)
         view = self.view
         with view.lock:
             view.refresh_schedulable()
@@ -320,8 +320,30 @@ class ExtenderService:
             known = positions >= 0
             requested[known] = scores[positions[known]]
         # min-max over the nodes asked about, so the best of THIS list gets 10
-        ints = to_extender_scores(requested).tolist()
-        return [{"Host": name, "Score": score} for name, score in zip(node_names, ints, strict=True)]
+        return node_names, to_extender_scores(requested).tolist()
+
+    def prioritize(self, body: object) -> list[dict]:
+        """ExtenderArgs -> HostPriorityList (0..10; 0 for nodes that cannot take the pod)."""
+        node_names, scores = self._priorities(body)
+        return [{"Host": name, "Score": score} for name, score in zip(node_names, scores, strict=True)]
+
+    def prioritize_json(self, body: object) -> bytes:
+        """`prioritize` already encoded: json.dumps of 5,000 small dicts costs ~3 ms, this ~1 ms.
+
+        Each node name's `{"Host":"<name>","Score":` prefix is encoded once and reused (bounded cache:
+        names are external input).
+        """
+        node_names, scores = self._priorities(body)
+        prefixes = self._host_prefixes
+        if len(prefixes) > 200_000:
+            prefixes.clear()
+        parts = []
+        for name, score in zip(node_names, scores, strict=True):
+            prefix = prefixes.get(name)
+            if prefix is None:
+                prefix = prefixes[name] = '{"Host":' + json.dumps(name) + ',"Score":'
+            parts.append(f"{prefix}{score}}}")
+        return ("[" + ",".join(parts) + "]").encode()
 
     # ------------------------------------------------------------------ bind
     def bind(self, body: object) -> dict:
@@ -472,6 +494,8 @@ class _Handler(BaseHTTPRequestHandler):
             return 400, {"Error": f"body is not JSON: {error}"}
         service = self.server.service
         try:
+            if verb == "prioritize":
+                return 200, service.prioritize_json(body)
             return 200, getattr(service, verb)(body)
         except BadRequest as error:
             return 400, {"Error": str(error)}

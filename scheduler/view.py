@@ -770,19 +770,25 @@ class ClusterView:
 
     # ------------------------------------------------------------------ snapshots for metrics and tests
     def gpu_allocations(self) -> list[tuple[str, str, str, int, int]]:
-        """(node, gpu uuid, model, allocated milli, allocated MiB) for every GPU, for metrics."""
+        """(node, gpu uuid, model, allocated milli, allocated MiB) for every GPU, for metrics.
+
+        Copies the arrays under the lock (microseconds) and builds the 40,000 rows outside it, so a
+        Prometheus scrape never stalls the verbs.
+        """
         with self.lock:
-            rows = []
             cluster = self.cluster
-            for record in self._nodes.values():
-                row = record.index
-                for slot, uuid in enumerate(cluster.gpu_uuids[row]):
-                    allocated_milli = contract.MILLI_PER_GPU - int(cluster.gpu_free_milli[row, slot])
-                    allocated_mib = int(
-                        cluster.gpu_usable_memory_mib[row, slot] - cluster.gpu_free_memory_mib[row, slot]
-                    )
-                    rows.append((record.name, uuid, record.model or "", allocated_milli, allocated_mib))
-            return rows
+            nodes = [
+                (record.name, record.index, record.model or "", cluster.gpu_uuids[record.index])
+                for record in self._nodes.values()
+            ]
+            allocated_milli = contract.MILLI_PER_GPU - cluster.gpu_free_milli.astype(np.int64)
+            allocated_mib = cluster.gpu_usable_memory_mib - cluster.gpu_free_memory_mib
+        milli_rows, mib_rows = allocated_milli.tolist(), allocated_mib.tolist()
+        return [
+            (name, uuid, model, milli_rows[row][slot], mib_rows[row][slot])
+            for name, row, model, uuids in nodes
+            for slot, uuid in enumerate(uuids)
+        ]
 
     def snapshot(self) -> dict[str, tuple]:
         """Per node: (free milli per GPU, free MiB per GPU, exclusive per GPU) - to compare two views."""

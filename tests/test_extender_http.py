@@ -262,3 +262,10 @@ def test_cli_serves_a_cluster_file_and_stops_on_sigterm(tmp_path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+def test_prioritize_fast_encoding_is_the_same_json_for_any_node_name() -> None:
+    service = ExtenderService(_cluster())
+    names = ["gpu-a", "gpu-b", 'quote"d', "back\\slash", "ünïcode", "", "new\nline", "gpu-a"]
+    body = {"Pod": pod("p", 250), "Nodes": None, "NodeNames": names}
+    assert json.loads(service.prioritize_json(body)) == service.prioritize(body)
