@@ -8,6 +8,7 @@ so the webhook sees exactly what it sees in a cluster.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,10 +131,24 @@ def _name(value: object, where: str) -> str:
 
 
 def _job(value: object, base: Path, where: str) -> Path:
-    _require(isinstance(value, str) and bool(value), where, f"must be a job file path, got {value!r}")
-    path = (base / str(value)).resolve()
-    _require(path.is_file(), where, f"job file {path} does not exist")
+    _require(isinstance(value, str) and bool(value) and "\0" not in str(value), where,
+             f"must be a job file path, got {value!r}")
+    try:
+        path = (base / str(value)).resolve()
+        exists = path.is_file()
+    except (OSError, ValueError) as error:  # a name too long, a loop of links, ...
+        raise ScenarioError(f"{where}: job file {value!r} cannot be read: {error}") from error
+    _require(exists, where, f"job file {path} does not exist")
     return path
+
+
+def _positive_number(value: object) -> bool:
+    """A finite count above 0 (the webhook judges the rest: whole above 1, at most 3 decimals)."""
+    try:
+        number = float(str(value))
+    except ValueError:
+        return False
+    return math.isfinite(number) and number > 0
 
 
 def _pod(raw: object, position: int, base: Path, default_job: Path) -> PodSpec:
@@ -143,8 +158,8 @@ def _pod(raw: object, position: int, base: Path, default_job: Path) -> PodSpec:
     unknown = sorted(set(raw) - _POD_KEYS)
     _require(not unknown, where, f"unknown keys {unknown}; known: {sorted(_POD_KEYS)}")
     vgpu = raw.get("vgpu")
-    _require(isinstance(vgpu, str | int | float) and not isinstance(vgpu, bool), f"{where}.vgpu",
-             f"must be a GPU count such as \"0.25\" or \"2\", got {vgpu!r}")
+    _require(isinstance(vgpu, str | int | float) and not isinstance(vgpu, bool) and _positive_number(vgpu),
+             f"{where}.vgpu", f"must be a GPU count such as \"0.25\" or \"2\", got {vgpu!r}")
     memory = raw.get("memory")
     if memory is not None:
         try:
@@ -179,8 +194,8 @@ def parse_scenario(text: str, source: str, base: Path) -> Scenario:
         raise ScenarioError(f"{source}: not YAML: {error}") from error
     _require(isinstance(document, dict), source, "must be a mapping with nodes, quotas and pods")
     interval_s = document.get("interval_s", 0.4)
-    _require(isinstance(interval_s, int | float) and 0 <= interval_s <= 60, f"{source} interval_s",
-             "must be 0..60 seconds")
+    number = isinstance(interval_s, int | float) and not isinstance(interval_s, bool)
+    _require(number and 0 <= interval_s <= 60, f"{source} interval_s", "must be 0..60 seconds")
     nodes_raw = document.get("nodes")
     _require(isinstance(nodes_raw, list) and bool(nodes_raw), f"{source} nodes", "must be a non-empty list")
     nodes = []
@@ -193,8 +208,10 @@ def parse_scenario(text: str, source: str, base: Path) -> Scenario:
         nodes.append(NodeSpec(_name(raw.get("name"), f"{where}.name"), gpus))
     _require(len({n.name for n in nodes}) == len(nodes), f"{source} nodes", "node names must be unique")
     default_job = _job(document.get("job", "jobs/small.yaml"), base, f"{source} job")
+    quotas_raw = document.get("quotas") or []
+    _require(isinstance(quotas_raw, list), f"{source} quotas", "must be a list of GPUQuotas")
     quotas = []
-    for position, raw in enumerate(document.get("quotas") or []):
+    for position, raw in enumerate(quotas_raw):
         where = f"{source} quotas[{position}]"
         _require(isinstance(raw, dict) and isinstance(raw.get("hard"), dict), where, "needs a hard mapping")
         quotas.append(QuotaSpec(_name(raw.get("namespace"), f"{where}.namespace"),

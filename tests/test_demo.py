@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tensorai.demo.orchestrate import overcommit_problems
 from tensorai.demo.scenario import DEFAULT_SCENARIO, ScenarioError, load_scenario, parse_scenario
@@ -294,3 +296,43 @@ def test_overcommit_check_catches_a_gpu_held_twice() -> None:
     assert overcommit_problems([first, second], {"GPU-a": 1000})
     second.bound_s = 10.0  # starts exactly when the first ends: fine
     assert overcommit_problems([first, second], {"GPU-a": 1000}) == []
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=True) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=12,
+)
+_hostile = _json_values | st.sampled_from(["\0", "", "-1", "inf", "nan", "1e999", "../../etc/passwd", "x" * 300])
+_VALID = {
+    "name": "fuzz",
+    "interval_s": 0.1,
+    "job": "jobs/small.yaml",
+    "nodes": [{"name": "n", "gpus": "1xT4:15360"}],
+    "quotas": [{"namespace": "team", "name": "q", "hard": {"gpus": "1"}}],
+    "pods": [{"name": "p", "namespace": "team", "vgpu": "0.25", "memory": "1Gi", "annotations": {"a": "b"},
+              "job": "jobs/medium.yaml", "expect": "runs", "short": True}],
+}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_scenario_document_is_a_scenario_or_a_scenario_error(data: st.DataObject) -> None:
+    """A valid document with one to three fields (top level, node, quota or pod) replaced by hostile values."""
+    document = json.loads(json.dumps(_VALID))
+    for _ in range(data.draw(st.integers(1, 3))):
+        where = data.draw(st.sampled_from(["top", "nodes", "quotas", "pods"]))
+        if where == "top":
+            document[data.draw(st.sampled_from(sorted(_VALID)))] = data.draw(_hostile)
+        elif isinstance(document.get(where), list) and document[where] and isinstance(document[where][0], dict):
+            target = document[where][0]
+            target[data.draw(st.sampled_from([*sorted(target), "extra"]))] = data.draw(_hostile)
+    try:
+        scenario = parse_scenario(json.dumps(document), "fuzz.yaml", DEFAULT_SCENARIO.parent)
+    except ScenarioError as error:
+        assert str(error)
+        return
+    assert scenario.nodes and scenario.pods
+    for pod in scenario.pods:
+        assert pod.job.is_file()
+        assert pod.to_pod()["spec"]["containers"][0]["resources"]["limits"][contract.RESOURCE_VGPU] == pod.vgpu
