@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     service = ExtenderService(
         view, policy=args.policy, api_client=api_client, events=events, metrics=metrics, context=context
     )
+    log.info("scoring code warmed up in %.1fs", service.warm_up())
     controller = QuotaController(
         view, api_client=api_client, interval_s=args.requeue_interval_seconds, metrics=metrics, events=events
     ).start()

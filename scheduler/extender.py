@@ -24,18 +24,20 @@ import numpy as np
 
 from tensorai.scheduler import metrics as metric_names
 from tensorai.scheduler.bind import Binder, BindError, BindRequest
-from tensorai.scheduler.core.cluster import copy_cluster
+from tensorai.scheduler.core.cluster import cluster_from_nodes, copy_cluster
 from tensorai.scheduler.core.context import PolicyContext
 from tensorai.scheduler.core.fit import node_feasibility
 from tensorai.scheduler.core.placement import (
+    POLICIES,
     ScoreCache,
+    choose_placement,
     release_placement,
     resolve_policy,
     score_nodes,
     to_extender_scores,
 )
 from tensorai.scheduler.core.quota import estimate_usage, never_fits, quota_violations
-from tensorai.scheduler.core.types import PodDemand
+from tensorai.scheduler.core.types import ContainerDemand, PodDemand
 from tensorai.scheduler.events import REASON_QUOTA_WAIT, EventRecorder, PodEvent
 from tensorai.scheduler.metrics import ExtenderMetrics
 from tensorai.scheduler.view import ClusterView, PodRecord
@@ -113,6 +115,20 @@ class ExtenderService:
         self._observed: dict[str, None] = {}  # pods already counted by the online workload (bounded, FIFO)
 
     # ------------------------------------------------------------------ helpers
+    def warm_up(self) -> float:
+        """Run every policy once on a tiny private cluster so JIT-compiled scoring code is ready
+        before kube-scheduler's first call (a first-call compile could outlast its httpTimeout).
+        Returns the seconds it took."""
+        started = time.perf_counter()
+        cluster = cluster_from_nodes([("warm-up", 4000, 16384, 2, "warm", 16384, 0)])
+        for milli, count in ((250, 1), (1000, 2)):
+            demand = PodDemand("warm-up", "warm-up", "warm-up", (ContainerDemand("c", milli, count),))
+            for policy in POLICIES:
+                context = PolicyContext(rng=np.random.default_rng(0))
+                score_nodes(cluster, demand, policy, None, context=context)
+                choose_placement(cluster, demand, policy, 0, context=context)
+        return time.perf_counter() - started
+
     def _demand(self, pod: dict) -> tuple[PodRecord, PodDemand]:
         record = self.view.remember_pending(pod)
         if record is None:

@@ -269,3 +269,10 @@ def test_prioritize_fast_encoding_is_the_same_json_for_any_node_name() -> None:
     names = ["gpu-a", "gpu-b", 'quote"d', "back\\slash", "ünïcode", "", "new\nline", "gpu-a"]
     body = {"Pod": pod("p", 250), "Nodes": None, "NodeNames": names}
     assert json.loads(service.prioritize_json(body)) == service.prioritize(body)
+
+
+def test_warm_up_scores_every_policy_without_touching_the_view() -> None:
+    view = _cluster()
+    before = view.snapshot()
+    assert ExtenderService(view).warm_up() >= 0
+    assert view.snapshot() == before
