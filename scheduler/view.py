@@ -145,6 +145,12 @@ def _force_apply(cluster: ClusterArrays, demand: PodDemand, placement: Placement
             cluster.gpu_groups[key] = cluster.gpu_groups.get(key, frozenset()) | {demand.anti_affinity_group}
 
 
+def _resource_version(obj: dict) -> str:
+    metadata = obj.get("metadata") if isinstance(obj, dict) else None
+    version = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
+    return version if isinstance(version, str) else ""
+
+
 def _pod_key(pod: dict) -> tuple[str, str, str]:
     metadata = pod.get("metadata") if isinstance(pod, dict) else None
     if not isinstance(metadata, dict):
@@ -534,9 +540,11 @@ class ClusterView:
                     return
                 record.assumed = False  # something else happened to the pod: trust the API
             if not holding:
-                record.pod = pod
                 if record.node_name is not None:
                     self._unhold(record)
+                if record.pod is not None and _resource_version(record.pod) != _resource_version(pod):
+                    record.demand, record.demand_error = self._demand_of(pod)  # annotations may change while pending
+                record.pod = pod
                 return
             record.pod = None
             if record.node_name == node_name and record.assignment_text == text:
@@ -600,6 +608,12 @@ class ClusterView:
                 record = PodRecord(uid, namespace, name)
                 record.demand, record.demand_error = self._demand_of(pod)
                 self._pods[uid] = record
+            elif record.node_name is None and (
+                record.pod is None
+                or not _resource_version(pod)
+                or _resource_version(record.pod) != _resource_version(pod)
+            ):
+                record.demand, record.demand_error = self._demand_of(pod)  # the scheduler's copy may be newer
             if record.node_name is None:
                 record.pod = pod
             return record

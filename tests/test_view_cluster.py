@@ -212,3 +212,22 @@ def test_rows_grow_past_the_initial_capacity_and_wider_nodes() -> None:
     assert "n0" not in view.snapshot()
     view.upsert_node(node("n9", 2))
     assert view.snapshot()["n9"][0] == (1000, 1000)
+
+
+def test_pending_pod_annotation_change_is_honoured_at_bind() -> None:
+    view = _view([node("h", 1, model="H100"), node("l", 1, model="L4")], stale_seconds=0)
+    pending = pod("p", 250)
+    pending["metadata"]["resourceVersion"] = "1"
+    view.upsert_pod(pending)
+    changed = {
+        **pending,
+        "metadata": {
+            **pending["metadata"],
+            "resourceVersion": "2",
+            "annotations": {contract.ANNOTATION_GPU_MODEL: "L4"},
+        },
+    }
+    view.upsert_pod(changed)  # the user added a model constraint while the pod was pending
+    service = ExtenderService(view)
+    assert "no longer fits" in service.bind(bind_args(pending, "h"))["Error"]
+    assert service.bind(bind_args(pending, "l")) == {"Error": ""}
