@@ -67,7 +67,7 @@ def pods_table(state: DemoState, *, final: bool = False) -> Table:
         memory = f"{peak} B / {budget // (1 << 20)} MiB" if isinstance(peak, int) and isinstance(budget, int) else "-"
         phase = Text(run.phase, style=_PHASE_STYLE.get(run.phase, "white"))
         if run.reason and run.phase in (DENIED, FAILED, UNSCHEDULABLE, WAITING_QUOTA):
-            phase += Text(f"\n{run.reason[:90]}", style="dim")
+            phase += Text(f"\n{run.reason[:140]}", style="dim")
         table.add_row(run.key, run.spec.vgpu, phase, run.node or "-", share, waited, ran, memory)
     return table
 
