@@ -101,7 +101,7 @@ class ExtenderService:
         self.policy = policy
         self.events = events or EventRecorder()
         self.metrics = metrics or ExtenderMetrics(view)
-        self.context = context or PolicyContext()
+        self.context = context or PolicyContext(rng=np.random.default_rng(0))  # rng: the "random" policy
         self._names_cache: list[tuple[int, list[str], np.ndarray, np.ndarray]] = []
         self._host_prefixes: dict[str, str] = {}
         self.binder = Binder(

@@ -276,3 +276,20 @@ def test_warm_up_scores_every_policy_without_touching_the_view() -> None:
     before = view.snapshot()
     assert ExtenderService(view).warm_up() >= 0
     assert view.snapshot() == before
+
+
+@pytest.mark.parametrize("policy", ["random", "bestfit", "binpack", "spread", "fgd", "tensorai"])
+def test_every_policy_works_as_a_per_pod_override(policy: str) -> None:
+    service = ExtenderService(_cluster())
+    worker = pod(f"p-{policy}", 250, annotations={contract.ANNOTATION_POLICY: policy})
+    args = {"Pod": worker, "Nodes": None, "NodeNames": ["gpu-a", "gpu-b"]}
+    assert service.filter(args)["NodeNames"] == ["gpu-a"]
+    assert service.prioritize(args) == [{"Host": "gpu-a", "Score": 10}, {"Host": "gpu-b", "Score": 0}]
+    assert service.bind(
+        {
+            "PodName": worker["metadata"]["name"],
+            "PodNamespace": "ml",
+            "PodUID": worker["metadata"]["uid"],
+            "Node": "gpu-a",
+        }
+    ) == {"Error": ""}
