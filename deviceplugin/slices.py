@@ -123,8 +123,11 @@ class SliceTable:
     def available(self, device_ids: Iterable[object], *, what: str = "available_deviceIDs") -> AvailableIds:
         """Index kubelet's candidate IDs (up to every slice of the node) without a per-ID Python loop."""
         ids = list(device_ids)
-        gpus = list(map(self._gpu_by_id.get, ids)) if all(isinstance(d, str) for d in ids) else [None]
-        if None in gpus:
+        try:
+            gpus = list(map(self._gpu_by_id.get, ids))
+        except TypeError:  # an unhashable non-string ID
+            gpus = [None]
+        if None in gpus:  # also catches non-string IDs: no such key
             self.group_by_gpu(ids, what=what)  # raises with the reason for the first bad ID
         members = set(ids)
         if len(members) != len(ids):
