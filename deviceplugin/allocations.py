@@ -229,3 +229,6 @@ class AllocationBook:
             indexed = {device: rid for rid, r in self._records.items() for device in r.device_ids}
             if indexed != self._record_of_device:
                 raise AssertionError("device index does not match the records")
+            owners = [(r.owner.pod_uid, r.owner.container_name) for r in self._records.values() if r.owner.pod_uid]
+            if len(owners) != len(set(owners)):
+                raise AssertionError("a container owns more than one record")

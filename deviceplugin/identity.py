@@ -530,7 +530,8 @@ class PodIdentity:
 def allocated_annotation(node_name: str, pod_uid: str, records: Iterable[tuple[str, tuple[GPUPortion, ...]]]) -> str:
     """The `tensor.ai/allocated` value: an Assignment-shaped JSON of what each container really got."""
     allocated = pb.Assignment(pod_uid=pod_uid, node_name=node_name, decided_at=contract.timestamp_now())
-    for container, portions in sorted(records):
+    latest = dict(records)  # a container owns one record; should two ever carry its name, the later one wins
+    for container, portions in sorted(latest.items()):
         entry = allocated.containers.add(name=container)
         for portion in portions:
             entry.gpus.add(uuid=portion.uuid, milli=portion.milli, memory_mib=portion.memory_mib)

@@ -65,6 +65,7 @@ class VGPUManager:
         self.on_allocated = on_allocated
         if identity is not None:
             identity.on_pod_gone = book.release_pod
+        self._claim_lock = threading.RLock()
 
     def options(self) -> dp.DevicePluginOptions:
         return dp.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
@@ -150,12 +151,13 @@ class VGPUManager:
             portions = tuple(GPUPortion(uuid, count, self.default_memory_mib(uuid, count))
                              for uuid, count in grouped.items())
             return self.book.add(device_ids, portions, UNKNOWN_OWNER)
-        claim = self.identity.claim(gpu_set, size)
-        try:
-            portions = self._portions_for(grouped, claim.portions, claim.slot.memory_mib)
-            return self.book.add(device_ids, portions, claim.slot.owner)
-        finally:
-            self.identity.finish(claim)
+        with self._claim_lock:  # a reconciliation must not relabel between the choice and the record
+            claim = self.identity.claim(gpu_set, size)
+            try:
+                portions = self._portions_for(grouped, claim.portions, claim.slot.memory_mib)
+                return self.book.add(device_ids, portions, claim.slot.owner)
+            finally:
+                self.identity.finish(claim)
 
     def _portions_for(
         self, grouped: Mapping[str, int], assigned: Sequence[GPUPortion], memory_mib: int | None
@@ -202,6 +204,17 @@ class VGPUManager:
             )
         if self.identity is not None and self.identity.synced.is_set():
             live = self.identity.live_uids()
+        with self._claim_lock:
+            return self._apply_listing(listing, owner_of, portions_of, live, slots)
+
+    def _apply_listing(
+        self,
+        listing: Mapping[tuple[str, str, str], frozenset[str]],
+        owner_of: Mapping[tuple[str, str, str], Owner],
+        portions_of: Mapping[tuple[str, str, str], tuple[GPUPortion, ...]],
+        live: set[str] | None,
+        slots: Mapping[tuple[str, str, str], Any],
+    ) -> list[str]:
         outcome = self.book.reconcile(listing, owner_of=owner_of, portions_of=portions_of, live_pod_uids=live)
         changed: list[str] = []
         for record, before in outcome.relabelled:

@@ -299,6 +299,7 @@ def test_no_container_ever_runs_on_a_gpu_the_scheduler_did_not_account_for(node:
                 running[name], "a container got another class's limits"
             if rng.random() < 0.5:
                 node.settle()
+            node.plugin.book.check_invariants()
             accounted, physical = accounted_per_gpu(node.pods()), running_per_gpu(node, envs)
             for uuid, shapes in physical.items():
                 assert not shapes - accounted.get(uuid, Counter()), f"unaccounted work on {uuid}"
