@@ -234,3 +234,18 @@ def test_released_pods_free_their_slices_for_the_next_admission(node: Standalone
         node.kubelet.admit("ml", f"whole-{round_}", [("main", 3000)])
         node.kubelet.remove_pod("ml", f"whole-{round_}")
     assert wait_until(lambda: len(node.plugin.book.records()) == 1, 2.0)
+
+
+def test_stub_kubelets_pod_resources_api_lists_allocations_and_allocatable_devices(node: Standalone) -> None:
+    from tensorai.deviceplugin.podresources import PodResourcesClient
+
+    admitted = node.kubelet.admit("ml", "lister", [("main", 250)])["main"]
+    node.plugin.backend.inject_xid(node.uuids[2], 79)
+    assert node.kubelet.wait_for(lambda d: d[contract.device_id(node.uuids[2], 0)] == "Unhealthy", 5.0)
+    client = PodResourcesClient(node.kubelet.pod_resources_socket)
+    try:
+        assert client.list_resource() == {("ml", "lister", "main"): frozenset(admitted.device_ids)}
+        allocatable = client.allocatable()
+        assert len(allocatable) == 2000 and not gpu_of(list(allocatable)) & {node.uuids[2]}
+    finally:
+        client.close()
