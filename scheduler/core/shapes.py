@@ -65,6 +65,7 @@ class TargetWorkload:
     shapes: tuple[Shape, ...]
     probability: np.ndarray
     _arrays: dict[tuple[str, ...], ShapeArrays] = field(default_factory=dict, repr=False)
+    _sharing: list[TargetWorkload | None] = field(default_factory=list, repr=False)
 
     @classmethod
     def from_shapes(cls, shapes: Iterable[Shape], coverage: float = FGD_COVERAGE) -> TargetWorkload:
@@ -87,6 +88,16 @@ class TargetWorkload:
     @classmethod
     def from_demands(cls, demands: Iterable[PodDemand], coverage: float = FGD_COVERAGE) -> TargetWorkload:
         return cls.from_shapes((shape_of(d) for d in demands), coverage)
+
+    def sharing_only(self) -> TargetWorkload | None:
+        """The same workload restricted to sharing shapes (0 < milli < 1000), renormalised; None if none."""
+        if not self._sharing:
+            keep = [i for i, shape in enumerate(self.shapes) if 0 < shape.gpu_milli < MILLI_PER_GPU]
+            weights = np.asarray(self.probability, dtype=np.float64)[keep]
+            self._sharing.append(
+                TargetWorkload(tuple(self.shapes[i] for i in keep), weights / weights.sum()) if keep else None
+            )
+        return self._sharing[0]
 
     def arrays(self, models: list[str]) -> ShapeArrays:
         """The workload over a cluster's model ids (cached per model list)."""

@@ -16,12 +16,12 @@ from tensorai.scheduler.core.policies.fragmentation import fragmentation_delta
 from tensorai.scheduler.core.shapes import ShapeArrays, default_workload
 from tensorai.scheduler.core.types import ClusterArrays, PodDemand
 
-_DEFAULT = default_workload()
+DEFAULT_WORKLOAD = default_workload()  # until a workload is known or learned
 
 
 def target_arrays(cluster: ClusterArrays, context: PolicyContext) -> ShapeArrays:
     """The context's target workload over this cluster's models (the openb mix if none is known)."""
-    workload = context.target() or _DEFAULT
+    workload = context.target() or DEFAULT_WORKLOAD
     return workload.arrays(cluster.models)
 
 
