@@ -238,13 +238,19 @@ class PodIdentity:
     # --- feeding ---------------------------------------------------------------------------------
     def upsert_pod(self, pod: Mapping[str, Any]) -> None:
         """Apply an ADDED/MODIFIED pod from the watch."""
-        uid = (pod.get("metadata") or {}).get("uid") or ""
+        metadata = pod.get("metadata") if isinstance(pod, Mapping) else None
+        uid = metadata.get("uid") if isinstance(metadata, Mapping) else None
+        uid = uid if isinstance(uid, str) else ""
         with self._cond:
             order = self._seen_order.get(uid)
             if order is None:
                 self._counter += 1
                 order = self._counter
-            state = parse_pod(pod, self.node_name, order)
+            try:
+                state = parse_pod(pod, self.node_name, order)
+            except (AttributeError, TypeError, ValueError) as error:  # not shaped like an API pod
+                log.warning("ignoring malformed pod %r: %s", str(uid)[:80], error)
+                state = None
             if state is None:
                 self._forget(uid)
             else:

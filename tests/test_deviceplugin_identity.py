@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tensorai.demo.kube_standin import KubeStandin
 from tensorai.demo.stub_kubelet import AdmissionError, StubKubelet, wait_until
@@ -381,3 +383,34 @@ def test_pod_watch_relists_after_the_watch_expires() -> None:
             assert wait_until(lambda: [p.name for p in identity.pods()] == ["second"], 10.0)
         finally:
             watch.stop()
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    annotation=st.one_of(JSON.map(json.dumps), st.text(max_size=50)),
+    limit=st.one_of(st.text(max_size=12), st.integers(-5, 5000), JSON),
+    junk_spec=JSON,
+)
+def test_malformed_pods_and_annotations_never_crash_the_identity(annotation: str, limit: Any, junk_spec: Any) -> None:
+    """A bad Assignment is never guessed (its pod gets no slot); junk pods are ignored."""
+    identity = PodIdentity(NODE, AllocationBook(), catch_up_s=0.0)
+    pod = make_pod("hostile", [("main", 250)], uid="uid-hostile")
+    pod["metadata"]["annotations"] = {
+        contract.ANNOTATION_ASSIGNMENT: annotation,
+        contract.ANNOTATION_ALLOCATED: annotation,
+    }
+    pod["spec"]["containers"][0]["resources"]["limits"][contract.RESOURCE_VGPU_MILLI] = limit
+    identity.upsert_pod(pod)
+    identity.upsert_pod({"metadata": {"uid": "uid-junk"}, "spec": junk_spec})
+    identity.upsert_pod({"metadata": junk_spec, "spec": {"nodeName": NODE}})
+    for state in identity.pods():
+        assert state.uid == "uid-hostile"  # the junk pods never enter
+        for slot in state.slots:
+            assert slot.assigned and all(1 <= p.milli <= 1000 for p in slot.portions)
