@@ -208,12 +208,12 @@ def node() -> Iterator[Node]:
                 pod_resources_socket=f"{workdir}/pr.sock", kubeconfig=api.kubeconfig_path, metrics_port=0,
                 catch_up_s=5.0, reconcile_interval_s=1.0, registration_poll_s=0.1,
             )
-            plugin = Plugin(config).start()
+            current = Node(api, kubelet, Plugin(config).start())
             try:
                 assert kubelet.wait_for_registration(1, 10) and kubelet.wait_for_updates(1, 10)
-                yield Node(api, kubelet, plugin)
+                yield current
             finally:
-                plugin.stop()
+                current.plugin.stop()  # a test may have replaced it (plugin restart)
                 kubelet.stop()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -414,3 +414,23 @@ def test_malformed_pods_and_annotations_never_crash_the_identity(annotation: str
         assert state.uid == "uid-hostile"  # the junk pods never enter
         for slot in state.slots:
             assert slot.assigned and all(1 <= p.milli <= 1000 for p in slot.portions)
+
+
+def test_a_restarted_plugin_adopts_kubelets_allocations_and_keeps_going(node: Node) -> None:
+    g0, g1 = node.uuids[:2]
+    node.api.add_pod(make_pod("old", [("main", 500)], assignment={"main": [(g0, 500, 30000)]}))
+    assert wait_until(lambda: bool(node.plugin.identity.pending_slots(500)), 5.0)
+    node.kubelet.admit_pod(node.api.get_object("pods", "old", "default"))
+    node.settle()
+    config = node.plugin.config
+    node.plugin.stop()
+    node.plugin = Plugin(config).start()
+    assert node.kubelet.wait_for_registration(2, 10)
+    assert wait_until(lambda: node.plugin.reconciler.runs >= 1, 5.0)
+    (share,) = node.plugin.book.shares()  # adopted from kubelet's listing, limits from the annotation
+    assert (share.pod_name, share.gpu_uuid, share.milli, share.memory_mib) == ("old", g0, 500, 30000)
+    assert node.plugin.identity.pending_slots(500) == []
+    node.api.add_pod(make_pod("new", [("main", 500)], assignment={"main": [(g1, 500, 30000)]}))
+    assert wait_until(lambda: bool(node.plugin.identity.pending_slots(500)), 5.0)
+    admitted = node.kubelet.admit_pod(node.api.get_object("pods", "new", "default"))
+    assert admitted["main"].response.envs[contract.ENV_VISIBLE_DEVICES] == g1
