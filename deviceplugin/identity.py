@@ -335,6 +335,11 @@ class PodIdentity:
                         container.gpus.add(uuid=portion.uuid, milli=portion.milli, memory_mib=portion.memory_mib)
             return rewritten
 
+    def _moved_unseen(self, slot: Slot) -> bool:
+        """True while a swap's new placement for this slot is not yet in the Assignment the watch shows."""
+        moved = self._overrides.get(slot.key)
+        return moved is not None and moved != slot.portions
+
     def _occupied(self) -> dict[SlotKey, GPUSet]:
         """Slots already holding GPUs: the book's records, claims in flight, allocated annotations."""
         occupied: dict[SlotKey, GPUSet] = {}
@@ -459,7 +464,15 @@ class PodIdentity:
         for portions in free.get(class_key, ()):
             if frozenset(p.uuid for p in portions) == gpu_set:
                 own = [slot for slot in pending if frozenset(p.uuid for p in self.placement(slot)) == gpu_set]
+                own.sort(key=self._moved_unseen)  # stable: oldest pod first among equals
                 slot = own[0] if own else pending[0]
+                if self._moved_unseen(slot):
+                    # A swap moved this pod here, but its rewritten Assignment is not back from the API
+                    # server yet: admitting it now would run a container the scheduler counts elsewhere.
+                    return (
+                        f"waiting for the rewritten {contract.ANNOTATION_ASSIGNMENT} of pod "
+                        f"{slot.namespace}/{slot.pod_name} (moved to {gpus_text} by a swap) to reach the API server"
+                    )
                 return Claim(slot, portions)
         accounted = sorted({",".join(sorted(p.uuid for p in position)) for position in free.get(class_key, ())})
         return (
