@@ -44,6 +44,7 @@ class QuotaController:
         metrics: ExtenderMetrics | None = None,
         events: EventRecorder | None = None,
         on_requeue: Callable[[str, str, str], None] | None = None,
+        status_min_interval_s: float = 0.5,
     ) -> None:
         self.view = view
         self.interval_s = interval_s
@@ -58,6 +59,8 @@ class QuotaController:
             self._custom = client.CustomObjectsApi(api_client)
         self._requeued_at_usage: dict[str, Usage] = {}  # uid -> namespace usage when last requeued
         self._status_written: dict[tuple[str, str], dict] = {}
+        self._status_at: dict[str, float] = {}  # namespace -> time.monotonic() of its last status write
+        self.status_min_interval_s = status_min_interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.requeue_delays_s: list[float] = []  # from quota freeing to the requeue patch, for the benchmark
@@ -77,16 +80,26 @@ class QuotaController:
 
     def _run(self) -> None:
         next_full = time.monotonic() + self.interval_s
+        deferred: dict[str, float] = {}  # namespace -> when its status may be written again
         while not self._stop.is_set():
-            dirty = self.view.wait_dirty(max(0.0, next_full - time.monotonic()))
+            due = min([next_full, *deferred.values()])
+            dirty = self.view.wait_dirty(max(0.0, due - time.monotonic()))
             if self._stop.is_set():
                 return
-            if time.monotonic() >= next_full:
+            now = time.monotonic()
+            if now >= next_full:
                 dirty |= set(self.view.waiting_namespaces()) | {q.namespace for q in self.view.all_quotas()}
-                next_full = time.monotonic() + self.interval_s
+                next_full = now + self.interval_s
+            dirty |= {namespace for namespace, when in deferred.items() if when <= now}
             for namespace in sorted(dirty):
+                deferred.pop(namespace, None)
                 try:
-                    self.sync_namespace(namespace)
+                    self._requeue(namespace)  # at once: this is what the waiting pods wait for
+                    if now - self._status_at.get(namespace, -1e9) >= self.status_min_interval_s:
+                        self._write_status(namespace)
+                        self._status_at[namespace] = now
+                    else:  # a burst of binds: one status write per interval, the last one current
+                        deferred[namespace] = self._status_at[namespace] + self.status_min_interval_s
                 except Exception:  # one namespace's API failure must not stop the others
                     log.exception("quota sync of namespace %s failed", namespace)
 
