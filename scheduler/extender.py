@@ -450,22 +450,71 @@ _ROUTES: dict[str, str] = {"/filter": "filter", "/prioritize": "prioritize", "/b
 ROUTES = tuple(_ROUTES)  # the verbs' paths; the manifests' KubeSchedulerConfiguration names these
 
 
+class _Headers(dict):
+    """Request headers by lower-cased name (only what the handler reads: Content-Length, Connection, Expect)."""
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        return dict.get(self, name.lower(), default)
+
+
+_MAX_HEADERS = 100
+
+
 class _Handler(BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive, a lean header parser and one write per response.
+
+    The stdlib's email-based header parsing and multi-write responses cost ~0.3 ms a request, a
+    third of the extender's CPU per pod; requests here are small, fixed-shape JSON POSTs.
+    """
+
     protocol_version = "HTTP/1.1"  # keep-alive, as kube-scheduler's Go client expects
-    # Headers and body are two writes; with Nagle on, the body waits for the client's delayed ACK (~40 ms).
+    # One write per response; TCP_NODELAY anyway, so nothing ever waits for a delayed ACK (~40 ms).
     disable_nagle_algorithm = True
     server: ExtenderHTTPServer
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
+    def parse_request(self) -> bool:
+        self.command = None
+        self.request_version = "HTTP/1.0"
+        self.close_connection = True
+        line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        self.requestline = line
+        parts = line.split()
+        if len(parts) != 3 or parts[2] not in ("HTTP/1.0", "HTTP/1.1"):
+            self._send(400, {"Error": f"malformed request line {line[:100]!r}"})
+            return False
+        self.command, self.path, self.request_version = parts
+        headers = _Headers()
+        for _ in range(_MAX_HEADERS + 1):
+            raw = self.rfile.readline(65537)
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            name, separator, value = str(raw, "iso-8859-1").partition(":")
+            if not separator or len(raw) > 65536:
+                self._send(400, {"Error": "malformed header line"})
+                return False
+            headers[name.strip().lower()] = value.strip()
+        else:
+            self._send(431, {"Error": f"more than {_MAX_HEADERS} headers"})
+            return False
+        self.headers = headers  # type: ignore[assignment]
+        connection = (headers.get("connection") or "").lower()
+        self.close_connection = connection == "close" or (
+            self.request_version == "HTTP/1.0" and connection != "keep-alive"
+        )
+        if (headers.get("expect") or "").lower() == "100-continue":  # curl asks before bodies > 1 KiB
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return True
+
     def _send(self, status: int, payload: object, content_type: str = "application/json") -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload, separators=(",", ":")).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        reason = self.responses.get(status, ("",))[0]
+        head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len(data)}\r\n"
+        if self.close_connection:
+            head += "Connection: close\r\n"
+        self.wfile.write(head.encode("latin-1") + b"\r\n" + data)
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")

@@ -155,3 +155,31 @@ def test_missing_or_oversized_content_length_is_refused(served) -> None:
         assert response.status == 413
     finally:
         connection.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    head=st.one_of(
+        st.binary(max_size=200),
+        st.builds(
+            lambda method, path, version, headers: f"{method} {path} {version}\r\n{headers}\r\n".encode(),
+            st.sampled_from(["POST", "GET", "PUT", "", "post"]),
+            st.sampled_from(["/filter", "/bind", "/", "/readyz", "x"]),
+            st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2", "junk"]),
+            st.text(alphabet="abc:\r\n -0123456789", max_size=80),
+        ),
+    )
+)
+def test_raw_request_heads_get_an_http_answer_and_the_server_lives(served, head: bytes) -> None:
+    import socket
+
+    port, _ = served
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(head)
+        connection.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    assert answer == b"" or answer.startswith(b"HTTP/1."), answer[:80]
+    status, _ = _post(port, "/filter", json.dumps({"Pod": pod("ok", 100), "Nodes": None, "NodeNames": ["b"]}).encode())
+    assert status == 200
