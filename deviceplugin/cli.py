@@ -119,7 +119,9 @@ class Plugin:
         self.metrics_port: int | None = None
 
     def _allocated(self, record: AllocationRecord) -> None:
-        if self.writer is not None:
+        # With kubelet's listing available, `allocated` is written once kubelet lists the IDs under
+        # the pod (a confirmed fact the scheduler can wait on); without it, at once from our choice.
+        if self.writer is not None and not self.reconciler.working:
             self.writer.enqueue(record.owner.pod_uid)
         self.reconciler.kick()
 

@@ -97,6 +97,11 @@ class Reconciler:
         self._thread.start()
         return self
 
+    @property
+    def working(self) -> bool:
+        """True once a listing was read and the last attempt succeeded."""
+        return self.runs > 0 and self.last_error is None
+
     def kick(self) -> None:
         """An Allocate just returned: kubelet will list it momentarily."""
         self._kick.set()

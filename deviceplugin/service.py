@@ -234,6 +234,7 @@ class VGPUManager:
         for record, before in outcome.relabelled:
             changed.extend(uid for uid in (record.owner.pod_uid, before.pod_uid) if uid)
         changed.extend(record.owner.pod_uid for record in outcome.adopted if record.owner.pod_uid)
+        changed.extend(record.owner.pod_uid for record in outcome.confirmed if record.owner.pod_uid)
         if self.identity is not None:
             self.identity.book_authoritative = True
             self.identity.notify()
