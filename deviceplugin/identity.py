@@ -206,6 +206,42 @@ def parse_pod(pod: Mapping[str, Any], node_name: str, seen_order: int) -> PodSta
     return PodState(uid, namespace, name, tuple(slots), allocated, terminal, tuple(problems), assignment)
 
 
+def ambiguous_with(candidate: Mapping[str, Any], bound: Iterable[Mapping[str, Any]], node_name: str) -> list[str]:
+    """The scheduler's side of the protocol: pods that make binding `candidate` to `node_name` unsafe now.
+
+    `candidate` carries the Assignment about to be written; `bound` are the pods already bound to the
+    node. Returns "namespace/name" of every bound pod with a container still waiting for Allocate (no
+    `tensor.ai/allocated` entry) of the same size as one of the candidate's but of a different class.
+    The extender delays the bind while this is non-empty (see docs/deviceplugin.md).
+    """
+    pending = dict(candidate)
+    pending["spec"] = {**(candidate.get("spec") or {}), "nodeName": node_name}
+    meta = dict(candidate.get("metadata") or {})
+    meta.setdefault("uid", "candidate")
+    pending["metadata"] = meta
+    mine = parse_pod(pending, node_name, 0)
+    if mine is None:
+        return []
+    classes_by_size: dict[int, set[tuple[Any, ...]]] = {}
+    for slot in mine.slots:
+        classes_by_size.setdefault(slot.milli, set()).add(slot.class_key)
+    conflicts: list[str] = []
+    for pod in bound:
+        try:
+            state = parse_pod(pod, node_name, 0)
+        except (AttributeError, TypeError, ValueError):
+            continue
+        if state is None or state.terminal or state.uid == meta["uid"]:
+            continue
+        for slot in state.slots:
+            if slot.container in state.allocated:
+                continue
+            if slot.class_key not in classes_by_size.get(slot.milli, {slot.class_key}):
+                conflicts.append(f"{state.namespace}/{state.name}")
+                break
+    return conflicts
+
+
 class PodIdentity:
     """Slots of the pods bound to this node, and the claim rule that matches Allocate to a slot."""
 

@@ -24,7 +24,7 @@ from tensorai.demo.kube_standin import KubeStandin
 from tensorai.demo.stub_kubelet import AdmissionError, StubKubelet, wait_until
 from tensorai.deviceplugin.allocations import AllocationBook, GPUPortion, Owner
 from tensorai.deviceplugin.cli import Plugin, PluginConfig
-from tensorai.deviceplugin.identity import IdentityError, PodIdentity, PodWatch, parse_pod
+from tensorai.deviceplugin.identity import IdentityError, PodIdentity, PodWatch, ambiguous_with, parse_pod
 from tensorai.proto import contract
 from tensorai.proto import tensorai_v1_pb2 as pb
 
@@ -259,8 +259,9 @@ SHAPES = [(250, 16000), (250, 12000), (500, 40000), (100, 8000), (1000, 80000)]
 
 @pytest.mark.parametrize("seed", [20261123, 5])
 def test_no_container_ever_runs_on_a_gpu_the_scheduler_did_not_account_for(node: Node, seed: int) -> None:
-    """Randomised: a first-fit 'extender' binds pods with Assignments (obeying the one rule: never two
-    waiting pods of one size but different class on a node), a kubelet admits them in random order,
+    """Randomised: a binpacking 'extender' binds pods with Assignments (obeying the one rule through
+    `ambiguous_with`: never two waiting pods of one size but different class on a node), a kubelet
+    admits them in random order,
     pods finish; after every admission each GPU's running containers must be a sub-multiset of what
     the scheduler counts there, every container gets its own pod's limits on the GPU it really got,
     and once reconciled every pod's allocated annotation names the GPU its device IDs are on."""
@@ -274,8 +275,6 @@ def test_no_container_ever_runs_on_a_gpu_the_scheduler_did_not_account_for(node:
         action = rng.random()
         if action < 0.45 and len(waiting) < 6:
             milli, memory = rng.choice(SHAPES)
-            if any(s[0] == milli and s != (milli, memory) for s in waiting.values()):
-                continue  # the extender's rule: this bind waits
             used = Counter()
             for counter_gpu, shapes in accounted_per_gpu(node.pods()).items():
                 used[counter_gpu] = sum(m * n for (m, _), n in shapes.items())
@@ -284,7 +283,10 @@ def test_no_container_ever_runs_on_a_gpu_the_scheduler_did_not_account_for(node:
                 continue
             gpu = min(fits, key=lambda u: (1000 - used[u], uuids.index(u)))  # binpack
             name = f"p{step}"
-            node.api.add_pod(make_pod(name, [("main", milli)], assignment={"main": [(gpu, milli, memory)]}))
+            candidate = make_pod(name, [("main", milli)], assignment={"main": [(gpu, milli, memory)]})
+            if ambiguous_with(candidate, list(node.pods().values()), NODE):
+                continue  # the protocol's one rule for the scheduler: this bind waits
+            node.api.add_pod(candidate)
             waiting[name] = (milli, memory)
         elif action < 0.8 and waiting:
             name = rng.choice(sorted(waiting))
@@ -434,3 +436,18 @@ def test_a_restarted_plugin_adopts_kubelets_allocations_and_keeps_going(node: No
     assert wait_until(lambda: bool(node.plugin.identity.pending_slots(500)), 5.0)
     admitted = node.kubelet.admit_pod(node.api.get_object("pods", "new", "default"))
     assert admitted["main"].response.envs[contract.ENV_VISIBLE_DEVICES] == g1
+
+
+def test_the_scheduler_can_ask_which_waiting_pods_make_a_bind_unsafe() -> None:
+    waiting_small = fractional("small", G0, 250, 4000)
+    same_class = fractional("twin", G1, 250, 4000)
+    other_size = fractional("half", G0, 500, 4000)
+    done = fractional("done", G0, 250, 16000)
+    done["metadata"]["annotations"][contract.ANNOTATION_ALLOCATED] = done["metadata"]["annotations"][
+        contract.ANNOTATION_ASSIGNMENT
+    ]
+    bound = [waiting_small, same_class, other_size, done]
+    candidate = fractional("large", G1, 250, 16000)
+    del candidate["spec"]["nodeName"]
+    assert ambiguous_with(candidate, bound, NODE) == ["default/small", "default/twin"]
+    assert ambiguous_with(fractional("third", G2, 250, 4000), bound, NODE) == []
