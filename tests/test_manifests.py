@@ -652,10 +652,11 @@ def test_flags_in_the_manifests_exist_and_their_values_parse(rendered: dict[str,
 
 
 @pytest.mark.parametrize("overlay", TARGETS)
-def test_heartbeat_period_staleness_and_alert_agree(rendered: dict[str, list[dict]], overlay: str) -> None:
+def test_heartbeat_period_leaves_room_for_missed_beats_before_a_node_goes_stale(
+    rendered: dict[str, list[dict]], overlay: str
+) -> None:
     """The plugin refreshes its Inventory every --inventory-interval; the extender calls a node stale
-    after --node-stale-seconds; both must leave room for a missed beat, and the production alert must
-    fire on the same threshold the extender uses."""
+    after --node-stale-seconds; the limit must leave room for missed beats."""
     objects = rendered[overlay]
     plugin = _one(objects, "DaemonSet", "tensorai-device-plugin")["spec"]["template"]["spec"]["containers"][0]
     scheduler = _one(objects, "Deployment", "tensorai-scheduler")["spec"]["template"]["spec"]["containers"]
@@ -664,9 +665,6 @@ def test_heartbeat_period_staleness_and_alert_agree(rendered: dict[str, list[dic
     stale_s = float(_flag_value(sidecar, "--node-stale-seconds"))
     assert stale_s == contract.INVENTORY_HEARTBEAT_STALE_SECONDS
     assert stale_s >= 3 * interval_s, "one late heartbeat would take the node out of scheduling"
-    if overlay == "production":
-        (rule,) = [r for r in _alert_rules(objects) if r["alert"] == "TensorAIInventoryHeartbeatStale"]
-        assert float(re.search(r">\s*(\d+)\s*$", rule["expr"].strip()).group(1)) == stale_s
 
 
 # --- admission webhook configuration --------------------------------------------------------------
