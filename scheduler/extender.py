@@ -13,6 +13,7 @@ error field).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import operator
@@ -116,6 +117,7 @@ class ExtenderService:
         self.context = context or PolicyContext(rng=np.random.default_rng(0))  # rng: the "random" policy
         self._names_cache: list[tuple[int, list[str], np.ndarray, np.ndarray]] = []
         self._host_prefixes = _HostPrefixes()
+        self._last_scores: tuple | None = None  # (view version, policy, pod shape, target, scores)
         self.binder = Binder(
             view,
             policy=policy,
@@ -181,11 +183,26 @@ class ExtenderService:
         context = self.context
         policy = resolve_policy(demand, self.policy)
         cluster = self.view.cluster
+        # prioritize usually follows filter for the same pod with nothing changed in between
+        shape = dataclasses.replace(demand, namespace="", name="", uid="", policy=None)
+        target = context.target()
+        last = self._last_scores
+        if (
+            last is not None
+            and policy != "random"
+            and last[0] == self.view.version
+            and last[1] == policy
+            and last[2] == shape
+            and last[3] is target
+        ):
+            return last[4]
         if context.use_cache and policy != "random" and demand.anti_affinity_group is None:
             if not isinstance(context.cache, ScoreCache):
                 context.cache = ScoreCache()
-            return context.cache.node_scores(cluster, demand, policy, context)
-        scores, _ = score_nodes(cluster, demand, policy, None, context=context)
+            scores = context.cache.node_scores(cluster, demand, policy, context).copy()
+        else:
+            scores, _ = score_nodes(cluster, demand, policy, None, context=context)
+        self._last_scores = (self.view.version, policy, shape, target, scores)
         return scores
 
     # ------------------------------------------------------------------ filter

@@ -218,6 +218,7 @@ class ClusterView:
         self._model_ids: dict[str, int] = {}
         self.node_generation = 0  # bumped whenever a node gets or loses a row (name -> row caches)
         self.row_of: dict[str, int] = {}  # node name -> row, for vectorised lookups by the verbs
+        self.version = 0  # bumped on every change of the arrays: equal versions = identical arrays
 
     # ------------------------------------------------------------------ readiness
     def mark_synced(self, kind: str) -> None:
@@ -260,6 +261,7 @@ class ClusterView:
             new_rows = rows * 2 if not self._free_rows else rows
             new_slots = max(slots, gpu_count)
             self.cluster = _grown(self.cluster, new_rows, new_slots)
+            self.version += 1
             self._heartbeat_s = np.concatenate([self._heartbeat_s, np.full(new_rows - rows, np.nan)])
             self._usable = np.concatenate([self._usable, np.zeros(new_rows - rows, dtype=bool)])
             self._free_rows.extend(range(new_rows - 1, rows - 1, -1))
@@ -316,6 +318,7 @@ class ClusterView:
     def _rebuild_node(self, record: NodeRecord, gpus: list, heartbeat_s: float) -> None:
         """Reset the node's row from its GPUs, then re-apply every pod that holds shares there."""
         cluster, row = self.cluster, record.index
+        self.version += 1
         for uid in self._pods_by_node.get(record.name, ()):
             self._pods[uid].applied = None  # the row is rebuilt below; nothing to release
         for slot in range(cluster.gpu_free_milli.shape[1]):
@@ -375,6 +378,7 @@ class ClusterView:
             self._usable[row] = False
             self._heartbeat_s[row] = np.nan
             self._free_rows.append(row)
+            self.version += 1
 
     def _refresh_row(self, row: int) -> None:
         fresh = True
@@ -382,15 +386,19 @@ class ClusterView:
             heartbeat = self._heartbeat_s[row]
             fresh = bool(not math.isnan(heartbeat) and heartbeat >= self.clock() - self.stale_seconds)
         self.cluster.node_schedulable[row] = bool(self._usable[row]) and fresh
+        self.version += 1
 
     def refresh_schedulable(self) -> None:
         """Recompute node_schedulable for the heartbeat clock (vectorised; call under the lock per verb)."""
         if self.stale_seconds > 0:
             with np.errstate(invalid="ignore"):
                 fresh = self._heartbeat_s >= self.clock() - self.stale_seconds
-            np.logical_and(self._usable, fresh, out=self.cluster.node_schedulable)
+            schedulable = np.logical_and(self._usable, fresh)
         else:
-            self.cluster.node_schedulable[:] = self._usable
+            schedulable = self._usable
+        if not np.array_equal(schedulable, self.cluster.node_schedulable):
+            self.cluster.node_schedulable[:] = schedulable
+            self.version += 1
 
     def node_problem(self, name: str) -> str | None:
         """Why a known node takes no new GPU pods (bad inventory, cordoned, stale heartbeat), or None."""
@@ -458,6 +466,7 @@ class ClusterView:
             log.warning("pod %s/%s over-commits its node (%s); counted anyway", record.namespace, record.name, error)
             _force_apply(self.cluster, demand, placement)
         record.applied = (node.index, placement)
+        self.version += 1
 
     def _release_arrays(self, record: PodRecord) -> None:
         if record.applied is None:
@@ -465,6 +474,7 @@ class ClusterView:
         _, placement = record.applied
         release_placement(self.cluster, self.demand_for_arrays(record), placement)
         record.applied = None
+        self.version += 1
 
     def _account(self, record: PodRecord, sign: int) -> None:
         """Add (+1) or remove (-1) the pod's quota usage; on +1 recompute it from its shares first."""

@@ -231,3 +231,14 @@ def test_pending_pod_annotation_change_is_honoured_at_bind() -> None:
     service = ExtenderService(view)
     assert "no longer fits" in service.bind(bind_args(pending, "h"))["Error"]
     assert service.bind(bind_args(pending, "l")) == {"Error": ""}
+
+
+def test_filter_sees_the_capacity_a_bind_just_took() -> None:
+    view = _view([node("a", 1)], stale_seconds=0)
+    service = ExtenderService(view)
+    first, second = pod("first", 600), pod("second", 600)
+    assert service.filter({"Pod": first, "Nodes": None, "NodeNames": ["a"]})["NodeNames"] == ["a"]
+    assert service.filter({"Pod": second, "Nodes": None, "NodeNames": ["a"]})["NodeNames"] == ["a"]
+    assert service.bind(bind_args(first, "a")) == {"Error": ""}
+    assert service.filter({"Pod": second, "Nodes": None, "NodeNames": ["a"]})["NodeNames"] == []
+    assert service.prioritize({"Pod": second, "Nodes": None, "NodeNames": ["a"]}) == [{"Host": "a", "Score": 0}]
