@@ -481,9 +481,22 @@ def _pending_quarter_pod() -> dict[str, Any]:
     }
 
 
+def _manifest_argv(container: dict[str, Any], local: dict[str, str], *, drop: tuple[str, ...] = ()) -> list[str]:
+    """The container's command line as the manifest writes it, with the flags in `local` replaced (or
+    added) by values that work on this machine and the flags in `drop` removed."""
+    argv = [str(_program(container["command"][0]))]
+    for arg in _args(container):
+        flag = arg.split("=", 1)[0]
+        if flag not in local and flag not in drop:
+            argv.append(arg)
+    argv += [f"{flag}={value}" if value else flag for flag, value in local.items()]
+    return argv
+
+
 @pytest.fixture(scope="module")
 def extender(rendered: dict[str, list[dict]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """tensorai-extender on a cluster file: one GPU node, one pending pod, the example GPUQuota."""
+    """The production extender sidecar's command line on a cluster file (one GPU node, one pending
+    pod, the example GPUQuota) instead of the API, on a loopback port."""
     folder = tmp_path_factory.mktemp("extender")
     cluster = {"apiVersion": "v1", "kind": "List",
                "items": [_inventory_node("gpu-a"), _pending_quarter_pod(),
@@ -491,8 +504,10 @@ def extender(rendered: dict[str, list[dict]], tmp_path_factory: pytest.TempPathF
     cluster_file = folder / "cluster.yaml"
     cluster_file.write_text(yaml.safe_dump(cluster), encoding="utf-8")
     port = _free_port()
-    running = Running([str(_program("tensorai-extender")), "--address=127.0.0.1", f"--port={port}",
-                       f"--cluster-file={cluster_file}", "--log-level=INFO"], folder / "log")
+    deployment = _one(rendered["production"], "Deployment", "tensorai-scheduler")
+    (sidecar,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "extender"]
+    argv = _manifest_argv(sidecar, {"--address": "127.0.0.1", "--port": str(port), "--cluster-file": str(cluster_file)})
+    running = Running(argv, folder / "log")
     try:
         base = f"http://127.0.0.1:{port}"
         running.wait_for(base + "/healthz")
@@ -502,14 +517,17 @@ def extender(rendered: dict[str, list[dict]], tmp_path_factory: pytest.TempPathF
 
 
 @pytest.fixture(scope="module")
-def device_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """tensorai-device-plugin on two simulated H100s, standalone (no kubelet, no API server)."""
+def device_plugin(rendered: dict[str, list[dict]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The dev overlay's device plugin command line (two simulated H100s), standalone: no kubelet, no
+    API server, its sockets in a temporary folder."""
     folder = tmp_path_factory.mktemp("device-plugin")
     port = _free_port()
-    running = Running([str(_program("tensorai-device-plugin")), "--backend=sim", "--sim-gpus=2xH100:81559",
-                       "--no-kube", f"--device-plugin-dir={folder}",
-                       f"--pod-resources-socket={folder / 'pod-resources.sock'}", "--node-name=gpu-a",
-                       f"--metrics-port={port}", "--log-level=INFO"], folder / "log")
+    daemonset = _one(rendered["dev"], "DaemonSet", "tensorai-device-plugin")
+    container = daemonset["spec"]["template"]["spec"]["containers"][0]
+    argv = _manifest_argv(container, {"--device-plugin-dir": str(folder),
+                                      "--pod-resources-socket": str(folder / "pod-resources.sock"),
+                                      "--node-name": "gpu-a", "--metrics-port": str(port), "--no-kube": ""})
+    running = Running(argv, folder / "log")
     try:
         base = f"http://127.0.0.1:{port}"
         running.wait_for(base + "/metrics", predicate=lambda response: "tensorai_gpu_healthy" in response.text)
@@ -519,12 +537,16 @@ def device_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """tensorai-webhook with its own self-signed certificate and no API server."""
+def webhook(rendered: dict[str, list[dict]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The production webhook's command line with its self-signed certificate, without the API server
+    (so without the caBundle patch), on a loopback port."""
     folder = tmp_path_factory.mktemp("webhook")
     port = _free_port()
-    running = Running([str(_program("tensorai-webhook")), "--address=127.0.0.1", f"--port={port}", "--self-signed",
-                       "--no-kube", "--scheduler-name=tensorai-scheduler", "--log-level=INFO"], folder / "log")
+    container = _one(rendered["production"], "Deployment", "tensorai-webhook")["spec"]["template"]["spec"][
+        "containers"][0]
+    argv = _manifest_argv(container, {"--address": "127.0.0.1", "--port": str(port), "--no-kube": ""},
+                          drop=("--patch-ca-bundle",))
+    running = Running(argv, folder / "log")
     try:
         base = f"https://127.0.0.1:{port}"
         running.wait_for(base + "/healthz")
