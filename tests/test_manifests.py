@@ -8,6 +8,7 @@ webhook with a self-signed certificate), on loopback, as the manifests start the
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import json
@@ -15,6 +16,7 @@ import os
 import re
 import shlex
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -632,6 +634,65 @@ def test_webhook_answers_the_path_its_configuration_names(rendered: dict[str, li
     answer = response.json()["response"]
     assert answer["uid"] == "u-1" and answer["allowed"] is True
     assert answer["patchType"] == "JSONPatch"
+
+
+def test_self_signed_webhook_publishes_a_ca_bundle_that_verifies_its_certificate(
+    rendered: dict[str, list[dict]], tmp_path: Path
+) -> None:
+    """No manual TLS step: started as the production manifest starts it, against an API server that
+    holds our MutatingWebhookConfiguration, the webhook turns ready only once the caBundle is in
+    place, and that CA verifies the certificate it serves for the name the API server dials."""
+    from tensorai.demo.kube_standin import KubeStandin
+
+    objects = rendered["production"]
+    configuration = _one(objects, "MutatingWebhookConfiguration", "tensorai-vgpu")
+    service = _one(objects, "Service", "tensorai-webhook")
+    container = _one(objects, "Deployment", "tensorai-webhook")["spec"]["template"]["spec"]["containers"][0]
+    with KubeStandin() as api:
+        api.add_object("mutatingwebhookconfigurations", copy.deepcopy(configuration))
+        port = _free_port()
+        running = Running(_manifest_argv(container, {"--address": "127.0.0.1", "--port": str(port),
+                                                     "--kubeconfig": api.kubeconfig_path}), tmp_path / "log")
+        try:
+            running.wait_for(f"https://127.0.0.1:{port}/readyz")
+            stored = api.get_object("mutatingwebhookconfigurations", configuration["metadata"]["name"])
+            bundles = {hook["clientConfig"].get("caBundle") for hook in stored["webhooks"]}
+            assert len(bundles) == 1 and None not in bundles, "every webhook entry needs the CA"
+            trust = ssl.create_default_context(cadata=base64.b64decode(bundles.pop()).decode())
+            dialed = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
+            with socket.create_connection(("127.0.0.1", port), timeout=HTTP_TIMEOUT_S) as raw, \
+                    trust.wrap_socket(raw, server_hostname=dialed) as tls:
+                assert tls.getpeercert()["subjectAltName"]
+        finally:
+            running.stop()
+
+
+def test_extender_in_api_mode_turns_ready_and_filters_from_the_watched_cluster(
+    rendered: dict[str, list[dict]], tmp_path: Path
+) -> None:
+    """The production sidecar's command line against an API server: /readyz (the readiness probe)
+    answers 200 once Nodes, Pods and GPUQuotas are listed, and filter sees the watched GPU node."""
+    from tensorai.demo.kube_standin import KubeStandin
+
+    deployment = _one(rendered["production"], "Deployment", "tensorai-scheduler")
+    (sidecar,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "extender"]
+    node = _inventory_node("gpu-a")
+    with KubeStandin() as api:
+        api.add_node("gpu-a", labels=node["metadata"]["labels"], annotations=node["metadata"]["annotations"],
+                     allocatable=node["status"]["allocatable"])
+        api.add_object("gpuquotas", copy.deepcopy(_one(rendered["examples"], contract.QUOTA_KIND, "team-a")))
+        port = _free_port()
+        running = Running(_manifest_argv(sidecar, {"--address": "127.0.0.1", "--port": str(port),
+                                                   "--kubeconfig": api.kubeconfig_path}), tmp_path / "log")
+        try:
+            base = f"http://127.0.0.1:{port}"
+            readiness = sidecar["readinessProbe"]["httpGet"]["path"]
+            running.wait_for(base + readiness)
+            answer = requests.post(base + "/filter", timeout=HTTP_TIMEOUT_S,
+                                   json={"Pod": _pending_quarter_pod(), "Nodes": None, "NodeNames": ["gpu-a"]})
+            assert answer.status_code == 200 and answer.json()["NodeNames"] == ["gpu-a"], answer.text
+        finally:
+            running.stop()
 
 
 # --- flags ---------------------------------------------------------------------------------------
