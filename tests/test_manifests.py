@@ -667,32 +667,61 @@ def test_self_signed_webhook_publishes_a_ca_bundle_that_verifies_its_certificate
             running.stop()
 
 
-def test_extender_in_api_mode_turns_ready_and_filters_from_the_watched_cluster(
+def _wait_for_inventory(api: Any, node_name: str, running: Running) -> pb.Inventory:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if running.process.poll() is not None:
+            pytest.fail(f"the device plugin exited {running.process.returncode}:\n{running.output()[-3000:]}")
+        annotations = (api.get_object("nodes", node_name) or {}).get("metadata", {}).get("annotations") or {}
+        if contract.ANNOTATION_INVENTORY in annotations:
+            return contract.decode_inventory(annotations[contract.ANNOTATION_INVENTORY])
+        time.sleep(0.2)
+    pytest.fail(f"no {contract.ANNOTATION_INVENTORY} on node {node_name} within {START_TIMEOUT_S} s:\n"
+                f"{running.output()[-3000:]}")
+
+
+def test_device_plugin_and_extender_as_deployed_meet_through_the_node_inventory(
     rendered: dict[str, list[dict]], tmp_path: Path
 ) -> None:
-    """The production sidecar's command line against an API server: /readyz (the readiness probe)
-    answers 200 once Nodes, Pods and GPUQuotas are listed, and filter sees the watched GPU node."""
+    """The dev overlay's device plugin (simulated GPUs) publishes its Inventory on its Node through
+    the API; the production extender sidecar, watching the same API, turns ready (its readiness
+    probe) and passes that node for a quarter-GPU pod."""
     from tensorai.demo.kube_standin import KubeStandin
 
+    daemonset = _one(rendered["dev"], "DaemonSet", "tensorai-device-plugin")
+    plugin = daemonset["spec"]["template"]["spec"]["containers"][0]
     deployment = _one(rendered["production"], "Deployment", "tensorai-scheduler")
     (sidecar,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "extender"]
-    node = _inventory_node("gpu-a")
     with KubeStandin() as api:
-        api.add_node("gpu-a", labels=node["metadata"]["labels"], annotations=node["metadata"]["annotations"],
-                     allocatable=node["status"]["allocatable"])
+        api.add_node("gpu-a", labels={contract.LABEL_GPU_NODE: "true"},
+                     allocatable={contract.RESOURCE_VGPU_MILLI: "2000", "cpu": "32", "memory": "256Gi"})
         api.add_object("gpuquotas", copy.deepcopy(_one(rendered["examples"], contract.QUOTA_KIND, "team-a")))
+        sockets = tmp_path / "device-plugins"
+        sockets.mkdir()
+        device_plugin = Running(_manifest_argv(plugin, {
+            "--device-plugin-dir": str(sockets), "--pod-resources-socket": str(sockets / "pod-resources.sock"),
+            "--node-name": "gpu-a", "--metrics-port": "0", "--kubeconfig": api.kubeconfig_path,
+        }), tmp_path / "plugin.log")
         port = _free_port()
-        running = Running(_manifest_argv(sidecar, {"--address": "127.0.0.1", "--port": str(port),
-                                                   "--kubeconfig": api.kubeconfig_path}), tmp_path / "log")
+        extender = Running(_manifest_argv(sidecar, {"--address": "127.0.0.1", "--port": str(port),
+                                                    "--kubeconfig": api.kubeconfig_path}), tmp_path / "extender.log")
         try:
+            inventory = _wait_for_inventory(api, "gpu-a", device_plugin)
+            assert [gpu.model for gpu in inventory.gpus] == ["H100", "H100"]
             base = f"http://127.0.0.1:{port}"
-            readiness = sidecar["readinessProbe"]["httpGet"]["path"]
-            running.wait_for(base + readiness)
-            answer = requests.post(base + "/filter", timeout=HTTP_TIMEOUT_S,
-                                   json={"Pod": _pending_quarter_pod(), "Nodes": None, "NodeNames": ["gpu-a"]})
-            assert answer.status_code == 200 and answer.json()["NodeNames"] == ["gpu-a"], answer.text
+            extender.wait_for(base + sidecar["readinessProbe"]["httpGet"]["path"])
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                answer = requests.post(base + "/filter", timeout=HTTP_TIMEOUT_S,
+                                       json={"Pod": _pending_quarter_pod(), "Nodes": None, "NodeNames": ["gpu-a"]})
+                assert answer.status_code == 200, answer.text
+                if answer.json()["NodeNames"] == ["gpu-a"] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)  # the watch delivers the annotation a moment after the list
+            assert answer.json()["NodeNames"] == ["gpu-a"], answer.text
         finally:
-            running.stop()
+            extender.stop()
+            device_plugin.stop()
 
 
 # --- flags ---------------------------------------------------------------------------------------
