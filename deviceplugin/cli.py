@@ -30,9 +30,8 @@ from tensorai.proto import contract
 
 log = logging.getLogger("tensorai.deviceplugin")
 
-# PENDING(contract.py): the plugin's own configuration variables; asked the lead to add the prefix.
-ENV_PREFIX = "TENSORAI_DEVICE_PLUGIN_"
-ENV_NODE_NAME = "NODE_NAME"  # set from the downward API (spec.nodeName) in the DaemonSet
+ENV_PREFIX = contract.ENV_DEVICE_PLUGIN_PREFIX
+ENV_NODE_NAME = contract.ENV_NODE_NAME
 PLUGIN_VERSION = "0.1.0"
 
 

@@ -23,10 +23,9 @@ from tensorai.deviceplugin.slices import SliceError
 from tensorai.proto import contract
 from tensorai.proto import deviceplugin_v1beta1_pb2 as dp
 
-# PENDING(contract.py): NVIDIA's MPS client variables; asked the lead to add them to contract.py.
-ENV_MPS_PIPE_DIRECTORY = "CUDA_MPS_PIPE_DIRECTORY"
-ENV_MPS_PINNED_DEVICE_MEM_LIMIT = "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"
-ENV_MPS_ACTIVE_THREAD_PERCENTAGE = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"
+ENV_MPS_PIPE_DIRECTORY = contract.ENV_MPS_PIPE_DIRECTORY
+ENV_MPS_PINNED_DEVICE_MEM_LIMIT = contract.ENV_MPS_PINNED_DEVICE_MEM_LIMIT
+ENV_MPS_ACTIVE_THREAD_PERCENTAGE = contract.ENV_MPS_ACTIVE_THREAD_PERCENTAGE
 
 DEFAULT_MPS_PIPE_DIR = "/run/tensor-ai/mps"  # host side, shared with the MPS control daemon
 MPS_CONTAINER_PIPE_DIR = "/tmp/nvidia-mps"  # CUDA's default pipe directory inside the container

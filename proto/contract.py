@@ -45,6 +45,14 @@ ENV_VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
 ENV_VGPU_MILLI = "TENSORAI_VGPU_MILLI"
 ENV_VGPU_MEMORY_MIB = "TENSORAI_VGPU_MEMORY_MIB"
 ENV_SHARING_MODE = "TENSORAI_SHARING_MODE"
+# NVIDIA MPS client variables the plugin sets in --sharing mps (reference/nvml-facts.md)
+ENV_MPS_PIPE_DIRECTORY = "CUDA_MPS_PIPE_DIRECTORY"
+ENV_MPS_PINNED_DEVICE_MEM_LIMIT = "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"
+ENV_MPS_ACTIVE_THREAD_PERCENTAGE = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"
+
+# --- environment read by the programs themselves ------------------------------------------------
+ENV_DEVICE_PLUGIN_PREFIX = "TENSORAI_DEVICE_PLUGIN_"  # TENSORAI_DEVICE_PLUGIN_<FLAG> sets a plugin flag
+ENV_NODE_NAME = "NODE_NAME"  # the node's name, from the downward API (spec.nodeName) in the DaemonSet
 
 # --- GPUQuota CRD --------------------------------------------------------------------------------
 QUOTA_GROUP = "tensor.ai"
