@@ -158,3 +158,10 @@ def test_cache_matches_fresh_scores(sequence):
         if a is not None:
             apply_placement(cached, pod, a)
             apply_placement(fresh, pod, b)
+
+
+def test_tensorai_prefers_a_near_perfect_fit_anywhere_over_a_fresh_gpu_first_in_order():
+    cluster = cluster_from_nodes([NodeSpec("fresh", 32000, 131072, 2, "T4"), NodeSpec("holey", 32000, 131072, 2, "T4")])
+    cluster.gpu_free_milli[1] = [1000, 520]
+    placement = place(cluster, demand(470), "tensorai", node_order=np.array([0, 1]))
+    assert (placement.node_index, placement.choices[0].gpu_slot) == (1, 1)  # leaves 50 milli, not a 530 sliver

@@ -33,7 +33,7 @@ from tensorai.scheduler.core.policies.fragmentation import fragmentation_delta
 from tensorai.scheduler.core.types import ClusterArrays, PodDemand
 
 BIG_NODE_GPUS = 8
-TIGHT_FIT_MILLI = 200  # leftovers below this are ranked by size
+TIGHT_FIT_MILLI = 100  # leftovers below this are ranked by size (near-perfect fits)
 FIT_STEP_MILLI = 10  # openb shares are multiples of 10 milli
 SHARE_STEP_MILLI = 20  # bucket of the sharing-only fragmentation gradient
 # Multipliers that keep the ranking lexicographic: quantised FGD is 0..99; the sharing gradient bucket
