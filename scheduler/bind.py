@@ -30,6 +30,10 @@ from tensorai.scheduler.view import ClusterView, PodRecord, assignment_from_plac
 
 log = logging.getLogger(__name__)
 
+# Each API call of a bind gives up after this, so a hung API server fails the bind (and frees the
+# reservation) before kube-scheduler's own extender timeout (httpTimeout, 5 s by default) expires.
+API_TIMEOUT_S = 2.0
+
 
 class BindError(Exception):
     """A bind that must not happen; the message goes back to kube-scheduler in the `Error` field."""
@@ -89,7 +93,9 @@ class Binder:
         uid = request.pod_uid or f"{request.pod_namespace}/{request.pod_name}"
         record = self.view.pod(uid)
         if record is None and self._core is not None:
-            response = self._core.read_namespaced_pod(request.pod_name, request.pod_namespace, _preload_content=False)
+            response = self._core.read_namespaced_pod(
+                request.pod_name, request.pod_namespace, _preload_content=False, _request_timeout=API_TIMEOUT_S
+            )
             record = self.view.remember_pending(json.loads(response.data))
         if record is None:
             raise BindError(
@@ -151,6 +157,7 @@ class Binder:
             patch,
             _content_type="application/merge-patch+json",
             _preload_content=False,
+            _request_timeout=API_TIMEOUT_S,
         )
         binding = {
             "apiVersion": "v1",
@@ -158,7 +165,9 @@ class Binder:
             "metadata": {"name": request.pod_name, "namespace": request.pod_namespace, "uid": request.pod_uid},
             "target": {"apiVersion": "v1", "kind": "Node", "name": request.node},
         }
-        core.create_namespaced_pod_binding(request.pod_name, request.pod_namespace, binding, _preload_content=False)
+        core.create_namespaced_pod_binding(
+            request.pod_name, request.pod_namespace, binding, _preload_content=False, _request_timeout=API_TIMEOUT_S
+        )
 
     def _track(self, delta: int) -> None:
         with self._in_flight_lock:
@@ -183,8 +192,12 @@ class Binder:
         self._track(+1)
         try:
             self._write(request, record, text)
-        except Exception as error:  # any API failure: give the reservation back, report, let kube-scheduler retry
-            self.view.forget_assumed(record.uid)
+        except Exception as error:  # an API failure: report it and let kube-scheduler retry
+            definite = isinstance(getattr(error, "status", None), int) and error.status > 0
+            if definite:  # the API server answered no: give the reservation back at once
+                self.view.forget_assumed(record.uid)
+            # else (timeout, connection lost) the Binding may have happened: keep the reservation so
+            # nothing else takes these GPUs; the watch or `reconcile_assumed` settles it either way
             self.metrics.binds.labels("error").inc()
             message = f"bind of {request.pod_namespace}/{request.pod_name} to {request.node} failed: {_short(error)}"
             self.events.record(
@@ -206,6 +219,72 @@ class Binder:
             )
         )
         return ""
+
+
+class AssumedReconciler:
+    """Settles binds whose outcome the extender never learned (a timed-out call, a lost watch event).
+
+    Every `interval_s` it reads each pod assumed longer than `max_age_s` ago: bound with our
+    assignment -> confirmed; not bound or gone -> the reservation is given back. So an uncertain
+    bind can hold capacity for at most about `max_age_s + interval_s`.
+    """
+
+    def __init__(self, view: ClusterView, api_client: object, *, max_age_s: float = 30.0, interval_s: float = 15.0):
+        from kubernetes import client
+
+        self.view = view
+        self.core = client.CoreV1Api(api_client)
+        self.max_age_s = max_age_s
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def reconcile(self) -> int:
+        """One pass; returns how many reservations were settled."""
+        from kubernetes.client.exceptions import ApiException
+
+        settled = 0
+        for record in self.view.assumed_older_than(self.max_age_s):
+            try:
+                response = self.core.read_namespaced_pod(
+                    record.name, record.namespace, _preload_content=False, _request_timeout=API_TIMEOUT_S
+                )
+                pod = json.loads(response.data)
+            except ApiException as error:
+                if error.status == 404:
+                    self.view.forget_pod_uid(record.uid)
+                    settled += 1
+                continue
+            except Exception as error:  # the API is unreachable: try again next pass
+                log.debug("cannot read assumed pod %s/%s: %s", record.namespace, record.name, error)
+                continue
+            if (pod.get("metadata") or {}).get("uid") not in (record.uid, None):
+                self.view.forget_pod_uid(record.uid)  # a new pod of the same name; ours is gone
+            elif (pod.get("spec") or {}).get("nodeName"):
+                self.view.upsert_pod(pod)  # bound: confirm (or take what the API says)
+            else:
+                self.view.forget_assumed(record.uid)
+            settled += 1
+        return settled
+
+    def start(self) -> AssumedReconciler:
+        """Run `reconcile` every interval in a background thread."""
+        self._thread = threading.Thread(target=self._run, name="assumed-reconciler", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.reconcile()
+            except Exception:  # the loop must survive anything one pass hits
+                log.exception("reconciling assumed pods failed")
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
 
 
 def _short(error: Exception) -> str:

@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         print("tensorai-extender: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
 
+    from tensorai.scheduler.bind import AssumedReconciler
     from tensorai.scheduler.core.context import PolicyContext
     from tensorai.scheduler.core.shapes import OnlineWorkload
     from tensorai.scheduler.events import EventRecorder
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     view = ClusterView(stale_seconds=stale_s)
     api_client = None
     source = None
+    reconciler = None
     if args.cluster_file:
         try:
             counts = load_cluster_file(view, args.cluster_file)
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         api_client = _api_client(args.kubeconfig)
         source = KubeSource(view, api_client).start()
+        reconciler = AssumedReconciler(view, api_client).start()
     # The view's long-lived objects (tens of thousands of pod and node records) need no cyclic GC
     # scans: freezing them keeps full collections - and the latency spikes they cause - short.
     gc.freeze()
@@ -136,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     events.stop()
     if source is not None:
         source.stop()
+    if reconciler is not None:
+        reconciler.stop()
     return 0
 
 

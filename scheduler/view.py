@@ -219,6 +219,7 @@ class ClusterView:
         self.node_generation = 0  # bumped whenever a node gets or loses a row (name -> row caches)
         self.row_of: dict[str, int] = {}  # node name -> row, for vectorised lookups by the verbs
         self.version = 0  # bumped on every change of the arrays: equal versions = identical arrays
+        self._assumed_at: dict[str, float] = {}  # uid -> time.monotonic() when a bind assumed it
 
     # ------------------------------------------------------------------ readiness
     def mark_synced(self, kind: str) -> None:
@@ -515,6 +516,7 @@ class ClusterView:
             if not on_node:
                 del self._pods_by_node[record.node_name]
         record.node_name, record.shares, record.assumed, record.assignment_text = None, (), False, None
+        self._assumed_at.pop(record.uid, None)
 
     def upsert_pod(self, pod: dict) -> None:
         """Add or update a Pod from its API object (watch event or list item); never raises on bad input."""
@@ -546,9 +548,11 @@ class ClusterView:
                     return  # our bind is in flight (the annotation patch shows up first)
                 if node_name == record.node_name and text == record.assignment_text:
                     record.assumed = False  # the watch confirms what we bound
+                    self._assumed_at.pop(uid, None)
                     record.pod = None
                     return
                 record.assumed = False  # something else happened to the pod: trust the API
+                self._assumed_at.pop(uid, None)
             if not holding:
                 if record.node_name is not None:
                     self._unhold(record)
@@ -633,6 +637,7 @@ class ClusterView:
         record = self._pods[uid]
         self._hold(record, placement.node_name, shares_from_placement(placement))
         record.assumed = True
+        self._assumed_at[uid] = time.monotonic()
         record.assignment_text = assignment_text
 
     def forget_assumed(self, uid: str) -> None:
@@ -649,6 +654,13 @@ class ClusterView:
             if record is not None and record.assumed:
                 record.assumed = False
                 record.pod = None
+                self._assumed_at.pop(uid, None)
+
+    def assumed_older_than(self, age_s: float) -> list[PodRecord]:
+        """Pods assumed by a bind more than `age_s` ago and still not confirmed by the watch."""
+        limit = time.monotonic() - age_s
+        with self.lock:
+            return [self._pods[uid] for uid, since in self._assumed_at.items() if since <= limit and uid in self._pods]
 
     def pods_on_node(self, node_name: str) -> list[PodRecord]:
         """Records of the pods holding capacity on a node (indexed, no scan)."""

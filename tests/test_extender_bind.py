@@ -170,3 +170,46 @@ def test_property_threaded_binds_never_overcommit(sizes: list[int], targets: lis
             row = view.node_index(name)
             for slot, uuid in enumerate(view.cluster.gpu_uuids[row]):
                 assert view.cluster.gpu_free_milli[row, slot] == contract.MILLI_PER_GPU - held.get(uuid, 0)
+
+
+def test_reconciler_settles_binds_whose_outcome_was_never_seen(api: KubeStandin) -> None:
+    from tensorai.scheduler.bind import AssumedReconciler
+
+    api.add_object("nodes", node("a", 1))
+    unbound = _create(api, pod("lost", 400))
+    bound = _create(api, pod("done", 300))
+    view = _file_mode_view(0, 0)
+    view.replace("nodes", api.list_objects("nodes"))
+    service = ExtenderService(view)  # no API: the binds below only reserve, as if the calls timed out
+    for pod_object in (unbound, bound):
+        view.remember_pending(pod_object)
+        assert service.bind(bind_args(pod_object, "a")) == {"Error": ""}
+        view.pod(pod_object["metadata"]["uid"]).assumed = True
+        view._assumed_at[pod_object["metadata"]["uid"]] = 0.0  # long ago
+    # in the API, "done" really got bound with our annotation; "lost" never did
+    from kubernetes import client
+
+    core = client.CoreV1Api(api.api_client())
+    text = view.pod(bound["metadata"]["uid"]).assignment_text
+    core.patch_namespaced_pod(
+        "done",
+        "ml",
+        {"metadata": {"annotations": {contract.ANNOTATION_ASSIGNMENT: text}}},
+        _content_type="application/merge-patch+json",
+        _preload_content=False,
+    )
+    core.create_namespaced_pod_binding(
+        "done",
+        "ml",
+        {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": "done", "namespace": "ml"},
+            "target": {"kind": "Node", "name": "a"},
+        },
+        _preload_content=False,
+    )
+    assert view.snapshot()["a"][0] == (300,)
+    assert AssumedReconciler(view, api.api_client(), max_age_s=0).reconcile() == 2
+    assert view.snapshot()["a"][0] == (700,), "the lost bind's 400 milli came back, the real one stayed"
+    assert not view.pod(bound["metadata"]["uid"]).assumed
