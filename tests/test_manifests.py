@@ -724,6 +724,145 @@ def test_device_plugin_and_extender_as_deployed_meet_through_the_node_inventory(
             device_plugin.stop()
 
 
+# --- RBAC against the calls the programs really make ----------------------------------------------
+
+
+_VERB_OF_METHOD = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+
+
+def _api_calls(request_log: list[tuple[str, str]]) -> set[tuple[str, str, str, str]]:
+    """(apiGroup, resource[/subresource], name, verb) of every request an API client sent."""
+    calls = set()
+    for method, raw in request_log:
+        path, _, query = raw.partition("?")
+        parts = path.strip("/").split("/")
+        if parts[0] == "api":
+            group, rest = "", parts[2:]
+        elif parts[0] == "apis" and len(parts) >= 3:
+            group, rest = parts[1], parts[3:]
+        else:
+            continue  # /version, /healthz: not resources
+        if len(rest) >= 2 and rest[0] == "namespaces" and len(rest) > 2:
+            rest = rest[2:]
+        resource, name, sub = rest[0], rest[1] if len(rest) > 1 else "", rest[2] if len(rest) > 2 else ""
+        if method == "GET":
+            verb = "watch" if re.search(r"(^|&)watch=(true|True|1)", query) else ("get" if name else "list")
+        else:
+            verb = _VERB_OF_METHOD[method]
+        calls.add((group, f"{resource}/{sub}" if sub else resource, name, verb))
+    return calls
+
+
+def _granted_rules(objects: list[dict[str, Any]], service_account: str) -> list[dict[str, Any]]:
+    """The rules of the Roles and ClusterRoles in the manifests bound to the ServiceAccount."""
+    roles = {(role["kind"], role["metadata"]["name"]): role for role in [*_find(objects, "Role"),
+                                                                           *_find(objects, "ClusterRole")]}
+    rules = []
+    for binding in [*_find(objects, "RoleBinding"), *_find(objects, "ClusterRoleBinding")]:
+        if any(subject["name"] == service_account for subject in binding["subjects"]):
+            role = roles.get((binding["roleRef"]["kind"], binding["roleRef"]["name"]))
+            rules += role["rules"] if role else []
+    return rules
+
+
+def _allowed(rules: list[dict[str, Any]], call: tuple[str, str, str, str]) -> bool:
+    group, resource, name, verb = call
+    return any(
+        group in rule.get("apiGroups", []) and resource in rule.get("resources", []) and verb in rule["verbs"]
+        and (not rule.get("resourceNames") or (name in rule["resourceNames"] and verb not in {"list", "watch"}))
+        for rule in rules
+    )
+
+
+def test_each_programs_role_grants_every_api_call_it_makes(rendered: dict[str, list[dict]], tmp_path: Path) -> None:
+    """Run each program as deployed against its own API stand-in, drive the paths that write
+    (inventory, caBundle, quota lookups, bind), and check its ServiceAccount's roles allow every call."""
+    from tensorai.demo.kube_standin import KubeStandin
+
+    objects = rendered["production"]
+    quota = _one(rendered["examples"], contract.QUOTA_KIND, "team-a")
+    webhook_container = _one(objects, "Deployment", "tensorai-webhook")["spec"]["template"]["spec"]["containers"][0]
+    scheduler = _one(objects, "Deployment", "tensorai-scheduler")["spec"]["template"]["spec"]
+    (sidecar,) = [c for c in scheduler["containers"] if c["name"] == "extender"]
+    plugin_spec = _one(rendered["dev"], "DaemonSet", "tensorai-device-plugin")["spec"]["template"]["spec"]
+    problems: list[str] = []
+
+    def check(api: Any, account: str) -> None:
+        calls = _api_calls(api.request_log)
+        assert calls, f"{account} made no API call at all"
+        rules = _granted_rules(objects, account)
+        for group, resource, name, verb in sorted(calls):
+            if not _allowed(rules, (group, resource, name, verb)):
+                problems.append(f"{account}: {verb} {group or 'core'}/{resource} {name}".rstrip())
+
+    with KubeStandin() as api:  # the device plugin: inventory on its Node, watch of its node's Pods
+        api.add_node("gpu-a", labels={contract.LABEL_GPU_NODE: "true"})
+        sockets = tmp_path / "device-plugins"
+        sockets.mkdir()
+        running = Running(_manifest_argv(plugin_spec["containers"][0], {
+            "--device-plugin-dir": str(sockets), "--pod-resources-socket": str(sockets / "pod-resources.sock"),
+            "--node-name": "gpu-a", "--metrics-port": "0", "--kubeconfig": api.kubeconfig_path,
+        }), tmp_path / "plugin.log")
+        try:
+            _wait_for_inventory(api, "gpu-a", running)
+            time.sleep(1.0)  # let the pod watch open
+        finally:
+            running.stop()
+        check(api, plugin_spec["serviceAccountName"])
+
+    with KubeStandin() as api:  # the webhook: caBundle patch, GPUQuota lookup for a vGPU pod
+        api.add_object("mutatingwebhookconfigurations", copy.deepcopy(_one(objects, "MutatingWebhookConfiguration",
+                                                                           "tensorai-vgpu")))
+        api.add_object("gpuquotas", copy.deepcopy(quota))
+        port = _free_port()
+        running = Running(_manifest_argv(webhook_container, {"--address": "127.0.0.1", "--port": str(port),
+                                                             "--kubeconfig": api.kubeconfig_path}),
+                          tmp_path / "webhook.log")
+        try:
+            base = f"https://127.0.0.1:{port}"
+            running.wait_for(base + "/readyz")
+            pod = copy.deepcopy(_one(rendered["examples"], "Pod", "vgpu-quarter"))
+            pod["metadata"]["namespace"] = quota["metadata"]["namespace"]
+            pod["spec"]["containers"][0]["resources"]["limits"][contract.RESOURCE_VGPU] = "250m"
+            review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                      "request": {"uid": "u-2", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                                  "resource": {"group": "", "version": "v1", "resource": "pods"},
+                                  "namespace": pod["metadata"]["namespace"], "operation": "CREATE",
+                                  "userInfo": {"username": "admin"}, "object": pod, "dryRun": False}}
+            answer = requests.post(base + "/mutate", json=review, timeout=HTTP_TIMEOUT_S, verify=False)
+            assert answer.status_code == 200, answer.text
+        finally:
+            running.stop()
+        check(api, _one(objects, "Deployment", "tensorai-webhook")["spec"]["template"]["spec"]["serviceAccountName"])
+
+    with KubeStandin() as api:  # the extender: watches, then a bind (Assignment patch, Binding, Event)
+        node = _inventory_node("gpu-a")
+        api.add_node("gpu-a", labels=node["metadata"]["labels"], annotations=node["metadata"]["annotations"],
+                     allocatable=node["status"]["allocatable"])
+        api.add_object("gpuquotas", copy.deepcopy(quota))
+        pod = _pending_quarter_pod()
+        del pod["metadata"]["uid"], pod["status"]
+        pod = api.add_pod(pod)
+        port = _free_port()
+        running = Running(_manifest_argv(sidecar, {"--address": "127.0.0.1", "--port": str(port),
+                                                   "--kubeconfig": api.kubeconfig_path}), tmp_path / "extender.log")
+        try:
+            base = f"http://127.0.0.1:{port}"
+            running.wait_for(base + "/readyz")
+            bound = requests.post(base + "/bind", timeout=HTTP_TIMEOUT_S, json={
+                "PodName": pod["metadata"]["name"], "PodNamespace": pod["metadata"]["namespace"],
+                "PodUID": pod["metadata"]["uid"], "Node": "gpu-a"}).json()
+            assert bound["Error"] == "", bound
+            time.sleep(1.5)  # the Event and the GPUQuota status are written in the background
+        finally:
+            running.stop()
+        assert (api.get_object("pods", pod["metadata"]["name"], pod["metadata"]["namespace"])["spec"]
+                .get("nodeName")) == "gpu-a"
+        check(api, scheduler["serviceAccountName"])
+
+    assert not problems, "calls the manifests' RBAC would refuse (403 on a real cluster):\n" + "\n".join(problems)
+
+
 # --- flags ---------------------------------------------------------------------------------------
 
 
