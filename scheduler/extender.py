@@ -28,7 +28,7 @@ from tensorai.scheduler import metrics as metric_names
 from tensorai.scheduler.bind import Binder, BindError, BindRequest
 from tensorai.scheduler.core.cluster import cluster_from_nodes, copy_cluster
 from tensorai.scheduler.core.context import PolicyContext
-from tensorai.scheduler.core.fit import node_feasibility
+from tensorai.scheduler.core.fit import REASON_TEXT, RESOLVABLE, UNSCHEDULABLE, evaluate, node_feasibility
 from tensorai.scheduler.core.placement import (
     POLICIES,
     ScoreCache,
@@ -301,18 +301,19 @@ class ExtenderService:
         fits[known] = scores[positions[known]] > -np.inf
         rejected = np.flatnonzero(known & ~fits)
         if rejected.size:
-            mask, reasons = node_feasibility(view.cluster, demand, positions[rejected])
-            schedulable = view.cluster.node_schedulable
-            for position in rejected.tolist():
-                row = int(positions[position])
-                if mask[row]:
-                    fits[position] = True
+            evaluation = evaluate(view.cluster, demand, positions[rejected])  # keeps the order of its input
+            fits[rejected[evaluation.feasible]] = True
+            bad = ~evaluation.feasible
+            bad_positions, codes = rejected[bad], evaluation.reason[bad]
+            for code in np.unique(codes).tolist():  # one reason text per code: no per-node Python work
+                chosen = bad_positions[codes == code].tolist()
+                names = [node_names[position] for position in chosen]
+                if code == UNSCHEDULABLE:  # say which problem: stale heartbeat, bad inventory, cordoned
+                    for name in names:
+                        unresolvable[name] = view.node_problem(name) or REASON_TEXT[code]
                     continue
-                name = node_names[position]
-                reason, resolvable = reasons.get(row, ("does not fit", True))
-                if not schedulable[row]:
-                    reason, resolvable = view.node_problem(name) or reason, False
-                (failed if resolvable else unresolvable)[name] = reason
+                target = failed if code in RESOLVABLE else unresolvable
+                target.update(dict.fromkeys(names, REASON_TEXT.get(code, "does not fit")))
         for position in np.flatnonzero(~known).tolist():
             name = node_names[position]
             unresolvable[name] = view.node_problem(name) or "unknown node"
