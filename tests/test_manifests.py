@@ -863,6 +863,72 @@ def test_each_programs_role_grants_every_api_call_it_makes(rendered: dict[str, l
     assert not problems, "calls the manifests' RBAC would refuse (403 on a real cluster):\n" + "\n".join(problems)
 
 
+_GROUP_AND_PLURAL = {"Pod": ("", "pods"), "Deployment": ("apps", "deployments"), "Job": ("batch", "jobs"),
+                     "StatefulSet": ("apps", "statefulsets"), "DaemonSet": ("apps", "daemonsets"),
+                     "ReplicaSet": ("apps", "replicasets"), "CronJob": ("batch", "cronjobs")}
+
+
+def _as_the_api_server_sends_it(obj: dict[str, Any]) -> dict[str, Any]:
+    """The API server hands webhooks canonical quantities: 0.25 arrives as "250m", 2 as "2"."""
+    sent = copy.deepcopy(obj)
+    spec = _pod_spec(sent)
+    for container in [*spec.get("initContainers", []), *spec["containers"]]:
+        for section in ("limits", "requests"):
+            values = container.get("resources", {}).get(section, {})
+            if contract.RESOURCE_VGPU in values:
+                gpus = parse_quantity(values[contract.RESOURCE_VGPU])
+                values[contract.RESOURCE_VGPU] = str(int(gpus)) if gpus == int(gpus) else f"{int(gpus * 1000)}m"
+    return sent
+
+
+def test_every_example_is_admitted_after_the_webhooks_rewrite(
+    rendered: dict[str, list[dict]], webhook: str, tmp_path: Path
+) -> None:
+    """The user's promise: apply an example, and the API server accepts it. Each example goes through the
+    running webhook as an AdmissionReview; the JSON patch it returns, applied, gives an object that
+    validates strictly and whose pod the API stand-in (integer-only extended resources, requests equal
+    limits) creates, asking tensor.ai/vgpu-milli for exactly the share the example wrote."""
+    import jsonpatch
+
+    from tensorai.demo.kube_standin import KubeStandin
+
+    with KubeStandin() as api:
+        for number, example in enumerate(o for o in rendered["examples"] if _pod_spec(o) is not None):
+            group, plural = _GROUP_AND_PLURAL[example["kind"]]
+            version = example["apiVersion"].split("/")[-1]
+            sent = _as_the_api_server_sends_it(example)
+            sent["metadata"]["namespace"] = "team-b"
+            review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                      "request": {"uid": f"example-{number}", "kind": {"group": group, "version": version,
+                                                                       "kind": example["kind"]},
+                                  "resource": {"group": group, "version": version, "resource": plural},
+                                  "namespace": "team-b", "operation": "CREATE", "userInfo": {"username": "dev"},
+                                  "object": sent, "oldObject": None, "dryRun": False}}
+            response = requests.post(webhook + "/mutate", json=review, timeout=HTTP_TIMEOUT_S, verify=False)
+            answer = response.json()["response"]
+            where = f"{example['kind']}/{example['metadata']['name']}"
+            assert answer["allowed"] is True, f"{where} denied: {answer.get('status')}"
+            patched = jsonpatch.apply_patch(sent, json.loads(base64.b64decode(answer["patch"])))
+            kubernetes_validate.validate(patched, OLDEST_KUBERNETES, strict=True)
+            pod_spec = _pod_spec(patched)
+            template_metadata = patched["metadata"] if example["kind"] == "Pod" else (
+                patched["spec"]["jobTemplate"]["spec"]["template"]["metadata"] if example["kind"] == "CronJob"
+                else patched["spec"]["template"]["metadata"])
+            pod = {"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": f"example-{number}", "namespace": "team-b",
+                                "annotations": dict(template_metadata.get("annotations") or {})},
+                   "spec": pod_spec}
+            response = requests.post(f"{api.url}/api/v1/namespaces/team-b/pods", json=pod, timeout=HTTP_TIMEOUT_S)
+            assert response.status_code == 201, f"{where}: the API server would refuse it: {response.text}"
+            created = response.json()
+            (container,) = created["spec"]["containers"]
+            wrote = _vgpu_request(example["spec"]["containers"][0] if example["kind"] == "Pod"
+                                  else _pod_spec(example)["containers"][0])
+            assert parse_quantity(container["resources"]["limits"][contract.RESOURCE_VGPU_MILLI]) == wrote * 1000
+            assert contract.RESOURCE_VGPU not in container["resources"]["limits"], where
+            assert created["spec"]["schedulerName"] == "tensorai-scheduler", where
+
+
 # --- flags ---------------------------------------------------------------------------------------
 
 
