@@ -1,11 +1,12 @@
 """The install, as a cluster admin gets it: every overlay renders, every object is valid Kubernetes,
 the programs accept the flags the manifests give them and serve the endpoints the manifests point
-at, the alerts and dashboard read metrics that exist, and checkov finds nothing unexplained.
+at, RBAC allows every call they make, the examples are admitted after the webhook's rewrite, the
+alerts and dashboard read metrics that exist, and checkov finds nothing unexplained.
 
-The programs run for real here (extender on a cluster file, device plugin on simulated GPUs,
-webhook with a self-signed certificate), on loopback, as the manifests start them.
+The programs run for real here, from the manifests' own command lines with only addresses, ports and
+socket folders made local: the extender on a cluster file or against the Kubernetes API stand-in, the
+device plugin on simulated GPUs, the webhook with its self-signed certificate, all on loopback.
 """
-
 from __future__ import annotations
 
 import base64
