@@ -681,6 +681,55 @@ def _wait_for_inventory(api: Any, node_name: str, running: Running) -> pb.Invent
                 f"{running.output()[-3000:]}")
 
 
+def test_cert_manager_webhook_serves_the_mounted_certificate_and_picks_up_renewals(
+    rendered: dict[str, list[dict]], tmp_path: Path
+) -> None:
+    """The cert-manager overlay's command line, with the Secret's tls.crt/tls.key: ready at once (no
+    caBundle to patch), serving that certificate, and serving the renewed one after cert-manager
+    rewrites the files."""
+    from tensorai.scheduler import certs
+
+    objects = rendered["cert-manager"]
+    deployment = _one(objects, "Deployment", "tensorai-webhook")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "tls"]
+    (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls"]
+    assert volume["secret"]["secretName"] == _one(objects, "Certificate", "tensorai-webhook")["spec"]["secretName"]
+    assert Path(_flag_value(container, "--tls-cert")) == Path(mount["mountPath"]) / "tls.crt"
+    assert Path(_flag_value(container, "--tls-key")) == Path(mount["mountPath"]) / "tls.key"
+
+    service = _one(objects, "Service", "tensorai-webhook")
+    dialed = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
+    first = certs.generate_self_signed(service["metadata"]["name"], service["metadata"]["namespace"])
+    cert_path, key_path = first.write(tmp_path / "tls")
+    port = _free_port()
+    running = Running(_manifest_argv(container, {"--address": "127.0.0.1", "--port": str(port), "--no-kube": "",
+                                                 "--tls-cert": str(cert_path), "--tls-key": str(key_path)}),
+                      tmp_path / "log")
+
+    def served_by(bundle: certs.CertBundle) -> bool:
+        trust = ssl.create_default_context(cadata=bundle.ca_pem.decode())
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=HTTP_TIMEOUT_S) as raw, \
+                    trust.wrap_socket(raw, server_hostname=dialed):
+                return True
+        except ssl.SSLCertVerificationError:
+            return False
+
+    try:
+        running.wait_for(f"https://127.0.0.1:{port}{container['readinessProbe']['httpGet']['path']}")
+        assert served_by(first)
+        renewed = certs.generate_self_signed(service["metadata"]["name"], service["metadata"]["namespace"])
+        time.sleep(0.05)  # a distinct modification time
+        renewed.write(tmp_path / "tls")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not served_by(renewed) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert served_by(renewed), "the webhook kept serving the certificate cert-manager replaced"
+    finally:
+        running.stop()
+
+
 def test_device_plugin_and_extender_as_deployed_meet_through_the_node_inventory(
     rendered: dict[str, list[dict]], tmp_path: Path
 ) -> None:
