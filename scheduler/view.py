@@ -64,7 +64,7 @@ class NodeRecord:
     problem: str | None = None  # why the node takes no GPU pods (bad inventory, cordoned, ...)
     cpu_allocatable_milli: int = UNLIMITED
     memory_allocatable_mib: int = UNLIMITED
-    sharing_mode: str = ""
+    fingerprint: tuple | None = None  # everything but the heartbeat, to skip rebuilds on heartbeats
 
 
 @dataclass(slots=True)
@@ -309,11 +309,22 @@ class ClusterView:
                 self._nodes[name] = record
                 self.row_of[name] = record.index
                 self.node_generation += 1
-            record.problem = problem
-            record.cpu_allocatable_milli, record.memory_allocatable_mib = cpu_milli, memory_mib
             heartbeat = np.nan
             if inventory is not None and inventory.HasField("heartbeat_time"):
                 heartbeat = inventory.heartbeat_time.seconds + inventory.heartbeat_time.nanos / 1e9
+            fingerprint = (
+                tuple((g.uuid, g.index, g.model, g.memory_mib, g.reserved_mib, g.numa_node, g.healthy) for g in gpus),
+                problem,
+                cpu_milli,
+                memory_mib,
+            )
+            if record.fingerprint == fingerprint:  # only the heartbeat moved (every 30 s per node): no rebuild
+                self._heartbeat_s[record.index] = heartbeat
+                self._refresh_row(record.index)
+                return
+            record.fingerprint = fingerprint
+            record.problem = problem
+            record.cpu_allocatable_milli, record.memory_allocatable_mib = cpu_milli, memory_mib
             self._rebuild_node(record, gpus, heartbeat)
 
     def _rebuild_node(self, record: NodeRecord, gpus: list, heartbeat_s: float) -> None:
@@ -386,8 +397,10 @@ class ClusterView:
         if self.stale_seconds > 0:
             heartbeat = self._heartbeat_s[row]
             fresh = bool(not math.isnan(heartbeat) and heartbeat >= self.clock() - self.stale_seconds)
-        self.cluster.node_schedulable[row] = bool(self._usable[row]) and fresh
-        self.version += 1
+        schedulable = bool(self._usable[row]) and fresh
+        if bool(self.cluster.node_schedulable[row]) != schedulable:
+            self.cluster.node_schedulable[row] = schedulable
+            self.version += 1
 
     def refresh_schedulable(self) -> None:
         """Recompute node_schedulable for the heartbeat clock (vectorised; call under the lock per verb)."""

@@ -242,3 +242,17 @@ def test_filter_sees_the_capacity_a_bind_just_took() -> None:
     assert service.bind(bind_args(first, "a")) == {"Error": ""}
     assert service.filter({"Pod": second, "Nodes": None, "NodeNames": ["a"]})["NodeNames"] == []
     assert service.prioritize({"Pod": second, "Nodes": None, "NodeNames": ["a"]}) == [{"Host": "a", "Score": 0}]
+
+
+def test_heartbeat_only_update_keeps_rows_and_quota_untouched() -> None:
+    start = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    clock = FakeClock(start.timestamp() + 200)
+    view = _view([node("a", 2, heartbeat=start)], [_assigned("p", "a", [(0, 500)])], stale_seconds=120, clock=clock)
+    view.refresh_schedulable()
+    assert view.node_problem("a") and "heartbeat" in view.node_problem("a")
+    version, freed = view.version, view.freed_at("ml")
+    view.upsert_node(node("a", 2, heartbeat=start + dt.timedelta(seconds=190)))
+    assert view.node_problem("a") is None
+    assert view.snapshot()["a"][0] == (500, 1000)
+    assert view.freed_at("ml") == freed, "a heartbeat is not a quota release"
+    assert view.version == version + 1  # only node_schedulable flipped
