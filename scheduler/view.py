@@ -922,7 +922,7 @@ class KubeSource:
     def _list(self, kind: str) -> str:
         import json
 
-        response = self._call(kind)
+        response = self._call(kind, _request_timeout=(10, 120))
         document = json.loads(response.data)  # type: ignore[attr-defined]
         self.view.replace(kind, document.get("items") or [])
         self.relists[kind] += 1
@@ -945,6 +945,8 @@ class KubeSource:
                     resource_version=resource_version,
                     timeout_seconds=self.watch_timeout_s,
                     allow_watch_bookmarks=True,
+                    # a half-open connection would block forever; the server ends the watch first
+                    _request_timeout=(10, self.watch_timeout_s + 30),
                 )
                 self._responses[kind] = response
                 for line in iter_resp_lines(response):
