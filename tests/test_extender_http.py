@@ -293,3 +293,22 @@ def test_every_policy_works_as_a_per_pod_override(policy: str) -> None:
             "Node": "gpu-a",
         }
     ) == {"Error": ""}
+
+
+def test_preempt_drops_a_node_where_evicting_the_victims_would_not_make_room(served) -> None:
+    url, _ = served
+    whole = pod("whole", 2000)  # two whole GPUs: gpu-b has only one GPU, no eviction helps
+    request = {
+        "Pod": whole,
+        "NodeNameToVictims": None,
+        "NodeNameToMetaVictims": {"gpu-b": {"Pods": [{"UID": "victim-gpu"}], "NumPDBViolations": 0}},
+    }
+    assert post(url + "/preempt", request) == (200, {"NodeNameToMetaVictims": {}})
+
+
+def test_prioritize_accepts_a_node_list_when_not_node_cache_capable(served) -> None:
+    url, _ = served
+    request = _golden("filter_nodelist_request.json")
+    status, answer = post(url + "/prioritize", request)
+    assert status == 200
+    assert answer == [{"Host": "gpu-a", "Score": 10}, {"Host": "gpu-b", "Score": 0}, {"Host": "gpu-c", "Score": 0}]
