@@ -35,6 +35,7 @@ ANNOTATION_GPU_UUID_EXCLUDE = "tensor.ai/gpu-uuid-exclude"  # Pod: comma list of
 ANNOTATION_EXCLUSIVE = "tensor.ai/exclusive"  # Pod: "true" = no other pod on its GPUs
 ANNOTATION_ANTI_AFFINITY_GROUP = "tensor.ai/anti-affinity-group"  # Pod: no two of a group on a GPU
 ANNOTATION_POLICY = "tensor.ai/policy"  # Pod: scoring policy override
+ANNOTATION_QUOTA_REQUEUE = "tensor.ai/quota-requeue"  # Pod: touched by the extender to requeue a quota waiter
 ANNOTATION_GPU_RECOVER = "tensor.ai/recover-gpus"  # Node: comma list of UUIDs an admin returns to service
 
 # --- labels --------------------------------------------------------------------------------------
