@@ -87,6 +87,8 @@ class AllocationBook:
         self._records: dict[int, AllocationRecord] = {}
         self._record_of_device: dict[str, int] = {}
         self._ids = itertools.count(1)
+        self._version = 0  # bumped by every change; keys the cache below
+        self._held: tuple[int, dict[tuple[str, str], frozenset[str]]] = (-1, {})
 
     def add(self, device_ids: Iterable[str], portions: Iterable[GPUPortion], owner: Owner) -> AllocationRecord:
         """Record an allocation; records sharing any ID with it are stale and are dropped."""
@@ -97,12 +99,13 @@ class AllocationBook:
             for record_id in stale:
                 self._drop(record_id)
             self._records[record.record_id] = record
-            for device in ids:
-                self._record_of_device[device] = record.record_id
+            self._record_of_device.update(dict.fromkeys(ids, record.record_id))
+            self._version += 1
         return record
 
     def _drop(self, record_id: int) -> AllocationRecord | None:
         record = self._records.pop(record_id, None)
+        self._version += 1
         if record is not None:
             for device in record.device_ids:
                 if self._record_of_device.get(device) == record_id:
@@ -117,6 +120,27 @@ class AllocationBook:
     def records(self) -> list[AllocationRecord]:
         with self._lock:
             return list(self._records.values())
+
+    def held_gpu_sets(self) -> dict[tuple[str, str], frozenset[str]]:
+        """(pod uid, container) -> the GPUs its record lies on, for records with a known pod.
+
+        Pod identity asks this on every kubelet call; it is rebuilt only after the book changed.
+        The returned dict is shared: do not modify it.
+        """
+        with self._lock:
+            version, held = self._held
+            if version != self._version:
+                held = {
+                    (r.owner.pod_uid, r.owner.container_name): frozenset(p.uuid for p in r.portions)
+                    for r in self._records.values() if r.owner.pod_uid
+                }
+                self._held = (self._version, held)
+            return held
+
+    def knows_any(self, device_ids: Iterable[str]) -> bool:
+        """True if any of these IDs is in some record (stops at the first hit)."""
+        with self._lock:
+            return any(map(self._record_of_device.__contains__, device_ids))
 
     def shares(self) -> list[ContainerShare]:
         """Every container's share per GPU (what metrics and the allocated annotation report)."""
@@ -149,6 +173,7 @@ class AllocationBook:
                 return None
             updated = replace(record, owner=owner, confirmed=confirmed)
             self._records[record_id] = updated
+            self._version += 1
             return updated
 
     def reconcile(
@@ -171,10 +196,18 @@ class AllocationBook:
         confirmed: list[AllocationRecord] = []
         released: list[AllocationRecord] = []
         adopted: list[AllocationRecord] = []
-        holder_of_device = {device: key for key, ids in listing.items() for device in ids}
+        holder_of_device: dict[str, tuple[str, str, str]] | None = None
         with self._lock:
+            self._version += 1
             for record_id, record in list(self._records.items()):
-                holders = {holder_of_device.get(device) for device in record.device_ids}
+                if listing.get(record.owner.listing_key) == record.device_ids:
+                    holders = {record.owner.listing_key}  # the common case, without touching every ID
+                else:
+                    if holder_of_device is None:
+                        holder_of_device = {}
+                        for key, ids in listing.items():
+                            holder_of_device.update(dict.fromkeys(ids, key))
+                    holders = set(map(holder_of_device.get, record.device_ids))
                 if holders == {None}:
                     if live_pod_uids is not None and record.owner.pod_uid and record.owner.pod_uid not in live_pod_uids:
                         released.append(record)
@@ -196,7 +229,7 @@ class AllocationBook:
                 relabelled.append((updated, record.owner))
             self._hand_back_displaced(relabelled)
             for key, ids in listing.items():
-                if not ids or any(device in self._record_of_device for device in ids):
+                if not ids or any(map(self._record_of_device.__contains__, ids)):
                     continue
                 portions = portions_of.get(key)
                 if not portions:
@@ -204,8 +237,7 @@ class AllocationBook:
                 owner = owner_of.get(key, Owner(key[0], key[1], "", key[2]))
                 record = AllocationRecord(next(self._ids), frozenset(ids), portions, owner, True, time.time())
                 self._records[record.record_id] = record
-                for device in ids:
-                    self._record_of_device[device] = record.record_id
+                self._record_of_device.update(dict.fromkeys(ids, record.record_id))
                 adopted.append(record)
         return ReconcileOutcome(tuple(relabelled), tuple(confirmed), tuple(released), tuple(adopted))
 

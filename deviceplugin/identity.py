@@ -20,6 +20,8 @@ Kubernetes API and `AllocatedAnnotationWriter` writes the annotation back.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import queue
 import threading
@@ -67,6 +69,7 @@ class Slot:
     memory_mib: int | None  # for unassigned slots: the pod's tensor.ai/vgpu-memory, if any
     class_key: tuple[Any, ...]
     seen_order: int  # when this plugin first saw the pod bound here: kubelet admits roughly in this order
+    gpu_set: GPUSet = frozenset()  # the Assignment's GPUs, computed once at parse time
 
     @property
     def key(self) -> SlotKey:
@@ -75,10 +78,6 @@ class Slot:
     @property
     def assigned(self) -> bool:
         return bool(self.portions)
-
-    @property
-    def gpu_set(self) -> GPUSet:
-        return frozenset(portion.uuid for portion in self.portions)
 
     @property
     def owner(self) -> Owner:
@@ -201,7 +200,8 @@ def parse_pod(pod: Mapping[str, Any], node_name: str, seen_order: int) -> PodSta
         else:
             class_key = ("unassigned", milli, memory[container], constraints)
         slots.append(
-            Slot(uid, namespace, name, container, milli, portions, memory[container], class_key, seen_order)
+            Slot(uid, namespace, name, container, milli, portions, memory[container], class_key, seen_order,
+                 frozenset(p.uuid for p in portions))
         )
     return PodState(uid, namespace, name, tuple(slots), allocated, terminal, tuple(problems), assignment)
 
@@ -259,6 +259,9 @@ class PodIdentity:
         self._clock = clock
         self._cond = threading.Condition()
         self._pods: dict[str, PodState] = {}
+        # Slots of live (non-terminal) pods by size: kubelet's calls name a size, so a call looks only
+        # at the slots it could be for, never at every pod of the node.
+        self._by_size: dict[int, dict[SlotKey, Slot]] = {}
         self._seen_order: dict[str, int] = {}
         self._counter = 0
         self._inflight: dict[SlotKey, GPUSet] = {}
@@ -291,7 +294,11 @@ class PodIdentity:
                 self._forget(uid)
             else:
                 self._seen_order[uid] = order
+                self._unindex(self._pods.get(uid))
                 self._pods[uid] = state
+                if not state.terminal:
+                    for slot in state.slots:
+                        self._by_size.setdefault(slot.milli, {})[slot.key] = slot
                 if state.terminal and self.on_pod_gone is not None:
                     self.on_pod_gone(uid)
             self._cond.notify_all()
@@ -314,8 +321,19 @@ class PodIdentity:
             self.upsert_pod(pod)
         self.synced.set()
 
+    def _unindex(self, state: PodState | None) -> None:
+        if state is None:
+            return
+        for slot in state.slots:
+            same_size = self._by_size.get(slot.milli)
+            if same_size is not None:
+                same_size.pop(slot.key, None)
+                if not same_size:
+                    del self._by_size[slot.milli]
+
     def _forget(self, uid: str) -> None:
         known = self._pods.pop(uid, None)
+        self._unindex(known)
         self._seen_order.pop(uid, None)
         for key in [key for key in self._overrides if key[0] == uid]:
             del self._overrides[key]
@@ -376,43 +394,38 @@ class PodIdentity:
         moved = self._overrides.get(slot.key)
         return moved is not None and moved != slot.portions
 
-    def _occupied(self) -> dict[SlotKey, GPUSet]:
-        """Slots already holding GPUs: the book's records, claims in flight, allocated annotations."""
-        occupied: dict[SlotKey, GPUSet] = {}
-        for record in self._book.records():
-            if record.owner.pod_uid:
-                occupied[(record.owner.pod_uid, record.owner.container_name)] = frozenset(
-                    p.uuid for p in record.portions
-                )
-        occupied.update(self._inflight)
-        if self.book_authoritative:
-            return occupied
-        for state in self._pods.values():
-            for container, portions in state.allocated.items():
-                occupied.setdefault((state.uid, container), frozenset(p.uuid for p in portions))
-        return occupied
+    def _occupied_set(self, slot: Slot, held: Mapping[SlotKey, GPUSet]) -> GPUSet | None:
+        """The GPUs a slot already holds: the book's record, a claim in flight, else its allocated annotation."""
+        taken = held.get(slot.key)
+        if taken is None:
+            taken = self._inflight.get(slot.key)
+        if taken is None and not self.book_authoritative:
+            # Until kubelet's listing has been read into the book, allocated annotations count as occupancy.
+            state = self._pods.get(slot.pod_uid)
+            portions = state.allocated.get(slot.container) if state is not None else None
+            if portions is not None:
+                taken = frozenset(p.uuid for p in portions)
+        return taken
 
     def _classes(self, size_milli: int) -> tuple[list[Slot], dict[tuple[Any, ...], list[tuple[GPUPortion, ...]]]]:
         """Pending slots of this size and, per class, the positions not yet filled."""
-        occupied = self._occupied()
+        held = self._book.held_gpu_sets()
         pending: list[Slot] = []
         positions: dict[tuple[Any, ...], list[tuple[GPUPortion, ...]]] = {}
         filled: dict[tuple[Any, ...], Counter[GPUSet]] = {}
-        for state in self._pods.values():
-            if state.terminal:
-                continue
-            for slot in state.slots:
-                if slot.milli != size_milli:
-                    continue
-                positions.setdefault(slot.class_key, []).append(self.placement(slot))
-                taken = occupied.get(slot.key)
-                if taken is None:
-                    pending.append(slot)
-                else:
-                    filled.setdefault(slot.class_key, Counter())[taken] += 1
+        for slot in self._by_size.get(size_milli, {}).values():
+            positions.setdefault(slot.class_key, []).append(self.placement(slot))
+            taken = self._occupied_set(slot, held)
+            if taken is None:
+                pending.append(slot)
+            else:
+                filled.setdefault(slot.class_key, Counter())[taken] += 1
         free: dict[tuple[Any, ...], list[tuple[GPUPortion, ...]]] = {}
         for class_key, slot_positions in positions.items():
-            used = Counter(filled.get(class_key, Counter()))
+            used = filled.get(class_key)
+            if not used:
+                free[class_key] = slot_positions
+                continue
             remaining = []
             for portions in slot_positions:
                 gpus = frozenset(p.uuid for p in portions)
@@ -437,12 +450,13 @@ class PodIdentity:
             while not pending and (remaining := deadline - self._clock()) > 0:
                 self._cond.wait(min(remaining, 0.25))
                 pending, free = self._classes(size_milli)
-            targets: list[tuple[str, ...]] = []
-            for slot in pending:
-                for portions in free.get(slot.class_key, ()):
-                    if portions and (entry := tuple(p.uuid for p in portions)) not in targets:
-                        targets.append(entry)
-            return targets
+            # Classes in the order of their oldest pending pod; each class's free positions once.
+            targets: dict[tuple[str, ...], None] = {}
+            for class_key in dict.fromkeys(slot.class_key for slot in pending):
+                for portions in free.get(class_key, ()):
+                    if portions:
+                        targets.setdefault(tuple(p.uuid for p in portions))
+            return list(targets)
 
     def pending_slots(self, size_milli: int) -> list[Slot]:
         with self._cond:
@@ -593,6 +607,21 @@ def allocated_annotation(node_name: str, pod_uid: str, records: Iterable[tuple[s
     return contract.encode_assignment(allocated)
 
 
+@functools.cache
+def _raw_watch_class() -> type:
+    """A kubernetes Watch whose events carry only the decoded JSON (`raw_object`), no model objects.
+
+    Built on first use so that standalone mode never imports the kubernetes client.
+    """
+    from kubernetes import watch
+
+    class RawWatch(watch.Watch):
+        def get_return_type(self, func: Any) -> None:
+            return None  # unmarshal_event then skips deserialising every event into V1Pod models
+
+    return RawWatch
+
+
 class PodWatch:
     """Feeds PodIdentity from a watch of pods with spec.nodeName=<node>; relists on 410 Gone/expiry."""
 
@@ -617,18 +646,22 @@ class PodWatch:
             self._thread.join(timeout=2.0)
 
     def _run(self) -> None:
-        from kubernetes import watch
         from kubernetes.client.exceptions import ApiException
 
         selector = f"spec.nodeName={self._identity.node_name}"
         serialize = self._core.api_client.sanitize_for_serialization
         while not self._stop.is_set():
             try:
-                listed = self._core.list_pod_for_all_namespaces(field_selector=selector, _request_timeout=30)
-                self._identity.replace_all(serialize(item) for item in listed.items)
-                version = listed.metadata.resource_version
+                # Raw JSON, not V1PodList models: PodIdentity reads dicts, and building ~100 model objects
+                # per pod only to turn them back into dicts would cost the GIL that kubelet's calls need.
+                response = self._core.list_pod_for_all_namespaces(
+                    field_selector=selector, _request_timeout=30, _preload_content=False
+                )
+                listed = json.loads(response.data)
+                self._identity.replace_all(listed.get("items") or ())
+                version = (listed.get("metadata") or {}).get("resourceVersion")
                 while not self._stop.is_set():
-                    self._watch = watch.Watch()
+                    self._watch = _raw_watch_class()()
                     for event in self._watch.stream(
                         self._core.list_pod_for_all_namespaces,
                         field_selector=selector,

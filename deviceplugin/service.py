@@ -177,12 +177,11 @@ class VGPUManager:
         live: set[str] | None = None
         slots = self.identity.owner_index() if self.identity is not None else {}
         pods = {state.uid: state for state in self.identity.pods()} if self.identity is not None else {}
-        covered = {device for record in self.book.records() for device in record.device_ids}
         for key, ids in listing.items():
             slot = slots.get(key)
             if slot is not None:
                 owner_of[key] = slot.owner
-            if not ids.isdisjoint(covered):
+            if self.book.knows_any(ids):
                 continue  # portions are only needed to adopt allocations the book does not know
             try:
                 grouped = self.table.group_by_gpu(ids, what="pod-resources listing")

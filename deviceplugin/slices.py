@@ -8,7 +8,6 @@ ListAndWatch message for a health state is, and which IDs to prefer for a reques
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -70,6 +69,7 @@ class SliceTable:
     def __init__(self, gpus: Sequence[GPUInfo]) -> None:
         self._gpus: dict[str, GPUInfo] = {}
         self._ids_by_gpu: dict[str, tuple[str, ...]] = {}
+        self._id_set_by_gpu: dict[str, frozenset[str]] = {}
         self._gpu_by_id: dict[str, str] = {}
         self._devices_by_gpu: dict[str, tuple[dp.Device, dp.Device]] = {}
         self._list_cache: dict[tuple[bool, ...], dp.ListAndWatchResponse] = {}
@@ -84,6 +84,7 @@ class SliceTable:
                 )
             self._gpus[gpu.uuid] = gpu
             self._ids_by_gpu[gpu.uuid] = ids
+            self._id_set_by_gpu[gpu.uuid] = frozenset(ids)
             self._gpu_by_id.update(dict.fromkeys(ids, gpu.uuid))
 
     @property
@@ -121,18 +122,24 @@ class SliceTable:
         return {uuid: grouped[uuid] for uuid in self._gpus if uuid in grouped}
 
     def available(self, device_ids: Iterable[object], *, what: str = "available_deviceIDs") -> AvailableIds:
-        """Index kubelet's candidate IDs (up to every slice of the node) without a per-ID Python loop."""
+        """Index kubelet's candidate IDs (up to every slice of the node) without a per-ID Python loop.
+
+        One set build (which hashes each ID once) and one C-level intersection per GPU: the per-GPU
+        sets both count the free slices and answer `ids_on` later, and their sizes adding up to the
+        set's size proves every ID is one we advertise.
+        """
         ids = list(device_ids)
         try:
-            gpus = list(map(self._gpu_by_id.get, ids))
+            members = set(ids)
         except TypeError:  # an unhashable non-string ID
-            gpus = [None]
-        if None in gpus:  # also catches non-string IDs: no such key
-            self.group_by_gpu(ids, what=what)  # raises with the reason for the first bad ID
-        members = set(ids)
+            self.group_by_gpu(ids, what=what)  # raises with the reason
+            raise
         if len(members) != len(ids):
             self.group_by_gpu(ids, what=what)  # raises naming the duplicate
-        return AvailableIds(self, members, Counter(gpus))
+        by_gpu = {uuid: gpu_ids.intersection(members) for uuid, gpu_ids in self._id_set_by_gpu.items()}
+        if sum(map(len, by_gpu.values())) != len(members):
+            self.group_by_gpu(ids, what=what)  # raises with the reason for the first ID we never advertised
+        return AvailableIds(self, members, {uuid: gpu_ids for uuid, gpu_ids in by_gpu.items() if gpu_ids})
 
     def _explain_unknown(self, device: object) -> str:
         shown = repr(device)[:100]
@@ -172,27 +179,34 @@ class SliceTable:
 
 
 class AvailableIds:
-    """A validated set of free device IDs with a count per GPU."""
+    """A validated set of free device IDs, also split by GPU."""
 
-    def __init__(self, table: SliceTable, members: set[str], counts: Mapping[str, int]) -> None:
+    def __init__(self, table: SliceTable, members: set[str], by_gpu: Mapping[str, frozenset[str]]) -> None:
         self._table = table
         self.members = members
-        self.counts = dict(counts)
+        self._by_gpu = dict(by_gpu)
+        self.counts = {uuid: len(gpu_ids) for uuid, gpu_ids in self._by_gpu.items()}
 
     def count(self, uuid: str) -> int:
         return self.counts.get(uuid, 0)
 
+    def on(self, uuid: str) -> frozenset[str]:
+        """This GPU's free IDs (unordered)."""
+        return self._by_gpu.get(uuid, frozenset())
+
     def ids_on(self, uuid: str) -> list[str]:
         """This GPU's free IDs in slice order."""
-        return [device for device in self._table.device_ids(uuid) if device in self.members]
+        free = self.on(uuid)
+        return [device for device in self._table.device_ids(uuid) if device in free]
 
     def without(self, uuids: Iterable[str]) -> AvailableIds:
         """The same set minus every ID of `uuids` (e.g. unhealthy GPUs)."""
-        dropped = set(uuids) & set(self.counts)
+        dropped = set(uuids) & set(self._by_gpu)
         if not dropped:
             return self
-        members = {d for d in self.members if self._table.gpu_of(d) not in dropped}
-        return AvailableIds(self._table, members, {u: n for u, n in self.counts.items() if u not in dropped})
+        kept = {uuid: gpu_ids for uuid, gpu_ids in self._by_gpu.items() if uuid not in dropped}
+        members = self.members.difference(*(self._by_gpu[uuid] for uuid in dropped))
+        return AvailableIds(self._table, members, kept)
 
 
 def choose_preferred(
