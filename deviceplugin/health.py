@@ -201,11 +201,20 @@ class HealthTracker:
                 for uuid, state in self._states.items()
             }
 
-    def wait_for_change(self, generation: int, timeout_s: float) -> int:
-        """Block until `self.generation` differs from `generation` or `timeout_s` passes; return it."""
+    def wait_for_change(self, generation: int, timeout_s: float, *, stop: threading.Event | None = None) -> int:
+        """Block until `self.generation` differs from `generation`, `stop` is set (see `wake`) or
+        `timeout_s` passes; return the generation."""
         with self._changed:
-            self._changed.wait_for(lambda: self.generation != generation, timeout=max(0.0, timeout_s))
+            self._changed.wait_for(
+                lambda: self.generation != generation or (stop is not None and stop.is_set()),
+                timeout=max(0.0, timeout_s),
+            )
             return self.generation
+
+    def wake(self) -> None:
+        """Make every `wait_for_change` re-check its `stop` event now (a ListAndWatch stream ended)."""
+        with self._changed:
+            self._changed.notify_all()
 
     # --- internals ----------------------------------------------------------------------------------
     def _mark_unhealthy(self, gpu_uuid: str, cause: str, *, xid: int | None = None, sticky: bool = False) -> bool:

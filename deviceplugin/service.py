@@ -41,7 +41,9 @@ class HealthSource(Protocol):
 
     def is_healthy(self, uuid: str) -> bool: ...
 
-    def wait_for_change(self, generation: int, timeout_s: float) -> int: ...
+    def wait_for_change(self, generation: int, timeout_s: float, *, stop: threading.Event | None = None) -> int: ...
+
+    def wake(self) -> None: ...
 
 
 class VGPUManager:
@@ -252,6 +254,7 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):
     def stop_streams(self) -> None:
         """End every ListAndWatch stream (server shutdown)."""
         self._stopping.set()
+        self.manager.health.wake()
 
     def GetDevicePluginOptions(self, request: dp.Empty, context: grpc.ServicerContext) -> dp.DevicePluginOptions:
         return self.manager.options()
@@ -259,10 +262,18 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):
     def ListAndWatch(self, request: dp.Empty, context: grpc.ServicerContext) -> Iterator[dp.ListAndWatchResponse]:
         """Send the full list now and again after every health change (within stream_poll_s)."""
         self.streams_opened += 1
-        generation = self.manager.health.generation
+        health = self.manager.health
+        ended = threading.Event()
+
+        def on_end() -> None:  # kubelet went away: free this worker thread now, not at the next poll
+            ended.set()
+            health.wake()
+
+        context.add_callback(on_end)
+        generation = health.generation
         yield self.manager.device_list()
-        while context.is_active() and not self._stopping.is_set():
-            latest = self.manager.health.wait_for_change(generation, self._stream_poll_s)
+        while context.is_active() and not self._stopping.is_set() and not ended.is_set():
+            latest = health.wait_for_change(generation, self._stream_poll_s, stop=ended)
             if latest != generation:
                 generation = latest
                 yield self.manager.device_list()

@@ -249,3 +249,29 @@ def test_stub_kubelets_pod_resources_api_lists_allocations_and_allocatable_devic
         assert len(allocatable) == 2000 and not gpu_of(list(allocatable)) & {node.uuids[2]}
     finally:
         client.close()
+
+
+def test_a_cancelled_list_and_watch_stream_frees_its_worker_at_once() -> None:
+    """A kubelet that reconnects again and again (restarts) must not exhaust the server's workers:
+    each ended stream releases its thread at once, not at the next health poll (30 s here)."""
+    from tensorai.deviceplugin.allocations import AllocationBook
+    from tensorai.deviceplugin.backends import open_backend
+    from tensorai.deviceplugin.health import HealthTracker
+    from tensorai.deviceplugin.service import DevicePluginServicer, PluginServer, VGPUManager
+    from tensorai.deviceplugin.slices import SliceTable
+
+    workdir = tempfile.mkdtemp(prefix="dplaw", dir="/tmp")
+    table = SliceTable(open_backend("sim", sim_gpus="1xH100:81559", node_name="node-l").gpus())
+    manager = VGPUManager(table, HealthTracker(table.uuids), SharingPolicy(), AllocationBook())
+    server = PluginServer(DevicePluginServicer(manager, stream_poll_s=30.0), f"{workdir}/p.sock", max_workers=2).start()
+    channel = grpc.insecure_channel(f"unix://{workdir}/p.sock")
+    try:
+        stub = dp_grpc.DevicePluginStub(channel)
+        for _ in range(6):  # three times the worker count
+            stream = stub.ListAndWatch(dp.Empty(), timeout=5.0)
+            assert len(next(stream).devices) == 1000
+            stream.cancel()
+    finally:
+        channel.close()
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -9,6 +9,12 @@ really happen), and measures, per pod admission:
 then ListAndWatch's first message (time to first byte and size, fresh stream each time) and the
 plugin process's RSS. The same again with `--no-kube` (standalone: no watch, binpack only).
 
+The API stand-in runs in its own process (a real API server is not in kubelet's process either: in
+the bench's process its watch and patch handling would steal the stub kubelet's GIL and be counted as
+plugin latency). The "transport floor" rows send the same messages to a do-nothing DevicePlugin
+server in its own process: what the Python stub kubelet and gRPC cost before the plugin does anything
+(a Go kubelet serialises the 8,000 IDs far faster than the stub does).
+
     .venv/bin/python tests/benchmarks/bench_deviceplugin.py [--pods 100] [--rounds 3]
 
 Targets (issue 2): p99 <= 5 ms per call; RSS <= 80 MiB.
@@ -26,12 +32,12 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from concurrent import futures
 from typing import Any
 
 import grpc
 import numpy as np
 
-from tensorai.demo.kube_standin import KubeStandin
 from tensorai.demo.stub_kubelet import StubKubelet
 from tensorai.deviceplugin.simulated import simulated_uuid
 from tensorai.proto import contract
@@ -76,10 +82,101 @@ def pod(name: str, milli: int, memory: int, gpu: str | None) -> dict[str, Any]:
     }
 
 
+class StandinProcess:
+    """The Kubernetes API stand-in as its own process, driven through the real kubernetes client."""
+
+    def __init__(self, workdir: str) -> None:
+        from kubernetes import client, config
+
+        self.kubeconfig_path = f"{workdir}/kubeconfig"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tensorai.demo.kube_standin", "--kubeconfig", self.kubeconfig_path],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        assert self.process.stdout is not None
+        if not self.process.stdout.readline():  # the URL: serving and kubeconfig written
+            raise RuntimeError("the API stand-in did not start")
+        api_client = config.new_client_from_config(config_file=self.kubeconfig_path)
+        self.core = client.CoreV1Api(api_client)
+        self.serialize = api_client.sanitize_for_serialization
+
+    def add_node(self, name: str) -> None:
+        self.core.create_node({"metadata": {"name": name}})
+
+    def add_pod(self, body: dict[str, Any]) -> None:
+        self.core.create_namespaced_pod(body["metadata"]["namespace"], body)
+
+    def get_pod(self, name: str, namespace: str) -> dict[str, Any]:
+        return self.serialize(self.core.read_namespaced_pod(name, namespace))
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+class FloorServicer(dp_grpc.DevicePluginServicer):
+    """Answers like the plugin in shape only: the first `allocation_size` candidates, an empty Allocate."""
+
+    def GetPreferredAllocation(self, request: dp.PreferredAllocationRequest, context: Any) -> Any:
+        wanted = request.container_requests[0]
+        ids = wanted.available_deviceIDs[: wanted.allocation_size]
+        return dp.PreferredAllocationResponse(container_responses=[dp.ContainerPreferredAllocationResponse(
+            deviceIDs=ids)])
+
+    def Allocate(self, request: dp.AllocateRequest, context: Any) -> Any:
+        response = dp.ContainerAllocateResponse()
+        response.envs[contract.ENV_VISIBLE_DEVICES] = "GPU-floor"
+        return dp.AllocateResponse(container_responses=[response])
+
+
+def serve_floor(socket_path: str) -> int:
+    """Run the do-nothing server until killed (the benchmark starts this as its own process)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    dp_grpc.add_DevicePluginServicer_to_server(FloorServicer(), server)
+    server.add_insecure_port(f"unix://{socket_path}")
+    server.start()
+    print("serving", flush=True)
+    server.wait_for_termination()
+    return 0
+
+
+def floor_round(workdir: str, *, pods: int, seed: int) -> dict[str, list[float]]:
+    """The same GetPreferredAllocation/Allocate messages as a round, against the do-nothing server."""
+    timings: dict[str, list[float]] = defaultdict(list)
+    socket_path = f"{workdir}/floor.sock"
+    process = subprocess.Popen([sys.executable, __file__, "--serve-floor", socket_path], stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline()
+        channel = grpc.insecure_channel(f"unix://{socket_path}")
+        stub = dp_grpc.DevicePluginStub(channel)
+        rng = random.Random(seed)
+        free = [contract.device_id(simulated_uuid(NODE, gpu), index) for gpu in range(GPUS) for index in range(1000)]
+        for milli, _ in CLASSES[:pods]:
+            rng.shuffle(free)
+            request = dp.PreferredAllocationRequest(container_requests=[
+                dp.ContainerPreferredAllocationRequest(available_deviceIDs=free, allocation_size=milli)])
+            started = time.perf_counter()
+            answer = stub.GetPreferredAllocation(request, timeout=30)
+            timings["GetPreferredAllocation"].append(time.perf_counter() - started)
+            chosen = list(answer.container_responses[0].deviceIDs)
+            started = time.perf_counter()
+            stub.Allocate(dp.AllocateRequest(container_requests=[dp.ContainerAllocateRequest(devices_ids=chosen)]),
+                          timeout=30)
+            timings["Allocate"].append(time.perf_counter() - started)
+            chosen_set = set(chosen)
+            free = [device for device in free if device not in chosen_set]
+        channel.close()
+        return timings
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
 def run_round(workdir: str, *, kube: bool, pods: int, seed: int) -> dict[str, Any]:
     timings: dict[str, list[float]] = defaultdict(list)
     rng = random.Random(seed)
-    api = KubeStandin().start() if kube else None
+    api = StandinProcess(workdir) if kube else None
     if api is not None:
         api.add_node(NODE)
     kubelet = StubKubelet(f"{workdir}/dp", pod_resources_socket=f"{workdir}/pr.sock", rng=rng,
@@ -103,7 +200,7 @@ def run_round(workdir: str, *, kube: bool, pods: int, seed: int) -> dict[str, An
         time.sleep(1.0 if api is not None else 0.0)  # let the plugin's watch list the pods
         for index in order:
             name = f"p{index}"
-            body = api.get_object("pods", name, "bench") if api is not None else pod(name, *shapes[index], None)
+            body = api.get_pod(name, "bench") if api is not None else pod(name, *shapes[index], None)
             kubelet.admit_pod(body)
         # ListAndWatch: a fresh stream each time, as after a kubelet restart
         socket_path = os.path.join(workdir, "dp", kubelet.registrations[0].endpoint)
@@ -133,27 +230,40 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, default=100, help="pods admitted per round (<= 100)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per mode (fresh plugin each)")
+    parser.add_argument("--serve-floor", metavar="SOCKET", help=argparse.SUPPRESS)  # internal: the floor server
     args = parser.parse_args(argv)
+    if args.serve_floor:
+        return serve_floor(args.serve_floor)
     rows = []
-    for kube in (True, False):
+    pods = min(args.pods, 100)
+    load_before = os.getloadavg()
+    for mode in (f"kube, {pods} pods", "standalone", "transport floor"):
         merged: dict[str, list[float]] = defaultdict(list)
         for round_ in range(args.rounds):
             workdir = tempfile.mkdtemp(prefix="dpbench", dir="/tmp")
             try:
-                for key, values in run_round(workdir, kube=kube, pods=min(args.pods, 100), seed=round_).items():
+                if mode == "transport floor":
+                    timings = floor_round(workdir, pods=pods, seed=round_)
+                else:
+                    timings = run_round(workdir, kube=mode != "standalone", pods=pods, seed=round_)
+                for key, values in timings.items():
                     merged[key].extend(values)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
-        mode = f"kube, {min(args.pods, 100)} pods" if kube else "standalone"
         for rpc in ("GetPreferredAllocation", "Allocate", "ListAndWatch first message"):
-            values = np.array(merged[rpc]) * 1000
-            rows.append((mode, rpc + " (ms)", len(values), np.percentile(values, 50), np.percentile(values, 99)))
-        size = np.array(merged["ListAndWatch bytes"]) / 1024
-        rows.append((mode, "ListAndWatch first message (KiB)", len(size), np.median(size), size.max()))
-        rss = np.array(merged["rss"])
-        rows.append((mode, "plugin RSS after admissions (MiB)", len(rss), np.median(rss), rss.max()))
+            if merged[rpc]:
+                values = np.array(merged[rpc]) * 1000
+                rows.append((mode, rpc + " (ms)", len(values), np.percentile(values, 50), np.percentile(values, 99)))
+        if merged["ListAndWatch bytes"]:
+            size = np.array(merged["ListAndWatch bytes"]) / 1024
+            rows.append((mode, "ListAndWatch first message (KiB)", len(size), np.median(size), size.max()))
+        if merged["rss"]:
+            rss = np.array(merged["rss"])
+            rows.append((mode, "plugin RSS after admissions (MiB)", len(rss), np.median(rss), rss.max()))
+    load_after = os.getloadavg()
     print(f"\nmachine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}")
+          f"Python {platform.python_version()}; load average (1 min) {load_before[0]:.2f} before, "
+          f"{load_after[0]:.2f} after")
     print(f"{GPUS} simulated GPUs x 1000 slices; real plugin process over unix sockets; "
           "p99 column = max for sizes/RSS\n")
     print(f"| {'mode':<16} | {'measure':<34} | {'n':>4} | {'p50':>9} | {'p99':>9} |")
