@@ -79,7 +79,7 @@ def test_shape_of_a_trace_pod():
 
 
 def test_online_workload_learns_from_seen_pods_on_a_schedule():
-    online = OnlineWorkload(first_refresh=4, refresh_every=4)
+    online = OnlineWorkload(first_refresh=4, refresh_every=4)  # small numbers to see the schedule
     assert online.current() is None
     online.observe(simple_demand(1000, 1, 500, 1))
     first = online.current()
