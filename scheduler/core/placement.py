@@ -8,7 +8,6 @@ extender call these functions; nothing else decides where a pod goes.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -200,9 +199,18 @@ class ScoreCache:
 
     def node_scores(self, cluster: ClusterArrays, demand: PodDemand, policy: str,
                     context: PolicyContext) -> np.ndarray:
-        """(N,) scores identical to score_nodes' for this pod, from cache where still valid."""
+        """(N,) scores identical to score_nodes' for this pod, from cache where still valid.
+
+        Pods with UUID rules or an anti-affinity group are scored afresh: GPU UUIDs and groups are not
+        part of the snapshot.
+        """
+        if demand.allowed_uuids is not None or demand.excluded_uuids or demand.anti_affinity_group is not None:
+            evaluation, node_score, option = _score(cluster, demand, policy, None, context)
+            self.last = (evaluation, node_score, option)
+            return node_score
         self._sync(cluster, context.target())
-        key = (policy, dataclasses.replace(demand, namespace="", name="", uid="", policy=None))
+        key = (policy, demand.containers, demand.cpu_milli, demand.memory_mib, demand.allowed_models,
+               demand.excluded_models, demand.exclusive)  # the pod's shape: everything but its identity
         entry = self._entries.get(key)
         if entry is None:
             count = len(cluster.node_names)
