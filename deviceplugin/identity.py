@@ -753,7 +753,13 @@ class AllocatedAnnotationWriter:
             annotations[contract.ANNOTATION_ASSIGNMENT] = contract.encode_assignment(moved)
         for attempt in range(5):
             try:
-                self._core.patch_namespaced_pod(state.name, state.namespace, {"metadata": {"annotations": annotations}})
+                response = self._core.patch_namespaced_pod(
+                    state.name, state.namespace, {"metadata": {"annotations": annotations}}, _preload_content=False
+                )
+                # The patched pod comes back by watch; decoding it into V1Pod models here would only cost the
+                # GIL kubelet's calls need. Drain it so the connection returns to the pool.
+                response.drain_conn()
+                response.release_conn()
                 self.written += 1
                 return
             except Exception as error:

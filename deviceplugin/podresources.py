@@ -53,10 +53,12 @@ class PodResourcesClient:
         listing: Listing = {}
         for pod in response.pod_resources:
             for container in pod.containers:
-                ids = [d for devices in container.devices if devices.resource_name == resource_name
-                       for d in devices.device_ids]
-                if ids:
-                    listing[(pod.namespace, pod.name, container.name)] = frozenset(ids)
+                for devices in container.devices:
+                    if devices.resource_name != resource_name or not devices.device_ids:
+                        continue
+                    key = (pod.namespace, pod.name, container.name)
+                    ids = frozenset(devices.device_ids)  # one C-level pass; no per-ID Python loop
+                    listing[key] = listing[key] | ids if key in listing else ids
         return listing
 
     def allocatable(self, resource_name: str = contract.RESOURCE_VGPU_MILLI) -> set[str]:
