@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tensorai.deviceplugin import backends, gpus
+from tensorai.deviceplugin import backends, footprint, gpus
 from tensorai.deviceplugin.allocations import AllocationBook, AllocationRecord
 from tensorai.deviceplugin.health import DEFAULT_IGNORED_XIDS, HealthMonitor, HealthTracker, parse_xid_list
 from tensorai.deviceplugin.identity import AllocatedAnnotationWriter, PodIdentity, PodWatch
@@ -243,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not config.node_name:
         parser.error(f"node name is empty: pass --node-name or set {ENV_NODE_NAME}")
+    footprint.limit_malloc_arenas()  # before any thread starts: the cap applies to arenas made later
     try:
         plugin = Plugin(config)
     except gpus.BackendUnavailableError as error:
@@ -260,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tensorai-device-plugin: cannot serve in {config.device_plugin_dir}: {error}", file=sys.stderr)
         plugin.stop()
         return 1
+    log.debug("froze %d start-up objects out of the garbage collector", footprint.freeze_startup_objects())
     stop.wait()
     log.info("stopping: removing %s", plugin.runner.socket_path)
     plugin.stop()

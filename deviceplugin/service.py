@@ -321,7 +321,7 @@ def _abort(context: grpc.ServicerContext, error: Exception) -> None:
 class PluginServer:
     """One gRPC server on the plugin's unix socket: DevicePlugin + grpc.health.v1."""
 
-    def __init__(self, servicer: DevicePluginServicer, socket_path: str, *, max_workers: int = 16) -> None:
+    def __init__(self, servicer: DevicePluginServicer, socket_path: str, *, max_workers: int = 8) -> None:
         self.servicer = servicer
         self.socket_path = socket_path
         self._max_workers = max_workers

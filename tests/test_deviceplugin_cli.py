@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from tensorai.demo.stub_kubelet import StubKubelet
-from tensorai.deviceplugin import backends, gpus
+from tensorai.deviceplugin import backends, footprint, gpus
 from tensorai.deviceplugin.cli import ENV_PREFIX, build_parser, config_from_args, main
 
 FLAGS = [
@@ -117,3 +119,22 @@ def test_sigterm_unregisters_by_removing_the_socket(workdir: str) -> None:
             if process.poll() is None:
                 process.kill()
                 process.wait(timeout=10)
+
+
+def test_malloc_arena_cap_applies_on_glibc_and_rejects_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(footprint.ENV_MALLOC_ARENA_MAX, raising=False)
+    assert footprint.limit_malloc_arenas(2) == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    with pytest.raises(ValueError, match="at least 1"):
+        footprint.limit_malloc_arenas(0)
+
+
+def test_an_operators_malloc_arena_max_wins_over_the_plugins_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(footprint.ENV_MALLOC_ARENA_MAX, "4")
+    assert footprint.limit_malloc_arenas(2) is False
+
+
+def test_startup_objects_are_frozen_out_of_the_collector() -> None:
+    try:
+        assert footprint.freeze_startup_objects() > 1000  # at least the interpreter's and our modules' objects
+    finally:
+        gc.unfreeze()  # the test process keeps collecting normally

@@ -1,0 +1,50 @@
+"""Process-wide memory settings the plugin applies at start (the DaemonSet's RSS target is 80 MiB).
+
+Two measured, cheap levers (numbers in docs/deviceplugin.md):
+- glibc gives each thread that allocates its own malloc arena (up to 8 per core). The gRPC workers,
+  the pod watch, the annotation writer and the reconciler each churn through request-sized buffers
+  (kubelet's GetPreferredAllocation carries up to 8,000 IDs), and every arena keeps its freed pages.
+  Capping arenas at 2 saved ~4 MiB RSS on the benchmark. It is the programmatic form of
+  `MALLOC_ARENA_MAX=2`; an explicit `MALLOC_ARENA_MAX` in the environment wins.
+- `gc.freeze()` after start moves the ~120,000 objects imported with the kubernetes client (pydantic
+  models) out of the collector's reach, so a full collection during a kubelet call no longer walks
+  them. It saves time, not memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import logging
+import os
+import platform
+
+log = logging.getLogger(__name__)
+
+M_ARENA_MAX = -8  # glibc malloc.h
+ENV_MALLOC_ARENA_MAX = "MALLOC_ARENA_MAX"  # glibc's own variable, not one of ours
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas for threads started from now on; False where that does not apply.
+
+    Does nothing (False) off glibc, or when the operator set `MALLOC_ARENA_MAX` themselves.
+    """
+    if arenas < 1:
+        raise ValueError(f"arenas must be at least 1, got {arenas}")
+    if os.environ.get(ENV_MALLOC_ARENA_MAX) or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError) as error:
+        log.debug("mallopt(M_ARENA_MAX) unavailable: %s", error)
+        return False
+
+
+def freeze_startup_objects() -> int:
+    """Collect once, then exclude every object alive now from future collections; returns how many."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
