@@ -12,11 +12,20 @@ from tensorai.scheduler.sim.metrics import SeedMetrics
 def plot_curves(path: Path, results: dict[str, list[SeedMetrics]], published: dict[str, np.ndarray],
                 title: str) -> None:
     """Mean curve (band = ± sd over seeds) of every policy run; published means dashed where known."""
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    with warnings.catch_warnings():  # bins that only some seeds reach give all-NaN/1-value slices
+        warnings.simplefilter("ignore", RuntimeWarning)
+        _draw(plt, path, results, published, title)
+
+
+def _draw(plt, path: Path, results: dict[str, list[SeedMetrics]], published: dict[str, np.ndarray],
+          title: str) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     x = np.arange(131)
     for policy, seeds in results.items():
@@ -34,9 +43,12 @@ def plot_curves(path: Path, results: dict[str, list[SeedMetrics]], published: di
     for axis, label in ((left, "unallocated GPU (% of capacity)"), (right, "fragmented GPU (% of capacity)")):
         axis.set_xlabel("arrived workload (% of cluster GPU capacity)")
         axis.set_ylabel(label)
-        axis.set_xlim(60, 130)
+        axis.set_xlim(80, 130)
         axis.grid(alpha=0.3)
-    left.set_ylim(bottom=0)
+        # zoom on the full-load region where the policies differ (curves start high at 80 %)
+        tops = [line.get_ydata()[95:].max() for line in axis.get_lines() if len(line.get_ydata()) > 95]
+        if tops and np.isfinite(max(tops)):
+            axis.set_ylim(0, max(tops) * 1.15)
     left.legend(fontsize=8)
     figure.suptitle(title)
     figure.tight_layout()
