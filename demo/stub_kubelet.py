@@ -8,6 +8,13 @@ It does what kubelet's device manager does (reference/deviceplugin-api.md), no m
   with all free IDs when the plugin offers it; intersects the answer with the free set and fills any
   shortfall from other free IDs (in random order, as kubelet's unsorted set does); then Allocate.
   Any error fails the whole pod and rolls its devices back;
+- init containers as kubelet's device manager treats them (`devicesToReuse`): init containers are
+  allocated first, in order; the devices of a finished (non-restartable) init container are reused by
+  the pod's next containers before any free device - with no GetPreferredAllocation call when they
+  cover the request, else with them as `must_include_deviceIDs` - and stay held by the pod until it
+  ends (leftovers included, kubernetes#71312). A restartable init container (sidecar,
+  `restartPolicy: Always`) keeps its devices like an app container. Non-restartable init containers
+  are not in the pod-resources listing;
 - serves `v1.PodResourcesLister` (List, GetAllocatableResources, Get) from the same bookkeeping;
 - `restart()` deletes every socket file in the directory and recreates `kubelet.sock`, like a
   restarting kubelet; allocations survive (kubelet's checkpoint), devices are empty until the plugin
@@ -89,7 +96,8 @@ class AdmittedContainer:
 @dataclass
 class _State:
     devices: dict[str, str] = field(default_factory=dict)  # ID -> "Healthy"/"Unhealthy"
-    allocated: dict[tuple[str, str, str], tuple[str, ...]] = field(default_factory=dict)
+    allocated: dict[tuple[str, str, str], tuple[str, ...]] = field(default_factory=dict)  # every container
+    init_keys: set[tuple[str, str, str]] = field(default_factory=set)  # non-restartable init containers
     updates: int = 0
     first_list_bytes: int = 0
 
@@ -270,74 +278,117 @@ class StubKubelet:
             return self._cond.wait_for(lambda: self._state.updates >= count, timeout=timeout_s)
 
     def allocations(self) -> dict[tuple[str, str, str], tuple[str, ...]]:
-        """(namespace, pod, container) -> device IDs, like pod-resources List."""
+        """(namespace, pod, container) -> device IDs, like pod-resources List (no non-restartable init containers)."""
         with self._cond:
-            return dict(self._state.allocated)
+            return {key: ids for key, ids in self._state.allocated.items() if key not in self._state.init_keys}
+
+    def held_ids(self) -> set[str]:
+        """Every device ID a live pod holds, init containers' included (what is not free)."""
+        with self._cond:
+            return {device for ids in self._state.allocated.values() for device in ids}
 
     # --- admission -------------------------------------------------------------------------------
     def admit_pod(self, pod: Mapping[str, Any]) -> dict[str, AdmittedContainer]:
-        """Admit a pod given as API JSON, reading each container's limit of the resource."""
+        """Admit a pod given as API JSON, reading each container's and init container's limit of the resource."""
         metadata = pod.get("metadata") or {}
-        containers = []
         spec = pod.get("spec") or {}
-        for container in [*(spec.get("initContainers") or ()), *(spec.get("containers") or ())]:
-            limit = ((container.get("resources") or {}).get("limits") or {}).get(self.resource_name)
-            if limit is not None and quantity_to_int(limit) > 0:
-                containers.append((container["name"], quantity_to_int(limit)))
-        return self.admit(metadata.get("namespace") or "default", metadata["name"], containers)
+
+        def requests(field_name: str) -> list[tuple[str, int, bool]]:
+            found = []
+            for container in spec.get(field_name) or ():
+                limit = ((container.get("resources") or {}).get("limits") or {}).get(self.resource_name)
+                restartable = field_name == "initContainers" and container.get("restartPolicy") == "Always"
+                found.append((container["name"], quantity_to_int(limit) if limit is not None else 0, restartable))
+            return found
+
+        init = requests("initContainers")
+        return self.admit(
+            metadata.get("namespace") or "default",
+            metadata["name"],
+            [(name, size) for name, size, _ in requests("containers") if size > 0],
+            init_containers=[(name, size) for name, size, _ in init if size > 0],
+            sidecars=frozenset(name for name, _, restartable in init if restartable),
+        )
 
     def admit(
-        self, namespace: str, pod_name: str, containers: Sequence[tuple[str, int]]
+        self,
+        namespace: str,
+        pod_name: str,
+        containers: Sequence[tuple[str, int]],
+        *,
+        init_containers: Sequence[tuple[str, int]] = (),
+        sidecars: frozenset[str] = frozenset(),
     ) -> dict[str, AdmittedContainer]:
-        """Allocate every container of a pod as kubelet does; AdmissionError on any failure."""
+        """Allocate every container of a pod as kubelet does (init containers first, reusing their devices);
+        AdmissionError on any failure. `sidecars` names restartable init containers."""
         with self._admit_lock:
             admitted: dict[str, AdmittedContainer] = {}
+            reusable: set[str] = set()  # kubelet's devicesToReuse for this pod
             try:
+                for name, size in init_containers:
+                    got = admitted[name] = self._admit_container(namespace, pod_name, name, size, reusable)
+                    if name in sidecars:
+                        reusable.difference_update(got.device_ids)
+                    else:
+                        reusable.update(got.device_ids)
+                        with self._cond:
+                            self._state.init_keys.add((namespace, pod_name, name))
                 for name, size in containers:
-                    admitted[name] = self._admit_container(namespace, pod_name, name, size)
+                    got = admitted[name] = self._admit_container(namespace, pod_name, name, size, reusable)
+                    reusable.difference_update(got.device_ids)
             except AdmissionError:
                 with self._cond:
                     for name in admitted:
                         self._state.allocated.pop((namespace, pod_name, name), None)
+                        self._state.init_keys.discard((namespace, pod_name, name))
                 raise
             return admitted
 
-    def _admit_container(self, namespace: str, pod_name: str, container: str, size: int) -> AdmittedContainer:
+    def _admit_container(
+        self, namespace: str, pod_name: str, container: str, size: int, reusable: set[str]
+    ) -> AdmittedContainer:
+        # kubelet's devicesToAllocate: reusable devices first (in its unordered set's order), then free ones
+        reused = list(reusable)
+        self.rng.shuffle(reused)
+        chosen: list[str] = reused[:size]
         with self._cond:
             endpoint = self._endpoint
             taken = {d for ids in self._state.allocated.values() for d in ids}
             free = [d for d, health in self._state.devices.items() if health == "Healthy" and d not in taken]
         if endpoint is None:
             raise AdmissionError("Unavailable", f"no device plugin registered for {self.resource_name}")
-        if len(free) < size:
-            raise AdmissionError(
-                "Insufficient",
-                f"requested number of devices unavailable for {self.resource_name}. "
-                f"Requested: {size}, Available: {len(free)}",
-            )
-        self.rng.shuffle(free)  # kubelet's candidate set is unordered
-        chosen: list[str] = []
+        needed = size - len(chosen)
         preferred: tuple[str, ...] = ()
-        if endpoint.options.get_preferred_allocation_available:
-            request = dp.PreferredAllocationRequest(
-                container_requests=[
-                    dp.ContainerPreferredAllocationRequest(available_deviceIDs=free, allocation_size=size)
-                ]
-            )
-            started = time.perf_counter()
-            try:
-                answer = endpoint.stub.GetPreferredAllocation(request, timeout=30)
-            except grpc.RpcError as error:
-                raise AdmissionError(error.code().name, error.details() or "") from error
-            if self.observe is not None:
-                self.observe("GetPreferredAllocation", time.perf_counter() - started)
-            if answer.container_responses:
-                preferred = tuple(answer.container_responses[0].deviceIDs)
-            if self.honor_preferred:
-                free_set = set(free)
-                chosen = list(dict.fromkeys(d for d in preferred if d in free_set))[:size]
-        chosen_set = set(chosen)
-        chosen += [d for d in free if d not in chosen_set][: size - len(chosen)]
+        if needed > 0:
+            if len(free) < needed:
+                raise AdmissionError(
+                    "Insufficient",
+                    f"requested number of devices unavailable for {self.resource_name}. "
+                    f"Requested: {needed}, Available: {len(free)}",
+                )
+            self.rng.shuffle(free)  # kubelet's candidate set is unordered
+            if endpoint.options.get_preferred_allocation_available:
+                request = dp.PreferredAllocationRequest(
+                    container_requests=[
+                        dp.ContainerPreferredAllocationRequest(
+                            available_deviceIDs=free + chosen, must_include_deviceIDs=chosen, allocation_size=size
+                        )
+                    ]
+                )
+                started = time.perf_counter()
+                try:
+                    answer = endpoint.stub.GetPreferredAllocation(request, timeout=30)
+                except grpc.RpcError as error:
+                    raise AdmissionError(error.code().name, error.details() or "") from error
+                if self.observe is not None:
+                    self.observe("GetPreferredAllocation", time.perf_counter() - started)
+                if answer.container_responses:
+                    preferred = tuple(answer.container_responses[0].deviceIDs)
+                if self.honor_preferred:
+                    free_set = set(free)
+                    chosen += list(dict.fromkeys(d for d in preferred if d in free_set))[:needed]
+            chosen_set = set(chosen)
+            chosen += [d for d in free if d not in chosen_set][: size - len(chosen)]
         started = time.perf_counter()
         try:
             response = endpoint.stub.Allocate(
@@ -358,6 +409,7 @@ class StubKubelet:
         with self._cond:
             for key in [k for k in self._state.allocated if k[:2] == (namespace, pod_name)]:
                 del self._state.allocated[key]
+                self._state.init_keys.discard(key)
 
 
 class _Registration(dp_grpc.RegistrationServicer):

@@ -137,6 +137,13 @@ class AllocationBook:
                 self._held = (self._version, held)
             return held
 
+    def owners_of(self, device_ids: Iterable[str]) -> set[tuple[str, str]]:
+        """(pod uid, container) of the known-pod records holding any of these IDs."""
+        with self._lock:
+            record_ids = set(map(self._record_of_device.get, device_ids))
+            records = [self._records[rid] for rid in record_ids if rid is not None and rid in self._records]
+        return {(r.owner.pod_uid, r.owner.container_name) for r in records if r.owner.pod_uid}
+
     def knows_any(self, device_ids: Iterable[str]) -> bool:
         """True if any of these IDs is in some record (stops at the first hit)."""
         with self._lock:

@@ -56,6 +56,17 @@ class IdentityError(RuntimeError):
     """The plugin cannot tell safely which pod kubelet is admitting (maps to FAILED_PRECONDITION)."""
 
 
+class ReusedDevicesMisplaced(IdentityError):
+    """kubelet handed an init container's devices to a container the scheduler placed on other GPUs.
+
+    The pod fails admission (kubelet then frees all its devices), so `pod_uid`'s records can go.
+    """
+
+    def __init__(self, message: str, pod_uid: str) -> None:
+        super().__init__(message)
+        self.pod_uid = pod_uid
+
+
 @dataclass(frozen=True, slots=True)
 class Slot:
     """One container's GPU request as the scheduler accounted it."""
@@ -70,6 +81,7 @@ class Slot:
     class_key: tuple[Any, ...]
     seen_order: int  # when this plugin first saw the pod bound here: kubelet admits roughly in this order
     gpu_set: GPUSet = frozenset()  # the Assignment's GPUs, computed once at parse time
+    init: bool = False  # a non-restartable init container: allocated once, before the app containers
 
     @property
     def key(self) -> SlotKey:
@@ -96,6 +108,7 @@ class PodState:
     terminal: bool
     problems: tuple[str, ...]  # why some container has no usable slot
     assignment: pb.Assignment | None = None
+    init_started: frozenset[str] = frozenset()  # init containers the pod status shows running or finished
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,15 +119,21 @@ class Claim:
     portions: tuple[GPUPortion, ...]
 
 
-def _container_requests(pod: Mapping[str, Any]) -> tuple[dict[str, int], dict[str, int | None], list[str]]:
-    """vgpu-milli (limits, else requests) and vgpu-memory of every container that asks for a GPU."""
+def _container_requests(
+    pod: Mapping[str, Any],
+) -> tuple[dict[str, int], dict[str, int | None], list[str], set[str]]:
+    """vgpu-milli (limits, else requests) and vgpu-memory of every container that asks for a GPU, in
+    kubelet's allocation order (init containers first), and which of them are non-restartable init containers."""
     milli: dict[str, int] = {}
     memory: dict[str, int | None] = {}
     problems: list[str] = []
+    init: set[str] = set()
     spec = pod.get("spec") or {}
     for field in ("initContainers", "containers"):
         for container in spec.get(field) or ():
             name = container.get("name") or ""
+            if field == "initContainers" and container.get("restartPolicy") != "Always":
+                init.add(name)  # a sidecar (restartPolicy Always) keeps its devices like an app container
             resources = container.get("resources") or {}
             limits = resources.get("limits") or {}
             requests = resources.get("requests") or {}
@@ -135,7 +154,17 @@ def _container_requests(pod: Mapping[str, Any]) -> tuple[dict[str, int], dict[st
             except QuantityError as error:
                 problems.append(f"container {name!r}: {error}")
                 memory[name] = None
-    return milli, memory, problems
+    return milli, memory, problems, init & set(milli)
+
+
+def _started_init_containers(pod: Mapping[str, Any]) -> frozenset[str]:
+    statuses = (pod.get("status") or {}).get("initContainerStatuses") or ()
+    started = set()
+    for status in statuses:
+        state = status.get("state") if isinstance(status, Mapping) else None
+        if isinstance(state, Mapping) and (state.get("running") or state.get("terminated")):
+            started.add(str(status.get("name") or ""))
+    return frozenset(started)
 
 
 def _portions(container: pb.ContainerAssignment) -> tuple[GPUPortion, ...]:
@@ -152,7 +181,7 @@ def parse_pod(pod: Mapping[str, Any], node_name: str, seen_order: int) -> PodSta
     namespace = metadata.get("namespace") or "default"
     name = metadata.get("name") or ""
     annotations = metadata.get("annotations") or {}
-    requests, memory, problems = _container_requests(pod)
+    requests, memory, problems, init = _container_requests(pod)
     if not uid or not requests:
         return None
     terminal = (pod.get("status") or {}).get("phase") in TERMINAL_PHASES
@@ -183,11 +212,11 @@ def parse_pod(pod: Mapping[str, Any], node_name: str, seen_order: int) -> PodSta
         except contract.ContractError as error:
             problems.append(f"unusable {contract.ANNOTATION_ALLOCATED}: {error}")
 
-    slots: list[Slot] = []
+    if not assignment_valid:
+        requests = {}  # the scheduler's accounting for this pod is unreadable: never guess it
+    shapes: dict[str, tuple[Any, ...]] = {}
     for container, milli in requests.items():
         portions = assigned.get(container, ())
-        if not assignment_valid:
-            continue  # the scheduler's accounting for this pod is unreadable: never guess it
         if portions and sum(p.milli for p in portions) != milli:
             problems.append(
                 f"container {container!r} asks for {milli} milli but its Assignment totals "
@@ -195,15 +224,22 @@ def parse_pod(pod: Mapping[str, Any], node_name: str, seen_order: int) -> PodSta
             )
             continue
         if portions:
-            shape = tuple(sorted((p.milli, p.memory_mib) for p in portions))
-            class_key: tuple[Any, ...] = ("assigned", milli, shape, constraints)
+            shapes[container] = ("assigned", milli, tuple(sorted((p.milli, p.memory_mib) for p in portions)))
         else:
-            class_key = ("unassigned", milli, memory[container], constraints)
+            shapes[container] = ("unassigned", milli, memory[container])
+    # kubelet hands an init container's devices to the pod's next containers, so an init slot stands
+    # for its whole pod: two init slots are interchangeable only if everything else about their pods is.
+    signature = tuple(sorted((container, container in init, shape) for container, shape in shapes.items()))
+    slots: list[Slot] = []
+    for container, shape in shapes.items():
+        role: tuple[Any, ...] = ("init", signature) if container in init else ("app",)
+        portions = assigned.get(container, ())
         slots.append(
-            Slot(uid, namespace, name, container, milli, portions, memory[container], class_key, seen_order,
-                 frozenset(p.uuid for p in portions))
+            Slot(uid, namespace, name, container, shape[1], portions, memory[container], (*shape, constraints, role),
+                 seen_order, frozenset(p.uuid for p in portions), container in init)
         )
-    return PodState(uid, namespace, name, tuple(slots), allocated, terminal, tuple(problems), assignment)
+    return PodState(uid, namespace, name, tuple(slots), allocated, terminal, tuple(problems), assignment,
+                    _started_init_containers(pod))
 
 
 def ambiguous_with(candidate: Mapping[str, Any], bound: Iterable[Mapping[str, Any]], node_name: str) -> list[str]:
@@ -265,6 +301,9 @@ class PodIdentity:
         self._seen_order: dict[str, int] = {}
         self._counter = 0
         self._inflight: dict[SlotKey, GPUSet] = {}
+        # Init slots this plugin allocated: done for the pod's life even after kubelet hands their
+        # device IDs on to the next container (whose record then replaces theirs in the book).
+        self._consumed: set[SlotKey] = set()
         # Placements the plugin moved when kubelet's listing revealed a swap (see `rebalance`); they
         # replace the parsed Assignment at once, before the rewritten annotation comes back by watch.
         self._overrides: dict[SlotKey, tuple[GPUPortion, ...]] = {}
@@ -334,6 +373,8 @@ class PodIdentity:
     def _forget(self, uid: str) -> None:
         known = self._pods.pop(uid, None)
         self._unindex(known)
+        if known is not None:
+            self._consumed.difference_update(slot.key for slot in known.slots)
         self._seen_order.pop(uid, None)
         for key in [key for key in self._overrides if key[0] == uid]:
             del self._overrides[key]
@@ -399,6 +440,8 @@ class PodIdentity:
         taken = held.get(slot.key)
         if taken is None:
             taken = self._inflight.get(slot.key)
+        if taken is None and slot.init and self._init_done(slot, held):
+            taken = self.placement_set(slot)
         if taken is None and not self.book_authoritative:
             # Until kubelet's listing has been read into the book, allocated annotations count as occupancy.
             state = self._pods.get(slot.pod_uid)
@@ -406,6 +449,24 @@ class PodIdentity:
             if portions is not None:
                 taken = frozenset(p.uuid for p in portions)
         return taken
+
+    def _init_done(self, slot: Slot, held: Mapping[SlotKey, GPUSet]) -> bool:
+        """An init container runs once: done when we allocated it, the pod status shows it started, or
+        a later container of its pod holds devices (after a plugin restart, before the status says so)."""
+        if slot.key in self._consumed:
+            return True
+        state = self._pods.get(slot.pod_uid)
+        if state is None:
+            return False
+        if slot.container in state.init_started:
+            return True
+        return any(not other.init and ((other.key in held) or (other.key in self._inflight)
+                                       or other.container in state.allocated) for other in state.slots)
+
+    def placement_set(self, slot: Slot) -> GPUSet:
+        """The GPUs of `placement(slot)`."""
+        moved = self._overrides.get(slot.key)
+        return slot.gpu_set if moved is None else frozenset(p.uuid for p in moved)
 
     def _classes(self, size_milli: int) -> tuple[list[Slot], dict[tuple[Any, ...], list[tuple[GPUPortion, ...]]]]:
         """Pending slots of this size and, per class, the positions not yet filled."""
@@ -463,19 +524,33 @@ class PodIdentity:
             return self._classes(size_milli)[0]
 
     # --- claiming --------------------------------------------------------------------------------
-    def claim(self, gpu_set: GPUSet, size_milli: int, *, timeout_s: float | None = None) -> Claim:
+    def claim(
+        self,
+        gpu_set: GPUSet,
+        size_milli: int,
+        *,
+        timeout_s: float | None = None,
+        reused_from: Iterable[SlotKey] = (),
+    ) -> Claim:
         """Match an Allocate of `size_milli` on `gpu_set` to a pending slot; release with `finish`.
 
-        Waits up to `timeout_s` (default `catch_up_s`) for the watch to show a pod that makes the
-        choice safe; raises IdentityError with the reason when none does.
+        `reused_from` are the owners of records that already hold some of the Allocate's IDs. When one
+        is an init container, kubelet is handing its devices on to the next container of the same pod
+        (it reuses only within the pod it is admitting), so the claim is that pod's next pending
+        container of this size - no guess among pods. Waits up to `timeout_s` (default `catch_up_s`)
+        for the watch to show a pod that makes the choice safe; raises IdentityError with the reason
+        when none does.
         """
         deadline = self._clock() + (self.catch_up_s if timeout_s is None else timeout_s)
+        reused_from = tuple(reused_from)
         with self._cond:
             while True:
-                result = self._try_claim(gpu_set, size_milli)
+                result = self._try_claim(gpu_set, size_milli, reused_from)
                 if isinstance(result, Claim):
                     self._inflight[result.slot.key] = gpu_set
                     return result
+                if isinstance(result, ReusedDevicesMisplaced):
+                    raise result  # no watch event can change where kubelet's reused IDs lie
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     raise IdentityError(result)
@@ -485,11 +560,41 @@ class PodIdentity:
         """The claim was recorded in the book (or abandoned): it no longer needs the in-flight mark."""
         with self._cond:
             self._inflight.pop(claim.slot.key, None)
+            if claim.slot.init and claim.slot.key in self._book.held_gpu_sets():
+                self._consumed.add(claim.slot.key)
             self._cond.notify_all()
 
-    def _try_claim(self, gpu_set: GPUSet, size_milli: int) -> Claim | str:
+    def _reusing_pod(self, reused_from: Iterable[SlotKey]) -> PodState | None:
+        """The pod whose init container's devices kubelet is handing on, if the Allocate reuses any."""
+        for uid, container in reused_from:
+            state = self._pods.get(uid)
+            if state is not None and any(slot.init and slot.container == container for slot in state.slots):
+                return state
+        return None
+
+    def _try_claim(
+        self, gpu_set: GPUSet, size_milli: int, reused_from: Iterable[SlotKey] = ()
+    ) -> Claim | str | ReusedDevicesMisplaced:
         pending, free = self._classes(size_milli)
         gpus_text = ",".join(sorted(gpu_set))
+        reusing = self._reusing_pod(reused_from)
+        if reusing is not None:
+            waiting = {slot.key for slot in pending}
+            nexts = [slot for slot in reusing.slots if slot.key in waiting]  # kubelet's order: spec order
+            if nexts:
+                slot = nexts[0]
+                positions = free.get(slot.class_key, ())
+                if not any(frozenset(p.uuid for p in portions) == gpu_set for portions in positions):
+                    return ReusedDevicesMisplaced(
+                        f"kubelet handed the device IDs of an init container of pod {reusing.namespace}/"
+                        f"{reusing.name} on GPU(s) {gpus_text} on to its container {slot.container!r} (kubelet "
+                        f"reuses init containers' devices), but the scheduler accounted that container on "
+                        f"{','.join(sorted(self.placement_set(slot))) or 'no GPU'}; refusing so that no container "
+                        f"runs on a GPU the scheduler did not account for. A pod's GPU init containers must be "
+                        f"placed on the GPU(s) of the container that follows them (docs/deviceplugin.md)",
+                        reusing.uid,
+                    )
+                pending = [slot]
         if not pending:
             problems = [f"{s.namespace}/{s.name}: {p}" for s in self._pods.values() for p in s.problems]
             hint = f"; pods with problems: {'; '.join(problems)[:500]}" if problems else ""
@@ -549,8 +654,8 @@ class PodIdentity:
         displaced_changed: list[str] = []
         with self._cond:
             for class_key in set(class_keys):
-                if class_key[0] != "assigned":
-                    continue
+                if class_key[0] != "assigned" or class_key[-1][0] == "init":
+                    continue  # init containers are never in kubelet's listing: nothing to move
                 members = [slot for state in self._pods.values() if not state.terminal
                            for slot in state.slots if slot.class_key == class_key]
                 portions_of: dict[GPUSet, tuple[GPUPortion, ...]] = {}

@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tensorai.deviceplugin.allocations import UNKNOWN_OWNER, AllocationBook, AllocationRecord, GPUPortion, Owner
-from tensorai.deviceplugin.identity import IdentityError, PodIdentity
+from tensorai.deviceplugin.identity import IdentityError, PodIdentity, ReusedDevicesMisplaced
 from tensorai.deviceplugin.sharing import SharingPolicy
 from tensorai.deviceplugin.slices import SliceError, SliceTable, choose_preferred, request_shape
 from tensorai.proto import contract
@@ -68,6 +68,10 @@ class VGPUManager:
         if identity is not None:
             identity.on_pod_gone = book.release_pod
         self._claim_lock = threading.RLock()
+        # kubelet's call pattern tells a reuse of init-container devices apart: it calls
+        # GetPreferredAllocation with those IDs as must_include, or not at all when they cover the
+        # request. None = no GetPreferredAllocation since the last Allocate.
+        self._last_must_include: frozenset[str] | None = None
 
     def options(self) -> dp.DevicePluginOptions:
         return dp.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
@@ -86,6 +90,7 @@ class VGPUManager:
         must = self.table.group_by_gpu(request.must_include_deviceIDs, what="must_include_deviceIDs")
         if any(device not in available.members for ids in must.values() for device in ids):
             raise SliceError("must_include_deviceIDs must be a subset of available_deviceIDs")
+        self._last_must_include = frozenset(device for ids in must.values() for device in ids)
         size = request.allocation_size
         request_shape(size, gpu_count=len(self.table.uuids))
         self.sharing.check_request(size)
@@ -153,8 +158,16 @@ class VGPUManager:
             portions = tuple(GPUPortion(uuid, count, self.default_memory_mib(uuid, count))
                              for uuid, count in grouped.items())
             return self.book.add(device_ids, portions, UNKNOWN_OWNER)
+        must, self._last_must_include = self._last_must_include, None
+        # Reused IDs are only possible when kubelet asked no preference, or named them as must_include;
+        # after a plain GetPreferredAllocation the IDs are fresh even if a stale record still holds them.
+        reused_from = self.book.owners_of(device_ids) if must is None or must else set()
         with self._claim_lock:  # a reconciliation must not relabel between the choice and the record
-            claim = self.identity.claim(gpu_set, size)
+            try:
+                claim = self.identity.claim(gpu_set, size, reused_from=reused_from)
+            except ReusedDevicesMisplaced as error:
+                self.book.release_pod(error.pod_uid)  # kubelet fails the pod's admission and frees its devices
+                raise
             try:
                 portions = self._portions_for(grouped, claim.portions, claim.slot.memory_mib)
                 return self.book.add(device_ids, portions, claim.slot.owner)

@@ -451,3 +451,96 @@ def test_the_scheduler_can_ask_which_waiting_pods_make_a_bind_unsafe() -> None:
     del candidate["spec"]["nodeName"]
     assert ambiguous_with(candidate, bound, NODE) == ["default/small", "default/twin"]
     assert ambiguous_with(fractional("third", G2, 250, 4000), bound, NODE) == []
+
+
+# --- init containers: kubelet hands their devices on to the pod's next container ---------------------
+
+
+def pod_with_init(
+    name: str, init: tuple[str, int, int, str], main: tuple[str, int, int, str], *, sidecar: bool = False
+) -> dict[str, Any]:
+    """A pod with one GPU init container and one GPU app container; each is (name, milli, memory, gpu)."""
+    (init_name, init_milli, init_memory, init_gpu), (main_name, main_milli, main_memory, main_gpu) = init, main
+    pod = make_pod(name, [(main_name, main_milli)], uid=f"uid-{name}", assignment={
+        init_name: [(init_gpu, init_milli, init_memory)], main_name: [(main_gpu, main_milli, main_memory)]})
+    container = {"name": init_name, "image": "prep", "resources": {"limits": {contract.RESOURCE_VGPU_MILLI:
+                                                                             str(init_milli)}}}
+    if sidecar:
+        container["restartPolicy"] = "Always"
+    pod["spec"]["initContainers"] = [container]
+    return pod
+
+
+def limits_of(admitted: Any) -> tuple[str, int, int]:
+    envs = admitted.response.envs
+    milli, memory = int(envs[contract.ENV_VGPU_MILLI]), int(envs[contract.ENV_VGPU_MEMORY_MIB])
+    return envs[contract.ENV_VISIBLE_DEVICES], milli, memory
+
+
+def test_an_app_container_reusing_its_init_containers_slices_gets_its_own_limits(node: Node) -> None:
+    g0, g1 = node.uuids[:2]
+    node.api.add_pod(pod_with_init("prep", ("warmup", 500, 40000, g0), ("main", 250, 20000, g0)))
+    assert wait_until(lambda: bool(node.plugin.identity.pending_slots(500)), 5.0)
+    admitted = node.kubelet.admit_pod(node.api.get_object("pods", "prep", "default"))
+    assert limits_of(admitted["warmup"]) == (g0, 500, 40000)
+    assert limits_of(admitted["main"]) == (g0, 250, 20000)
+    assert set(admitted["main"].device_ids) < set(admitted["warmup"].device_ids), "kubelet reuses the init slices"
+    assert admitted["main"].preferred == (), "kubelet asks for no preference when reused slices cover the request"
+    node.settle()
+    assert allocated_of(node.pods()["prep"]) == {"main": [(g0, 250, 20000)]}
+    assert [r.owner.container_name for r in node.plugin.book.records()] == ["main"]
+    # the finished init container is not waiting any more: a later 500-milli pod is not confused with it
+    node.api.add_pod(fractional("next", g1, 500, 38000))
+    assert wait_until(lambda: "next" in {s.pod_name for s in node.plugin.identity.pending_slots(500)}, 5.0)
+    assert [s.pod_name for s in node.plugin.identity.pending_slots(500)] == ["next"]
+    later = node.kubelet.admit_pod(node.api.get_object("pods", "next", "default"))
+    assert limits_of(later["main"]) == (g1, 500, 38000)
+
+
+def test_an_app_container_larger_than_its_init_container_grows_on_the_init_gpu(node: Node) -> None:
+    g0 = node.uuids[2]
+    node.api.add_pod(pod_with_init("grow", ("fetch", 250, 10000, g0), ("main", 600, 45000, g0)))
+    assert wait_until(lambda: bool(node.plugin.identity.pending_slots(250)), 5.0)
+    admitted = node.kubelet.admit_pod(node.api.get_object("pods", "grow", "default"))
+    assert limits_of(admitted["fetch"]) == (g0, 250, 10000)
+    assert limits_of(admitted["main"]) == (g0, 600, 45000)
+    assert set(admitted["fetch"].device_ids) < set(admitted["main"].device_ids)
+    assert {contract.gpu_of_device_id(d) for d in admitted["main"].device_ids} == {g0}
+    node.settle()
+    assert allocated_of(node.pods()["grow"]) == {"main": [(g0, 600, 45000)]}
+
+
+def test_reused_init_slices_on_another_gpu_than_the_app_assignment_are_refused_with_the_reason(node: Node) -> None:
+    g0, g1 = node.uuids[:2]
+    node.plugin.identity.catch_up_s = 0.3
+    node.api.add_pod(pod_with_init("split", ("warmup", 500, 40000, g0), ("main", 250, 20000, g1)))
+    assert wait_until(lambda: bool(node.plugin.identity.pending_slots(500)), 5.0)
+    with pytest.raises(AdmissionError) as caught:
+        node.kubelet.admit_pod(node.api.get_object("pods", "split", "default"))
+    assert caught.value.code == "FAILED_PRECONDITION"
+    assert "init container" in caught.value.message and g1 in caught.value.message
+    assert node.kubelet.allocations() == {}
+    assert wait_until(lambda: node.plugin.book.records() == [], 2.0), "the refused pod holds nothing"
+
+
+def test_a_sidecar_init_container_keeps_its_own_slices_beside_the_app(node: Node) -> None:
+    g0 = node.uuids[3]
+    node.api.add_pod(pod_with_init("side", ("proxy", 100, 5000, g0), ("main", 250, 20000, g0), sidecar=True))
+    assert wait_until(lambda: bool(node.plugin.identity.pending_slots(100)), 5.0)
+    admitted = node.kubelet.admit_pod(node.api.get_object("pods", "side", "default"))
+    assert set(admitted["proxy"].device_ids).isdisjoint(admitted["main"].device_ids)
+    assert limits_of(admitted["proxy"]) == (g0, 100, 5000) and limits_of(admitted["main"]) == (g0, 250, 20000)
+    node.settle()
+    assert allocated_of(node.pods()["side"]) == {"main": [(g0, 250, 20000)], "proxy": [(g0, 100, 5000)]}
+
+
+def test_an_init_container_is_done_once_the_pod_status_shows_it_started() -> None:
+    book = AllocationBook()
+    identity = PodIdentity(NODE, book, catch_up_s=0.0)
+    pod = pod_with_init("restarted", ("warmup", 500, 40000, G0), ("main", 250, 20000, G0))
+    identity.upsert_pod(pod)
+    assert [s.container for s in identity.pending_slots(500)] == ["warmup"]
+    pod["status"]["initContainerStatuses"] = [{"name": "warmup", "state": {"terminated": {"exitCode": 0}}}]
+    identity.upsert_pod(pod)  # e.g. a restarted plugin reading a pod whose init container already ran
+    assert identity.pending_slots(500) == []
+    assert [s.container for s in identity.pending_slots(250)] == ["main"]

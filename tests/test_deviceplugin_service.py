@@ -275,3 +275,38 @@ def test_a_cancelled_list_and_watch_stream_frees_its_worker_at_once() -> None:
         channel.close()
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_stub_kubelet_hands_init_container_devices_on_like_kubelet(node: Standalone) -> None:
+    """kubelet's devicesToReuse: the app container takes the finished init container's IDs first, with
+    no GetPreferredAllocation when they cover it; leftovers stay held until the pod ends; the
+    pod-resources listing shows no non-restartable init container."""
+    pod = {
+        "metadata": {"name": "staged", "namespace": "ml"},
+        "spec": {
+            "initContainers": [{"name": "warmup", "resources": {"limits": {contract.RESOURCE_VGPU_MILLI: "1000"}}}],
+            "containers": [{"name": "main", "resources": {"limits": {contract.RESOURCE_VGPU_MILLI: "400"}}}],
+        },
+    }
+    admitted = node.kubelet.admit_pod(pod)
+    init_ids, main_ids = set(admitted["warmup"].device_ids), set(admitted["main"].device_ids)
+    assert len(init_ids) == 1000 and len(main_ids) == 400 and main_ids < init_ids
+    assert admitted["main"].preferred == ()
+    assert set(node.kubelet.allocations()) == {("ml", "staged", "main")}
+    assert node.kubelet.held_ids() == init_ids, "the init container's leftover 600 IDs stay held"
+    node.kubelet.remove_pod("ml", "staged")
+    assert node.kubelet.held_ids() == set()
+
+
+def test_stub_kubelet_never_reuses_a_sidecars_devices(node: Standalone) -> None:
+    pod = {
+        "metadata": {"name": "meshed", "namespace": "ml"},
+        "spec": {
+            "initContainers": [{"name": "proxy", "restartPolicy": "Always",
+                                "resources": {"limits": {contract.RESOURCE_VGPU_MILLI: "100"}}}],
+            "containers": [{"name": "main", "resources": {"limits": {contract.RESOURCE_VGPU_MILLI: "100"}}}],
+        },
+    }
+    admitted = node.kubelet.admit_pod(pod)
+    assert set(admitted["proxy"].device_ids).isdisjoint(admitted["main"].device_ids)
+    assert set(node.kubelet.allocations()) == {("ml", "meshed", "proxy"), ("ml", "meshed", "main")}
