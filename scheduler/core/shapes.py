@@ -89,6 +89,18 @@ class TargetWorkload:
     def from_demands(cls, demands: Iterable[PodDemand], coverage: float = FGD_COVERAGE) -> TargetWorkload:
         return cls.from_shapes((shape_of(d) for d in demands), coverage)
 
+    def whole_gpu_demand_share(self) -> float:
+        """Share of the expected GPU demand that asks for whole GPUs (0..1)."""
+        demand = np.array([s.total_gpu_milli for s in self.shapes], dtype=np.float64) * self.probability
+        whole = np.array([s.gpu_milli >= MILLI_PER_GPU for s in self.shapes], dtype=bool)
+        total = demand.sum()
+        return float(demand[whole].sum() / total) if total > 0 else 0.0
+
+    def constrained_share(self) -> float:
+        """Probability that a task is restricted to some GPU models."""
+        constrained = np.array([s.models is not None for s in self.shapes], dtype=bool)
+        return float(np.asarray(self.probability)[constrained].sum())
+
     def sharing_only(self) -> TargetWorkload | None:
         """The same workload restricted to sharing shapes (0 < milli < 1000), renormalised; None if none."""
         if not self._sharing:
