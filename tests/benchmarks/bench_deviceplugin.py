@@ -59,6 +59,13 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def first_fit(pods: list[tuple[int, int]], uuids: list[str]) -> list[str]:
     free = dict.fromkeys(uuids, 1000)
     placement = []
@@ -198,10 +205,16 @@ def run_round(workdir: str, *, kube: bool, pods: int, seed: int) -> dict[str, An
                 api.add_pod(pod(f"p{index}", *shapes[index], placement[index]))
         rng.shuffle(order)
         time.sleep(1.0 if api is not None else 0.0)  # let the plugin's watch list the pods
-        for index in order:
-            name = f"p{index}"
-            body = api.get_pod(name, "bench") if api is not None else pod(name, *shapes[index], None)
+        bodies = [api.get_pod(f"p{index}", "bench") if api is not None else pod(f"p{index}", *shapes[index], None)
+                  for index in order]
+        plugin_cpu = cpu_seconds(process.pid)
+        api_cpu = cpu_seconds(api.process.pid) if api is not None else 0.0
+        for body in bodies:
             kubelet.admit_pod(body)
+        time.sleep(0.5)  # the reconciliation and annotation writes the last admissions caused
+        timings["plugin CPU per admission"].append((cpu_seconds(process.pid) - plugin_cpu) / len(bodies))
+        if api is not None:
+            timings["API stand-in CPU per admission"].append((cpu_seconds(api.process.pid) - api_cpu) / len(bodies))
         # ListAndWatch: a fresh stream each time, as after a kubelet restart
         socket_path = os.path.join(workdir, "dp", kubelet.registrations[0].endpoint)
         channel = grpc.insecure_channel(f"unix://{socket_path}")
@@ -254,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
             if merged[rpc]:
                 values = np.array(merged[rpc]) * 1000
                 rows.append((mode, rpc + " (ms)", len(values), np.percentile(values, 50), np.percentile(values, 99)))
+        for name in ("plugin CPU per admission", "API stand-in CPU per admission"):
+            if merged[name]:
+                values = np.array(merged[name]) * 1000
+                rows.append((mode, name + " (ms)", len(values), np.median(values), values.max()))
         if merged["ListAndWatch bytes"]:
             size = np.array(merged["ListAndWatch bytes"]) / 1024
             rows.append((mode, "ListAndWatch first message (KiB)", len(size), np.median(size), size.max()))
@@ -265,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
           f"Python {platform.python_version()}; load average (1 min) {load_before[0]:.2f} before, "
           f"{load_after[0]:.2f} after")
     print(f"{GPUS} simulated GPUs x 1000 slices; real plugin process over unix sockets; "
-          "p99 column = max for sizes/RSS\n")
+          "p99 column = max for sizes, RSS and CPU\n")
     print(f"| {'mode':<16} | {'measure':<34} | {'n':>4} | {'p50':>9} | {'p99':>9} |")
     print(f"|{'-' * 18}|{'-' * 36}|{'-' * 6}|{'-' * 11}|{'-' * 11}|")
     for mode, name, count, p50, p99 in rows:
