@@ -227,12 +227,13 @@ def parse_pod(pod: Mapping[str, Any], node_name: str, seen_order: int) -> PodSta
             shapes[container] = ("assigned", milli, tuple(sorted((p.milli, p.memory_mib) for p in portions)))
         else:
             shapes[container] = ("unassigned", milli, memory[container])
-    # kubelet hands an init container's devices to the pod's next containers, so an init slot stands
-    # for its whole pod: two init slots are interchangeable only if everything else about their pods is.
-    signature = tuple(sorted((container, container in init, shape) for container, shape in shapes.items()))
+    # kubelet hands an init container's devices on to the pod's next container, so the init and app
+    # placements of such a pod must stay together: its slots are never interchangeable with another
+    # pod's (a swap would move one without the other). The scheduler's rule then serialises such pods.
+    own_class = uid if any(container in init for container in shapes) else None
     slots: list[Slot] = []
     for container, shape in shapes.items():
-        role: tuple[Any, ...] = ("init", signature) if container in init else ("app",)
+        role: tuple[Any, ...] = ("init" if container in init else "app", own_class)
         portions = assigned.get(container, ())
         slots.append(
             Slot(uid, namespace, name, container, shape[1], portions, memory[container], (*shape, constraints, role),
@@ -269,9 +270,12 @@ def ambiguous_with(candidate: Mapping[str, Any], bound: Iterable[Mapping[str, An
             continue
         if state is None or state.terminal or state.uid == meta["uid"]:
             continue
+        app_running = any(not slot.init and slot.container in state.allocated for slot in state.slots)
         for slot in state.slots:
             if slot.container in state.allocated:
                 continue
+            if slot.init and (app_running or slot.container in state.init_started):
+                continue  # an init container runs once, before its pod's app containers
             if slot.class_key not in classes_by_size.get(slot.milli, {slot.class_key}):
                 conflicts.append(f"{state.namespace}/{state.name}")
                 break
@@ -463,6 +467,19 @@ class PodIdentity:
         return any(not other.init and ((other.key in held) or (other.key in self._inflight)
                                        or other.container in state.allocated) for other in state.slots)
 
+    def _next_of_its_pod(self, slot: Slot, held: Mapping[SlotKey, GPUSet]) -> bool:
+        """kubelet allocates a pod's containers one by one in spec order, init containers first: only the
+        first of its pod's slots not yet holding devices can be the one an Allocate is for."""
+        state = self._pods.get(slot.pod_uid)
+        if state is None or len(state.slots) == 1:
+            return True
+        for other in state.slots:
+            if other.key == slot.key:
+                return True
+            if self._occupied_set(other, held) is None:
+                return False
+        return True
+
     def placement_set(self, slot: Slot) -> GPUSet:
         """The GPUs of `placement(slot)`."""
         moved = self._overrides.get(slot.key)
@@ -478,7 +495,8 @@ class PodIdentity:
             positions.setdefault(slot.class_key, []).append(self.placement(slot))
             taken = self._occupied_set(slot, held)
             if taken is None:
-                pending.append(slot)
+                if self._next_of_its_pod(slot, held):
+                    pending.append(slot)
             else:
                 filled.setdefault(slot.class_key, Counter())[taken] += 1
         free: dict[tuple[Any, ...], list[tuple[GPUPortion, ...]]] = {}

@@ -544,3 +544,68 @@ def test_an_init_container_is_done_once_the_pod_status_shows_it_started() -> Non
     identity.upsert_pod(pod)  # e.g. a restarted plugin reading a pod whose init container already ran
     assert identity.pending_slots(500) == []
     assert [s.container for s in identity.pending_slots(250)] == ["main"]
+
+
+def test_a_same_size_init_container_is_claimed_before_its_app_container(node: Node) -> None:
+    """kubelet allocates init containers first: the app slot of the same size is not a candidate yet."""
+    g0 = node.uuids[1]
+    node.api.add_pod(pod_with_init("twin", ("prep", 1000, 70000, g0), ("main", 1000, 80000, g0)))
+    assert wait_until(lambda: bool(node.plugin.identity.pending_slots(1000)), 5.0)
+    assert [s.container for s in node.plugin.identity.pending_slots(1000)] == ["prep"]
+    admitted = node.kubelet.admit_pod(node.api.get_object("pods", "twin", "default"))
+    assert limits_of(admitted["prep"]) == (g0, 1000, 70000) and limits_of(admitted["main"]) == (g0, 1000, 80000)
+    assert set(admitted["main"].device_ids) == set(admitted["prep"].device_ids)
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_pods_with_init_containers_in_any_order_run_where_the_scheduler_accounted(node: Node, seed: int) -> None:
+    """Randomised: pods whose init container shares the app's size and GPU (what the scheduler must do)
+    and plain pods of the same app size, bound only when `ambiguous_with` allows, admitted in random
+    order: every container gets its own limits on the GPU its device IDs are on, and the app containers
+    running on each GPU are always a sub-multiset of the app shares the Assignments count there."""
+    rng = random.Random(seed)
+    uuids = node.uuids
+    todo = [pod_with_init(f"i{k}", ("prep", 250, 10000, uuids[k % 4]), ("main", 250, 20000, uuids[k % 4]))
+            for k in range(6)] + [fractional(f"plain{k}", uuids[k], 250, 20000) for k in range(4)]
+    rng.shuffle(todo)
+    waiting: list[str] = []
+    admitted_pods = 0
+    for _ in range(300):
+        if not todo and not waiting:
+            break
+        if todo and (not waiting or rng.random() < 0.5):
+            candidate = todo[0]
+            if not ambiguous_with(candidate, list(node.pods().values()), NODE):
+                node.api.add_pod(todo.pop(0))
+                waiting.append(candidate["metadata"]["name"])
+                continue
+            if not waiting:
+                node.settle()  # the blocking pods' allocated annotations unblock the bind
+                continue
+        name = waiting.pop(rng.randrange(len(waiting)))
+        admitted = node.kubelet.admit_pod(node.api.get_object("pods", name, "default"))
+        admitted_pods += 1
+        for container, got in admitted.items():
+            (gpu,) = {contract.gpu_of_device_id(d) for d in got.device_ids}
+            want = (250, 10000) if container == "prep" else (250, 20000)
+            assert limits_of(got) == (gpu, *want), f"{name}/{container} got another container's limits or GPU"
+        accounted: dict[str, Counter[tuple[int, int]]] = {}
+        for pod in node.pods().values():
+            for uuid, milli, memory in assignment_of(pod)["main"]:
+                accounted.setdefault(uuid, Counter())[(milli, memory)] += 1
+        running: dict[str, Counter[tuple[int, int]]] = {}
+        for (_, _, container), ids in node.kubelet.allocations().items():
+            assert container == "main", "a finished init container is not listed"
+            (gpu,) = {contract.gpu_of_device_id(d) for d in ids}
+            running.setdefault(gpu, Counter())[(250, 20000)] += 1
+        for uuid, shapes in running.items():
+            assert not shapes - accounted.get(uuid, Counter()), f"unaccounted work on {uuid}"
+        if rng.random() < 0.5:
+            node.settle()
+    assert admitted_pods == 10
+    node.settle()
+    for name, pod in node.pods().items():
+        ids = node.kubelet.allocations()[("default", name, "main")]
+        (gpu,) = {contract.gpu_of_device_id(d) for d in ids}
+        assert allocated_of(pod) == {"main": [(gpu, 250, 20000)]}
+        assert assignment_of(pod)["main"] == [(gpu, 250, 20000)]
