@@ -36,9 +36,9 @@ from tensorai.scheduler.core.placement import (
     release_placement,
     resolve_policy,
     score_nodes,
-    to_extender_scores,
 )
 from tensorai.scheduler.core.quota import estimate_usage, never_fits, quota_violations
+from tensorai.scheduler.core.ranking import rank_extender_scores, stable_node_order
 from tensorai.scheduler.core.types import ContainerDemand, PodDemand
 from tensorai.scheduler.events import REASON_QUOTA_WAIT, EventRecorder, PodEvent
 from tensorai.scheduler.metrics import ExtenderMetrics
@@ -117,6 +117,7 @@ class ExtenderService:
         self.context = context or PolicyContext(rng=np.random.default_rng(0))  # rng: the "random" policy
         self._names_cache: list[tuple[int, list[str], np.ndarray, np.ndarray]] = []
         self._host_prefixes = _HostPrefixes()
+        self._order_cache: tuple[list[str], np.ndarray] | None = None
         self._last_scores: tuple | None = None  # (view version, policy, pod shape, target, scores)
         self.binder = Binder(
             view,
@@ -173,6 +174,15 @@ class ExtenderService:
         # filter sends all nodes, prioritize the feasible ones: keep a few lists, newest first
         self._names_cache = [(generation, node_names, known, positions), *self._names_cache[:3]]
         return known, positions
+
+    def _node_order(self, node_names: list[str]) -> np.ndarray:
+        """The fixed tie-break order of the requested nodes (`core.ranking`), reused for a repeated list."""
+        cached = self._order_cache
+        if cached is not None and cached[0] == node_names:
+            return cached[1]
+        order = stable_node_order(node_names)
+        self._order_cache = (node_names, order)
+        return order
 
     def _node_scores(self, demand: PodDemand) -> np.ndarray:
         """(N,) policy scores, -inf where the pod does not fit; call under the view lock.
@@ -365,8 +375,8 @@ class ExtenderService:
             requested = np.full(len(node_names), -np.inf)
             known = positions >= 0
             requested[known] = scores[positions[known]]
-        # min-max over the nodes asked about, so the best of THIS list gets 10
-        return node_names, np.clip(to_extender_scores(requested), 0, 10).tolist()  # the protocol's 0..10
+        # the node place() would choose among THESE nodes gets the only 10, the rest 9..0 by rank
+        return node_names, rank_extender_scores(requested, self._node_order(node_names)).tolist()
 
     def prioritize(self, body: object) -> list[dict]:
         """ExtenderArgs -> HostPriorityList (0..10; 0 for nodes that cannot take the pod)."""
