@@ -21,6 +21,7 @@ from tensorai.deviceplugin import backends, footprint, gpus
 from tensorai.deviceplugin.allocations import AllocationBook, AllocationRecord
 from tensorai.deviceplugin.health import DEFAULT_IGNORED_XIDS, HealthMonitor, HealthTracker, parse_xid_list
 from tensorai.deviceplugin.identity import AllocatedAnnotationWriter, PodIdentity, PodWatch
+from tensorai.deviceplugin.kubeapi import RawCoreApi
 from tensorai.deviceplugin.podresources import DEFAULT_POD_RESOURCES_SOCKET, PodResourcesClient, Reconciler
 from tensorai.deviceplugin.registration import DEFAULT_PLUGIN_DIR, DEFAULT_SOCKET_NAME, PluginRunner
 from tensorai.deviceplugin.service import DevicePluginServicer, VGPUManager
@@ -94,15 +95,14 @@ class Plugin:
         self.monitor = HealthMonitor(self.backend, self.tracker, probe_interval_s=config.probe_interval_s)
         self.book = AllocationBook()
         self.sharing = SharingPolicy(config.sharing, config.mps_pipe_dir)
-        self.core_v1: Any = None
+        self.core_v1: RawCoreApi | None = None
         self.identity: PodIdentity | None = None
         self.watch: PodWatch | None = None
         self.writer: AllocatedAnnotationWriter | None = None
         self.inventory: Any = None
         if not config.no_kube:
-            from kubernetes import client
-
-            self.core_v1 = client.CoreV1Api(api_client or kube_api_client(config.kubeconfig))
+            # Raw JSON over the official ApiClient, not CoreV1Api: its ~250 generated models cost 21.6 MiB.
+            self.core_v1 = RawCoreApi(api_client or kube_api_client(config.kubeconfig))
             self.identity = PodIdentity(config.node_name, self.book, catch_up_s=config.catch_up_s)
             self.watch = PodWatch(self.core_v1, self.identity)
             self.writer = AllocatedAnnotationWriter(self.core_v1, config.node_name, self.book, self.identity)

@@ -21,7 +21,6 @@ Kubernetes API and `AllocatedAnnotationWriter` writes the annotation back.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import queue
 import threading
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tensorai.deviceplugin.allocations import AllocationBook, GPUPortion, Owner
+from tensorai.deviceplugin.kubeapi import RawCoreApi
 from tensorai.proto import contract
 from tensorai.proto import tensorai_v1_pb2 as pb
 from tensorai.proto.quantity import QuantityError, bytes_to_mib, quantity_to_int
@@ -748,8 +748,8 @@ def _raw_watch_class() -> type:
 class PodWatch:
     """Feeds PodIdentity from a watch of pods with spec.nodeName=<node>; relists on 410 Gone/expiry."""
 
-    def __init__(self, core_v1: Any, identity: PodIdentity, *, watch_timeout_s: int = 60) -> None:
-        self._core = core_v1
+    def __init__(self, core: RawCoreApi, identity: PodIdentity, *, watch_timeout_s: int = 60) -> None:
+        self._core = core
         self._identity = identity
         self._timeout_s = watch_timeout_s
         self._stop = threading.Event()
@@ -772,21 +772,17 @@ class PodWatch:
         from kubernetes.client.exceptions import ApiException
 
         selector = f"spec.nodeName={self._identity.node_name}"
-        serialize = self._core.api_client.sanitize_for_serialization
         while not self._stop.is_set():
             try:
                 # Raw JSON, not V1PodList models: PodIdentity reads dicts, and building ~100 model objects
                 # per pod only to turn them back into dicts would cost the GIL that kubelet's calls need.
-                response = self._core.list_pod_for_all_namespaces(
-                    field_selector=selector, _request_timeout=30, _preload_content=False
-                )
-                listed = json.loads(response.data)
+                listed = self._core.list_pods(selector, request_timeout_s=30)
                 self._identity.replace_all(listed.get("items") or ())
                 version = (listed.get("metadata") or {}).get("resourceVersion")
                 while not self._stop.is_set():
                     self._watch = _raw_watch_class()()
                     for event in self._watch.stream(
-                        self._core.list_pod_for_all_namespaces,
+                        self._core.watch_pods,
                         field_selector=selector,
                         resource_version=version,
                         timeout_seconds=self._timeout_s,
@@ -798,7 +794,7 @@ class PodWatch:
                         kind = event.get("type")
                         if kind == "ERROR":
                             raise ApiException(status=(event.get("raw_object") or {}).get("code", 500))
-                        obj = event.get("raw_object") or serialize(event.get("object"))
+                        obj = event.get("raw_object") or {}
                         version = (obj.get("metadata") or {}).get("resourceVersion") or version
                         if kind == "DELETED":
                             self._identity.remove_pod((obj.get("metadata") or {}).get("uid") or "")
@@ -816,8 +812,8 @@ class PodWatch:
 class AllocatedAnnotationWriter:
     """Writes `tensor.ai/allocated` on pods in the background, so Allocate never waits on the API server."""
 
-    def __init__(self, core_v1: Any, node_name: str, book: AllocationBook, identity: PodIdentity) -> None:
-        self._core = core_v1
+    def __init__(self, core: RawCoreApi, node_name: str, book: AllocationBook, identity: PodIdentity) -> None:
+        self._core = core
         self._node = node_name
         self._book = book
         self._identity = identity
@@ -876,13 +872,9 @@ class AllocatedAnnotationWriter:
             annotations[contract.ANNOTATION_ASSIGNMENT] = contract.encode_assignment(moved)
         for attempt in range(5):
             try:
-                response = self._core.patch_namespaced_pod(
-                    state.name, state.namespace, {"metadata": {"annotations": annotations}}, _preload_content=False
-                )
-                # The patched pod comes back by watch; decoding it into V1Pod models here would only cost the
-                # GIL kubelet's calls need. Drain it so the connection returns to the pool.
-                response.drain_conn()
-                response.release_conn()
+                # The patched pod comes back by watch; it is drained, never decoded (that would only cost
+                # the GIL kubelet's calls need).
+                self._core.patch_pod_annotations(state.namespace, state.name, annotations)
                 self.written += 1
                 return
             except Exception as error:

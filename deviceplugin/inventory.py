@@ -17,12 +17,12 @@ from typing import Any
 
 from tensorai.deviceplugin.gpus import BackendError, GPUBackend
 from tensorai.deviceplugin.health import HealthTracker
+from tensorai.deviceplugin.kubeapi import RawCoreApi
 from tensorai.proto import contract
 from tensorai.proto import tensorai_v1_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-MERGE_PATCH = "application/merge-patch+json"
 RETRY_AFTER_ERROR_S = 5.0  # a failed publish is retried this soon, not a whole interval later
 HEALTH_WAIT_SLICE_S = 0.5  # bounds how long stop() waits for the thread
 
@@ -76,13 +76,13 @@ def parse_recover_list(text: str | None) -> list[str]:
 class InventoryPublisher:
     """Keeps the Node's inventory annotation current and applies admin recover requests.
 
-    `core_v1_api` is a `kubernetes.client.CoreV1Api`. Every API or backend error is logged and
+    `core_api` reads and merge-patches the Node as JSON (`RawCoreApi`). Every API or backend error is logged and
     retried after `retry_s`; the thread never dies of one.
     """
 
     def __init__(
         self,
-        core_v1_api: Any,
+        core_api: RawCoreApi,
         backend: GPUBackend,
         tracker: HealthTracker,
         *,
@@ -99,7 +99,7 @@ class InventoryPublisher:
             raise ValueError(
                 f"unknown sharing mode {sharing_mode!r}: choose one of {sorted(contract.SHARING_MODE_NAMES)}"
             )
-        self.api = core_v1_api
+        self.api = core_api
         self.backend = backend
         self.tracker = tracker
         self.node_name = node_name
@@ -119,7 +119,8 @@ class InventoryPublisher:
         Raises what the API or the backend raised; the thread catches and retries.
         """
         node = self.api.read_node(self.node_name)
-        annotations = dict(node.metadata.annotations or {}) if node.metadata is not None else {}
+        node_metadata = node.get("metadata") or {}
+        annotations = dict(node_metadata.get("annotations") or {})
         requested = parse_recover_list(annotations.get(contract.ANNOTATION_GPU_RECOVER))
         known = {gpu.uuid for gpu in self.backend.gpus()}
         for uuid in requested:
@@ -146,8 +147,8 @@ class InventoryPublisher:
             # Remove the handled request. The resourceVersion precondition makes the API server
             # refuse (409) if an admin changed the list since we read it; we then retry with theirs.
             patch_annotations[contract.ANNOTATION_GPU_RECOVER] = None
-            metadata["resourceVersion"] = node.metadata.resource_version
-        self.api.patch_node(self.node_name, {"metadata": metadata}, _content_type=MERGE_PATCH)
+            metadata["resourceVersion"] = node_metadata.get("resourceVersion")
+        self.api.patch_node(self.node_name, {"metadata": metadata})
         self.publish_count += 1
         self.last_error = None
 

@@ -25,6 +25,7 @@ from tensorai.demo.stub_kubelet import AdmissionError, StubKubelet, wait_until
 from tensorai.deviceplugin.allocations import AllocationBook, GPUPortion, Owner
 from tensorai.deviceplugin.cli import Plugin, PluginConfig
 from tensorai.deviceplugin.identity import IdentityError, PodIdentity, PodWatch, ambiguous_with, parse_pod
+from tensorai.deviceplugin.kubeapi import RawCoreApi
 from tensorai.proto import contract
 from tensorai.proto import tensorai_v1_pb2 as pb
 
@@ -372,9 +373,7 @@ def test_a_pod_without_assignment_gets_the_binpack_choice(node: Node) -> None:
 def test_pod_watch_relists_after_the_watch_expires() -> None:
     with KubeStandin() as api:
         identity = PodIdentity(NODE, AllocationBook())
-        from kubernetes import client
-
-        watch = PodWatch(client.CoreV1Api(api.api_client()), identity, watch_timeout_s=5).start()
+        watch = PodWatch(RawCoreApi(api.api_client()), identity, watch_timeout_s=5).start()
         try:
             assert identity.synced.wait(5.0)
             api.add_pod(make_pod("first", [("main", 250)]))

@@ -13,6 +13,7 @@ from tensorai.deviceplugin.backends import parse_sim_gpus
 from tensorai.deviceplugin.gpus import BackendError
 from tensorai.deviceplugin.health import HealthTracker
 from tensorai.deviceplugin.inventory import InventoryPublisher, build_inventory, parse_recover_list
+from tensorai.deviceplugin.kubeapi import RawCoreApi
 from tensorai.deviceplugin.simulated import SimulatedBackend
 from tensorai.proto import contract
 from tensorai.proto import tensorai_v1_pb2 as pb
@@ -77,7 +78,7 @@ def cluster():
         api.add_node(NODE, labels={contract.LABEL_GPU_NODE: "true"}, annotations={"keep.me/please": "yes"})
         client = api.api_client()
         try:
-            yield api, kubernetes.client.CoreV1Api(client)
+            yield api, RawCoreApi(client)
         finally:
             client.close()
 
@@ -152,7 +153,6 @@ def test_admin_recover_annotation_returns_a_sticky_gpu_to_service_and_is_cleared
     core.patch_node(
         NODE,
         {"metadata": {"annotations": {contract.ANNOTATION_GPU_RECOVER: f"{broken}, GPU-not-on-this-node"}}},
-        _content_type="application/merge-patch+json",
     )
     publisher.publish_once()
     assert tracker.is_healthy(broken)
@@ -171,7 +171,6 @@ def test_recover_request_is_not_lost_when_an_admin_edits_the_node_concurrently(c
     core.patch_node(
         NODE,
         {"metadata": {"annotations": {contract.ANNOTATION_GPU_RECOVER: first}}},
-        _content_type="application/merge-patch+json",
     )
 
     class AdminEditsBetweenReadAndPatch:
@@ -187,7 +186,6 @@ def test_recover_request_is_not_lost_when_an_admin_edits_the_node_concurrently(c
                 core.patch_node(
                     name,
                     {"metadata": {"annotations": {contract.ANNOTATION_GPU_RECOVER: f"{first},{second}"}}},
-                    _content_type="application/merge-patch+json",
                 )
             return node
 
