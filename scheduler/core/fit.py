@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tensorai.proto.contract import MILLI_PER_GPU
+from tensorai.scheduler.core.initchain import anchors, held_arrays, held_sequence
 from tensorai.scheduler.core.types import ClusterArrays, ContainerDemand, PodDemand
 
 # Reason codes: why a node cannot run the pod. The resolvable ones could be fixed by evicting pods.
@@ -149,6 +150,22 @@ def _pick_fraction(fit: np.ndarray, free_milli: np.ndarray) -> tuple[np.ndarray,
     return slot[:, None], fit.any(axis=1)
 
 
+def _held(containers: list[ContainerDemand], slots_of: dict[int, np.ndarray], memory_of: dict[int, np.ndarray],
+          count: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, G) milli and memory the pod holds on each GPU after kubelet's reuse of init containers' IDs."""
+    rows = np.arange(count)[:, None]
+    milli_amounts: list[tuple[bool, np.ndarray]] = []
+    mib_amounts: list[tuple[bool, np.ndarray]] = []
+    for index, container in enumerate(containers):
+        milli = np.zeros((count, width), dtype=np.int64)
+        mib = np.zeros((count, width), dtype=np.int64)
+        np.add.at(milli, (rows, slots_of[index]), min(container.milli, MILLI_PER_GPU))
+        np.add.at(mib, (rows, slots_of[index]), memory_of[index])
+        milli_amounts.append((container.init, milli))
+        mib_amounts.append((container.init, mib))
+    return held_arrays(milli_amounts), held_arrays(mib_amounts)
+
+
 def evaluate(cluster: ClusterArrays, demand: PodDemand, nodes: np.ndarray | None = None) -> Evaluation:
     """Feasibility and GPU options of `demand` on `nodes` (default: every node)."""
     if nodes is None:
@@ -160,7 +177,6 @@ def evaluate(cluster: ClusterArrays, demand: PodDemand, nodes: np.ndarray | None
     # Node-level rules, in the order a user would want to read them (unresolvable first).
     reason[~cluster.node_schedulable[nodes]] = UNSCHEDULABLE
     app = [c for c in demand.containers if not c.init]
-    init = [c for c in demand.containers if c.init]
     needs_gpu = bool(demand.containers)
     node_model = cluster.node_model[nodes]
     if needs_gpu:
@@ -174,17 +190,14 @@ def evaluate(cluster: ClusterArrays, demand: PodDemand, nodes: np.ndarray | None
     reason[(reason == OK) & (cluster.node_cpu_free_milli[nodes] < demand.cpu_milli)] = CPU
     reason[(reason == OK) & (cluster.node_memory_free_mib[nodes] < demand.memory_mib)] = MEMORY
 
-    per_gpu = len(app) == 1 and app[0].gpu_count == 1 and app[0].milli < MILLI_PER_GPU
-    options = width if per_gpu else 1
-    option_valid = np.zeros((count, options), dtype=bool)
-    option_milli = np.zeros((count, options, width), dtype=np.int32)
     container_slots: list[np.ndarray] = []
     container_memory: list[np.ndarray] = []
     init_slots: list[np.ndarray] = []
     init_memory: list[np.ndarray] = []
     slot_memory = None
     if not needs_gpu:
-        option_valid[:, 0] = reason == OK
+        option_valid = (reason == OK)[:, None]
+        option_milli = np.zeros((count, 1, width), dtype=np.int32)
         return Evaluation(nodes, reason == OK, reason, False, option_valid, option_milli, [], [], None, [], [])
 
     allowed = _gpu_filter(cluster, demand, nodes)
@@ -194,50 +207,106 @@ def evaluate(cluster: ClusterArrays, demand: PodDemand, nodes: np.ndarray | None
     usable_mib = cluster.gpu_usable_memory_mib[nodes]
     numa = cluster.gpu_numa[nodes]
 
+    containers = list(demand.containers)
+    anchor_of = anchors(containers)
+    chained: dict[int, list[int]] = {index: [] for index, anchor in enumerate(anchor_of) if anchor is None}
+    for index, anchor in enumerate(anchor_of):
+        if anchor is not None:
+            chained[anchor].append(index)
+    init_index = [index for index, container in enumerate(containers) if container.init]
+    rows = np.arange(count)[:, None]
     init_ok = np.ones(count, dtype=bool)
-    for container in init:  # each alone on today's free capacity; released before the app starts
-        fit, need = _fits(container, free_milli, free_mib, usable_mib, allowed)
-        if container.milli >= MILLI_PER_GPU:
-            slots, ok = _pick_whole(fit, container.gpu_count, numa)
-        else:
-            slots, ok = _pick_fraction(fit, free_milli)
-        init_ok &= ok
-        init_slots.append(slots)
-        init_memory.append(np.take_along_axis(need, slots, axis=1))
+    own = list(chained)
+    lone = containers[own[0]] if len(own) == 1 else None
+    per_gpu = (lone is not None and not lone.init and lone.gpu_count == 1 and lone.milli < MILLI_PER_GPU
+               and len(app) == 1 and all(containers[i].gpu_count == 1 for i in chained[own[0]]))
+    options = width if per_gpu else 1
+    option_valid = np.zeros((count, options), dtype=bool)
+    option_milli = np.zeros((count, options, width), dtype=np.int32)
 
     if per_gpu:
-        fit, need = _fits(app[0], free_milli, free_mib, usable_mib, allowed)
+        # Option o: the one app container on GPU slot o, its init containers (all one-GPU) on the same slot.
+        main = app[0]
+        app_fit, need = _fits(main, free_milli, free_mib, usable_mib, allowed)
+        fit, held_milli = app_fit, main.milli
+        need_of = {i: _container_memory(containers[i], usable_mib) for i in chained[own[0]]}
+        if need_of:  # the hot path (no init containers) skips this
+            need_of[own[0]] = need
+            sequence = sorted(need_of)
+            held_milli = held_sequence([(containers[i].init, min(containers[i].milli, MILLI_PER_GPU))
+                                        for i in sequence])
+            held_mib = held_arrays([(containers[i].init, need_of[i]) for i in sequence])
+            fit = app_fit & (free_milli >= held_milli) & (free_mib >= held_mib)
         option_valid[:] = fit
         diagonal = np.arange(width)
-        option_milli[:, diagonal, diagonal] = np.where(fit, app[0].milli, 0)
+        option_milli[:, diagonal, diagonal] = np.where(fit, held_milli, 0)
         slot_memory = need
-        gpu_ok = fit.any(axis=1)
+        for index in init_index:  # placement takes the option's slot; memory per slot
+            init_slots.append(np.zeros((count, 0), dtype=np.int64))
+            init_memory.append(need_of[index])
+        gpu_ok = app_fit.any(axis=1)
+        init_ok = fit.any(axis=1)
     else:
-        # Greedy, biggest first: whole-GPU containers, then shares, tightest GPU for each share.
-        order = sorted(range(len(app)), key=lambda i: (-(app[i].milli >= MILLI_PER_GPU), -app[i].gpu_count,
-                                                       -app[i].milli))
+        # Greedy, biggest first: whole-GPU containers, then shares, tightest GPU for each share. A share
+        # reserves what its group (init containers and later containers sharing its GPU) holds there.
+        order = sorted(own, key=lambda i: (-(containers[i].milli >= MILLI_PER_GPU), -containers[i].gpu_count,
+                                           -containers[i].milli, i))
         temp_milli, temp_mib = free_milli.copy(), free_mib.copy()
         gpu_ok = np.ones(count, dtype=bool)
-        picked: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        rows = np.arange(count)[:, None]
+        slots_of: dict[int, np.ndarray] = {}
+        memory_of: dict[int, np.ndarray] = {}
         for index in order:
-            container = app[index]
-            fit, need = _fits(container, temp_milli, temp_mib, usable_mib, allowed)
+            container = containers[index]
+            need = _container_memory(container, usable_mib)
             if container.milli >= MILLI_PER_GPU:
+                fit, _ = _fits(container, temp_milli, temp_mib, usable_mib, allowed)
                 slots, ok = _pick_whole(fit, container.gpu_count, numa)
+                reserve_milli, reserve_mib = MILLI_PER_GPU, need
             else:
+                group = [containers[i] for i in sorted([index, *chained[index]])]  # spec order
+                reserve_milli = held_sequence([(member.init, min(member.milli, MILLI_PER_GPU)) for member in group])
+                reserve_mib = held_arrays([(member.init, _container_memory(member, usable_mib)) for member in group])
+                fit = allowed & (temp_milli >= reserve_milli) & (temp_mib >= reserve_mib)
+                if reserve_milli >= MILLI_PER_GPU:
+                    fit &= temp_mib >= usable_mib
                 slots, ok = _pick_fraction(fit, temp_milli)
-            gpu_ok &= ok
-            memory = np.take_along_axis(need, slots, axis=1)
-            taken = np.where(ok[:, None], container.milli, 0)
-            np.subtract.at(temp_milli, (rows, slots), taken)
-            np.subtract.at(temp_mib, (rows, slots), np.where(ok[:, None], memory, 0))
-            np.add.at(option_milli[:, 0, :], (rows, slots), taken.astype(np.int32))
-            picked[index] = (slots, memory)
-        for index in range(len(app)):
-            container_slots.append(picked[index][0])
-            container_memory.append(picked[index][1])
-        option_valid[:, 0] = gpu_ok
+            if container.init:
+                init_ok &= ok
+            else:
+                gpu_ok &= ok
+            slots_of[index] = slots
+            memory_of[index] = np.take_along_axis(need, slots, axis=1)
+            taken_mib = np.take_along_axis(np.broadcast_to(reserve_mib, need.shape), slots, axis=1)
+            np.subtract.at(temp_milli, (rows, slots), np.where(ok[:, None], reserve_milli, 0))
+            np.subtract.at(temp_mib, (rows, slots), np.where(ok[:, None], taken_mib, 0))
+            np.add.at(option_milli[:, 0, :], (rows, slots), np.where(ok[:, None], reserve_milli, 0).astype(np.int32))
+        for index, anchor in enumerate(anchor_of):  # group members: the GPUs of their group's leader
+            if anchor is None:
+                continue
+            container, base = containers[index], slots_of[anchor]
+            if container.gpu_count <= base.shape[1]:
+                slots = base[:, :container.gpu_count]
+            else:  # more GPUs than the leader: the rest on whole free GPUs (kubelet keeps them held)
+                spare = allowed & (temp_milli >= MILLI_PER_GPU) & (temp_mib >= usable_mib)
+                spare[rows, base] = False
+                extra, ok = _pick_whole(spare, container.gpu_count - base.shape[1], numa)
+                init_ok &= ok
+                slots = np.concatenate([base, extra], axis=1)
+            slots_of[index] = slots
+            memory_of[index] = np.take_along_axis(_container_memory(container, usable_mib), slots, axis=1)
+        if any(len(members) for members in chained.values()):  # shared GPUs: count exactly what stays held
+            held_milli, held_mib = _held(containers, slots_of, memory_of, count, width)
+            exact = ((held_milli == 0) | (held_milli <= free_milli)) & ((held_mib == 0) | (held_mib <= free_mib))
+            init_ok &= exact.all(axis=1) | ~gpu_ok  # the app containers fit by themselves: the hand-on fails
+            option_milli[:, 0, :] = np.where((gpu_ok & init_ok)[:, None], held_milli, 0).astype(np.int32)
+        for index, container in enumerate(containers):
+            if container.init:
+                init_slots.append(slots_of[index])
+                init_memory.append(memory_of[index])
+            else:
+                container_slots.append(slots_of[index])
+                container_memory.append(memory_of[index])
+        option_valid[:, 0] = gpu_ok & init_ok
     reason[(reason == OK) & ~init_ok] = INIT_GPU
     reason[(reason == OK) & ~gpu_ok] = GPU
     feasible = reason == OK

@@ -15,6 +15,7 @@ import numpy as np
 from tensorai.proto.contract import MILLI_PER_GPU
 from tensorai.scheduler.core.context import PolicyContext
 from tensorai.scheduler.core.fit import Evaluation, evaluate
+from tensorai.scheduler.core.initchain import held_per_gpu
 from tensorai.scheduler.core.policies import DEFAULT_POLICY, POLICY_NAMES
 from tensorai.scheduler.core.policies.basic import score_bestfit, score_binpack, score_random, score_spread
 from tensorai.scheduler.core.policies.fgd import score_fgd
@@ -77,7 +78,10 @@ def _placement(cluster: ClusterArrays, demand: PodDemand, evaluation: Evaluation
 
     init = [c for c in demand.containers if c.init]
     for container, slots, memory in zip(init, evaluation.init_slots, evaluation.init_memory, strict=True):
-        add(container.name, slots[row], memory[row], container.milli)
+        if evaluation.per_gpu:  # init containers go on the option's GPU, the one their app container reuses
+            add(container.name, np.array([option]), memory[row, [option]], container.milli)
+        else:
+            add(container.name, slots[row], memory[row], container.milli)
     app = [c for c in demand.containers if not c.init]
     if evaluation.per_gpu:
         assert evaluation.slot_memory is not None
@@ -287,23 +291,18 @@ def to_extender_scores(scores: np.ndarray) -> np.ndarray:
     return out
 
 
-def _app_choices(demand: PodDemand, placement: Placement) -> list[GPUChoice]:
-    init_names = {c.name for c in demand.containers if c.init}
-    return [choice for choice in placement.choices if choice.container not in init_names]
-
-
 def apply_placement(cluster: ClusterArrays, demand: PodDemand, placement: Placement) -> None:
-    """Consume the pod's CPU, memory and GPU shares; ValueError (nothing changed) if they do not fit."""
+    """Consume the pod's CPU, memory and what it holds on each GPU; ValueError (nothing changed) if it does not fit.
+
+    Per GPU that is what kubelet's reuse of init containers' devices leaves held while the pod runs
+    (`initchain.held_per_gpu`): max(init, app) for an init container and the app container after it.
+    """
     node = placement.node_index
     if cluster.node_cpu_free_milli[node] < demand.cpu_milli or cluster.node_memory_free_mib[node] < demand.memory_mib:
         raise ValueError(f"pod {demand.namespace}/{demand.name} no longer fits node {placement.node_name}: cpu/memory")
-    need: dict[int, list[int]] = {}
-    for choice in _app_choices(demand, placement):
-        if choice.node_index != node:
-            raise ValueError(f"placement of {demand.name} names GPUs on two nodes")
-        milli_mib = need.setdefault(choice.gpu_slot, [0, 0])
-        milli_mib[0] += choice.milli
-        milli_mib[1] += choice.memory_mib
+    if any(choice.node_index != node for choice in placement.choices):
+        raise ValueError(f"placement of {demand.name} names GPUs on two nodes")
+    need = held_per_gpu(demand, placement)
     for slot, (milli, memory_mib) in need.items():
         if (cluster.gpu_free_milli[node, slot] < milli or cluster.gpu_free_memory_mib[node, slot] < memory_mib
                 or not cluster.gpu_healthy[node, slot] or cluster.gpu_exclusive[node, slot]):
@@ -327,10 +326,9 @@ def release_placement(cluster: ClusterArrays, demand: PodDemand, placement: Plac
     node = placement.node_index
     cluster.node_cpu_free_milli[node] += demand.cpu_milli
     cluster.node_memory_free_mib[node] += demand.memory_mib
-    for choice in _app_choices(demand, placement):
-        slot = choice.gpu_slot
-        cluster.gpu_free_milli[node, slot] += choice.milli
-        cluster.gpu_free_memory_mib[node, slot] += choice.memory_mib
+    for slot, (milli, memory_mib) in held_per_gpu(demand, placement).items():
+        cluster.gpu_free_milli[node, slot] += milli
+        cluster.gpu_free_memory_mib[node, slot] += memory_mib
         if demand.exclusive:
             cluster.gpu_exclusive[node, slot] = False
         if demand.anti_affinity_group is not None:

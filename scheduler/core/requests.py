@@ -13,6 +13,7 @@ from typing import Any
 
 from tensorai.proto import contract
 from tensorai.proto.quantity import QuantityError, bytes_to_mib, quantity_to_int, quantity_to_milli
+from tensorai.scheduler.core.initchain import held_sequence
 from tensorai.scheduler.core.policies import POLICY_NAMES
 from tensorai.scheduler.core.types import ContainerDemand, PodDemand
 
@@ -84,6 +85,8 @@ def _container_demand(container: Any, where: str, *, init: bool) -> tuple[Contai
     if not name:
         raise DemandError(f"{where}.name is empty; every container needs a name")
     where = f"{where} ({name!r})"
+    restart_policy = _text(container.get("restartPolicy"), f"{where}.restartPolicy")
+    sidecar = init and restart_policy == "Always"  # keeps running (and its GPU) beside the app containers
     resources = _mapping(container.get("resources"), f"{where}.resources")
     limits = _mapping(resources.get("limits"), f"{where}.resources.limits")
     requests = _mapping(resources.get("requests"), f"{where}.resources.requests")
@@ -131,7 +134,7 @@ def _container_demand(container: Any, where: str, *, init: bool) -> tuple[Contai
     if gpu_count > _MAX_GPUS_PER_CONTAINER:
         raise DemandError(f"{where}: {gpu_count} GPUs is more than any node has (at most {_MAX_GPUS_PER_CONTAINER})")
     share = min(milli, per_gpu)
-    return ContainerDemand(name, share, gpu_count, memory_given, init), cpu_milli, memory_mib
+    return ContainerDemand(name, share, gpu_count, memory_given, init and not sidecar, sidecar), cpu_milli, memory_mib
 
 
 def _comma_list(annotations: Mapping[str, Any], key: str) -> frozenset[str] | None:
@@ -155,8 +158,9 @@ def pod_demand(pod: Any) -> PodDemand:
 
     GPU: per container `tensor.ai/vgpu-milli` from limits (fallback requests): 1..999 is a share of
     one GPU, a multiple of 1000 is that many whole GPUs. `tensor.ai/vgpu-memory` is per GPU.
-    CPU/memory: the sum over containers, or the largest init container if that is larger (the
-    Kubernetes effective-request rule), plus `spec.overhead`.
+    CPU/memory: the Kubernetes effective-request rule: the larger of (app containers + sidecars) and
+    the largest (init container + the sidecars declared before it), plus `spec.overhead`. Sidecars
+    (init containers with `restartPolicy: Always`) get `sidecar=True, init=False`: they keep their GPU.
     """
     if not isinstance(pod, Mapping):
         raise DemandError(f"pod must be a JSON object, got {type(pod).__name__}")
@@ -169,7 +173,7 @@ def pod_demand(pod: Any) -> PodDemand:
 
     containers: list[ContainerDemand] = []
     names: set[str] = set()
-    app_cpu = app_memory = init_cpu = init_memory = 0
+    app_cpu = app_memory = init_cpu = init_memory = sidecar_cpu = sidecar_memory = 0
     for field, init in (("initContainers", True), ("containers", False)):
         for position, container in enumerate(_sequence(spec.get(field), f"spec.{field}")):
             demand, cpu_milli, memory_mib = _container_demand(container, f"spec.{field}[{position}]", init=init)
@@ -177,8 +181,12 @@ def pod_demand(pod: Any) -> PodDemand:
             if container_name in names:
                 raise DemandError(f"spec.{field}[{position}]: container name {container_name!r} is used twice")
             names.add(container_name)
-            if init:
-                init_cpu, init_memory = max(init_cpu, cpu_milli), max(init_memory, memory_mib)
+            if init and container.get("restartPolicy") == "Always":  # sidecar: runs beside everything after it
+                sidecar_cpu, sidecar_memory = sidecar_cpu + cpu_milli, sidecar_memory + memory_mib
+                init_cpu, init_memory = max(init_cpu, sidecar_cpu), max(init_memory, sidecar_memory)
+            elif init:
+                init_cpu = max(init_cpu, sidecar_cpu + cpu_milli)
+                init_memory = max(init_memory, sidecar_memory + memory_mib)
             else:
                 app_cpu, app_memory = app_cpu + cpu_milli, app_memory + memory_mib
             if demand is not None:
@@ -207,8 +215,8 @@ def pod_demand(pod: Any) -> PodDemand:
         name=name,
         uid=uid,
         containers=tuple(containers),
-        cpu_milli=max(app_cpu, init_cpu) + overhead_cpu,
-        memory_mib=max(app_memory, init_memory) + overhead_memory,
+        cpu_milli=max(app_cpu + sidecar_cpu, init_cpu) + overhead_cpu,
+        memory_mib=max(app_memory + sidecar_memory, init_memory) + overhead_memory,
         allowed_models=_comma_list(annotations, contract.ANNOTATION_GPU_MODEL) or None,
         excluded_models=_comma_list(annotations, contract.ANNOTATION_GPU_MODEL_EXCLUDE) or frozenset(),
         allowed_uuids=_comma_list(annotations, contract.ANNOTATION_GPU_UUID) or None,
@@ -220,8 +228,8 @@ def pod_demand(pod: Any) -> PodDemand:
 
 
 def total_gpu_milli(demand: PodDemand) -> int:
-    """GPU milli the pod holds while running (init containers release theirs before the app starts)."""
-    return sum(c.milli * c.gpu_count for c in demand.containers if not c.init)
+    """GPU milli the pod holds while running: kubelet's reuse of init containers' devices (core/initchain.py)."""
+    return held_sequence([(c.init, c.milli * c.gpu_count) for c in demand.containers])
 
 
 def simple_demand(

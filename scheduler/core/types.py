@@ -53,7 +53,12 @@ class ContainerDemand:
     milli: int
     gpu_count: int
     memory_mib: int | None = None
-    init: bool = False  # init containers run before the others and release their GPUs
+    # A regular init container: runs before the others; kubelet hands its device IDs on to the next
+    # container and the pod keeps max(init, next) on that GPU (core/initchain.py).
+    init: bool = False
+    # An init container with restartPolicy Always: keeps running beside the app containers and keeps
+    # its own GPU share, so it counts like an app container (init stays False for it).
+    sidecar: bool = False
 
 
 @dataclass(frozen=True, slots=True)
