@@ -805,6 +805,8 @@ class PodWatch:
                     log.warning("pod watch failed (%s); relisting in 1 s", error.status)
                     self._stop.wait(1.0)
             except Exception as error:  # network, decoding: never let the watch thread die
+                if self._stop.is_set():
+                    return  # stop() shut the socket down under the stream: expected, not a failure
                 log.warning("pod watch failed (%s); relisting in 1 s", error)
                 self._stop.wait(1.0)
 
