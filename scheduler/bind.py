@@ -9,6 +9,13 @@ so a failed bind leaks no capacity.
 Order follows the device plugin's identity protocol: the `tensor.ai/assignment` annotation is on
 the pod BEFORE the Binding exists, so when kubelet calls Allocate the plugin can already read which
 GPUs the extender chose.
+
+The device plugin's bind rule (docs/deviceplugin.md, "Pod identity"): kubelet's Allocate names only a
+size, so a pod must not be bound while another pod bound to that node with a container of the same
+size but a different class still waits for Allocate - the plugin could not tell which pod a call is
+for. `blocking_pods` applies `tensorai.deviceplugin.identity.ambiguous_with` to the node's bound pods
+still awaiting Allocate (indexed by the view); filter fails such a node (resolvable) and bind re-checks
+it in the same critical section as the reservation.
 """
 
 from __future__ import annotations
@@ -19,11 +26,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tensorai.deviceplugin.identity import ambiguous_with  # pure; to move to a shared protocol module
 from tensorai.proto import contract
 from tensorai.scheduler.core.context import PolicyContext
 from tensorai.scheduler.core.fit import node_feasibility
 from tensorai.scheduler.core.placement import choose_placement
 from tensorai.scheduler.core.quota import quota_violations, usage_of_shares
+from tensorai.scheduler.core.types import Placement, PodDemand
 from tensorai.scheduler.events import REASON_BIND_FAILED, REASON_BOUND, EventRecorder, PodEvent
 from tensorai.scheduler.metrics import ExtenderMetrics
 from tensorai.scheduler.view import ClusterView, PodRecord, assignment_from_placement
@@ -33,6 +42,38 @@ log = logging.getLogger(__name__)
 # Each API call of a bind gives up after this, so a hung API server fails the bind (and frees the
 # reservation) before kube-scheduler's own extender timeout (httpTimeout, 5 s by default) expires.
 API_TIMEOUT_S = 2.0
+
+
+def blocking_pods(view: ClusterView, uid: str, pod: dict | None, demand: PodDemand, placement: Placement,
+                  assignment_text: str) -> list[str]:
+    """"namespace/name" of the pods bound to the placement's node that make binding this pod unsafe now.
+
+    Call under the view lock. Cheap when nothing waits: only the node's pods still awaiting Allocate
+    are looked at, and only those with a container of one of this pod's sizes are parsed.
+    """
+    waiting = view.awaiting_allocate(placement.node_name)
+    if not waiting or pod is None:
+        return []
+    sizes = {c.milli * c.gpu_count for c in demand.containers}
+    same_size = [other for other, other_sizes in waiting if not sizes.isdisjoint(other_sizes)]
+    if not same_size:
+        return []
+    metadata = dict(pod.get("metadata") or {})
+    metadata["uid"] = uid
+    metadata["annotations"] = {**(metadata.get("annotations") or {}), contract.ANNOTATION_ASSIGNMENT: assignment_text}
+    try:
+        return ambiguous_with({**pod, "metadata": metadata}, same_size, placement.node_name)
+    except (AttributeError, TypeError, ValueError) as error:  # a pod body the plugin could not read either
+        log.warning("bind rule: cannot read pod %s as the device plugin would: %s", uid, error)
+        return []
+
+
+def waiting_reason(node_name: str, blockers: list[str]) -> str:
+    """Why a node must wait (filter's FailedNodes reason and bind's Error)."""
+    return (
+        f"waits for {', '.join(sorted(blockers))} on {node_name} to be allocated by the device plugin: "
+        "a pod with a container of the same GPU size but another shape bound now could be handed its GPUs"
+    )
 
 
 class BindError(Exception):
@@ -139,6 +180,9 @@ class Binder:
                 raise BindError("; ".join(violations))
             assignment = assignment_from_placement(placement, record.uid)
             text = contract.encode_assignment(assignment)
+            blockers = blocking_pods(view, record.uid, record.pod, demand, placement, text)
+            if blockers:
+                raise BindError(waiting_reason(request.node, blockers))
             view.assume(record.uid, placement, text)
             return text, placement
 

@@ -24,8 +24,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
+from tensorai.proto import contract
 from tensorai.scheduler import metrics as metric_names
-from tensorai.scheduler.bind import Binder, BindError, BindRequest
+from tensorai.scheduler.bind import Binder, BindError, BindRequest, blocking_pods, waiting_reason
 from tensorai.scheduler.core.cluster import cluster_from_nodes, copy_cluster
 from tensorai.scheduler.core.context import PolicyContext
 from tensorai.scheduler.core.fit import REASON_TEXT, RESOLVABLE, UNSCHEDULABLE, evaluate, node_feasibility
@@ -42,7 +43,7 @@ from tensorai.scheduler.core.ranking import rank_extender_scores, stable_node_or
 from tensorai.scheduler.core.types import ContainerDemand, PodDemand
 from tensorai.scheduler.events import REASON_QUOTA_WAIT, EventRecorder, PodEvent
 from tensorai.scheduler.metrics import ExtenderMetrics
-from tensorai.scheduler.view import ClusterView, PodRecord
+from tensorai.scheduler.view import ClusterView, PodRecord, assignment_from_placement
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +256,8 @@ class ExtenderService:
                     kept = self._filter_nodes(
                         demand, node_names, positions, limits, used, failed, unresolvable, quota_reasons
                     )
+                    if kept:
+                        kept = self._hold_for_allocate(record, pod, demand, kept, failed)
             if quota_reasons and not kept:
                 reason = "; ".join(dict.fromkeys(quota_reasons))
                 if self.view.note_waiting(record, reason):
@@ -343,6 +346,35 @@ class ExtenderService:
                 kept.append(name)
         return kept
 
+    def _hold_for_allocate(
+        self, record: PodRecord, pod: dict, demand: PodDemand, kept: list[str], failed: dict[str, str]
+    ) -> list[str]:
+        """Fail (resolvable) the kept nodes where the device plugin's bind rule says wait (under the lock).
+
+        Only nodes with a bound pod still awaiting Allocate and of one of this pod's sizes are looked
+        at; for those the GPUs bind would choose are computed, because the rule compares Assignments.
+        """
+        view = self.view
+        waiting_nodes = view.nodes_awaiting_allocate()
+        if not waiting_nodes:
+            return kept
+        sizes = {c.milli * c.gpu_count for c in demand.containers}
+        policy = resolve_policy(demand, self.policy)
+        held: set[str] = set()
+        for name in waiting_nodes.intersection(kept):
+            if all(sizes.isdisjoint(other_sizes) for _, other_sizes in view.awaiting_allocate(name)):
+                continue
+            index = view.node_index(name)
+            placement = choose_placement(view.cluster, demand, policy, index, context=self.context)
+            if placement is None:
+                continue
+            text = contract.encode_assignment(assignment_from_placement(placement, record.uid))
+            blockers = blocking_pods(view, record.uid, pod, demand, placement, text)
+            if blockers:
+                failed[name] = waiting_reason(name, blockers)
+                held.add(name)
+        return [name for name in kept if name not in held] if held else kept
+
     def _count_failures(self, failed: dict[str, str], unresolvable: dict[str, str], quota: bool) -> None:
         counts: dict[str, int] = {}
         for reason in (*failed.values(), *unresolvable.values()):
@@ -351,6 +383,8 @@ class ExtenderService:
         for reason, count in counts.items():  # classify each distinct reason once
             if quota and "GPUQuota" in reason:
                 kind = metric_names.REASON_QUOTA
+            elif "to be allocated by the device plugin" in reason:
+                kind = metric_names.REASON_AWAITING_ALLOCATE
             elif "unknown" in reason or "has no tensor.ai" in reason:
                 kind = metric_names.REASON_UNKNOWN_NODE
             elif "inventory" in reason or "cordoned" in reason or "heartbeat" in reason:

@@ -25,6 +25,7 @@ REASON_UNKNOWN_NODE = "unknown_node"
 REASON_NODE_UNUSABLE = "node_unusable"
 REASON_GPU_FIT = "gpu_fit"
 REASON_BAD_POD = "bad_pod"
+REASON_AWAITING_ALLOCATE = "awaiting_allocate"  # the device plugin's bind rule holds the pod for now
 
 
 class _ViewCollector(Collector):

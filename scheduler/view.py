@@ -83,6 +83,7 @@ class PodRecord:
     assignment_text: str | None = None
     applied: tuple[int, Placement] | None = None  # what is subtracted from the arrays now
     usage: Usage = field(default_factory=Usage)  # counted in its namespace's usage now
+    awaiting: tuple[dict, frozenset[int]] | None = None  # bound, not yet allocated: (pod, its container sizes)
 
 
 def _empty_arrays(node_capacity: int, gpu_capacity: int) -> ClusterArrays:
@@ -220,6 +221,9 @@ class ClusterView:
         self.row_of: dict[str, int] = {}  # node name -> row, for vectorised lookups by the verbs
         self.version = 0  # bumped on every change of the arrays: equal versions = identical arrays
         self._assumed_at: dict[str, float] = {}  # uid -> time.monotonic() when a bind assumed it
+        # node -> uid -> (pod, GPU sizes) of bound pods the device plugin has not allocated yet: the
+        # bind rule (deviceplugin.identity.ambiguous_with) reads only these, never all pods
+        self._awaiting: dict[str, dict[str, tuple[dict, frozenset[int]]]] = {}
 
     # ------------------------------------------------------------------ readiness
     def mark_synced(self, kind: str) -> None:
@@ -528,8 +532,61 @@ class ClusterView:
             on_node.discard(record.uid)
             if not on_node:
                 del self._pods_by_node[record.node_name]
+        self._clear_awaiting(record)
         record.node_name, record.shares, record.assumed, record.assignment_text = None, (), False, None
         self._assumed_at.pop(record.uid, None)
+
+    # ------------------------------------------------------------------ pods awaiting Allocate
+    def _track_allocation(self, record: PodRecord, pod: dict) -> None:
+        """Index a holding pod while kubelet has not allocated all its GPU containers (see `awaiting`).
+
+        Allocated = every app container with GPUs appears in `tensor.ai/allocated`, or the pod is
+        Running (kubelet calls Allocate for every container at admission, before any starts).
+        """
+        self._clear_awaiting(record)
+        if record.node_name is None:
+            return
+        sizes: dict[str, int] = {}
+        init: frozenset[str] = frozenset()
+        if record.demand is not None:
+            sizes = {c.name: c.milli * c.gpu_count for c in record.demand.containers}
+            init = frozenset(c.name for c in record.demand.containers if c.init)
+        else:
+            for share in record.shares:
+                sizes[share.container] = sizes.get(share.container, 0) + share.milli
+        if not sizes or (pod.get("status") or {}).get("phase") == "Running":
+            return
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        text = annotations.get(contract.ANNOTATION_ALLOCATED) if isinstance(annotations, dict) else None
+        if text is not None:
+            try:
+                allocated = {c.name for c in contract.decode_assignment(text).containers}
+            except contract.ContractError:
+                allocated = set()  # unreadable: keep treating it as waiting (the safe side)
+            if all(name in allocated for name in sizes if name not in init):
+                return
+        record.awaiting = (pod, frozenset(sizes.values()))
+        self._awaiting.setdefault(record.node_name, {})[record.uid] = record.awaiting
+
+    def _clear_awaiting(self, record: PodRecord) -> None:
+        if record.awaiting is None:
+            return
+        record.awaiting = None
+        on_node = self._awaiting.get(record.node_name or "")
+        if on_node is not None:
+            on_node.pop(record.uid, None)
+            if not on_node:
+                del self._awaiting[record.node_name]
+
+    def awaiting_allocate(self, node_name: str) -> list[tuple[dict, frozenset[int]]]:
+        """(pod object, its containers' GPU sizes in milli) of every pod bound to the node and not yet
+        allocated by its device plugin, including pods our binds have assumed (call under the lock)."""
+        return list(self._awaiting.get(node_name, {}).values())
+
+    def nodes_awaiting_allocate(self) -> frozenset[str]:
+        """Nodes with at least one bound pod the device plugin has not allocated yet."""
+        with self.lock:
+            return frozenset(self._awaiting)
 
     def upsert_pod(self, pod: dict) -> None:
         """Add or update a Pod from its API object (watch event or list item); never raises on bad input."""
@@ -563,6 +620,7 @@ class ClusterView:
                     record.assumed = False  # the watch confirms what we bound
                     self._assumed_at.pop(uid, None)
                     record.pod = None
+                    self._track_allocation(record, pod)
                     return
                 record.assumed = False  # something else happened to the pod: trust the API
                 self._assumed_at.pop(uid, None)
@@ -575,12 +633,16 @@ class ClusterView:
                 return
             record.pod = None
             if record.node_name == node_name and record.assignment_text == text:
+                self._track_allocation(record, pod)  # e.g. the device plugin wrote tensor.ai/allocated
                 return
             shares: tuple[Share, ...] = ()
             if text is not None:
                 shares = self._shares_from_annotation(record, text, node_name)
+            # a changed Assignment (the device plugin swapping two interchangeable pending pods) is
+            # released in full and held again: no double counting, nothing left behind
             self._hold(record, node_name, shares)
             record.assignment_text = text
+            self._track_allocation(record, pod)
 
     def _shares_from_annotation(self, record: PodRecord, text: str, node_name: str) -> tuple[Share, ...]:
         try:
@@ -648,10 +710,18 @@ class ClusterView:
     def assume(self, uid: str, placement: Placement, assignment_text: str) -> None:
         """Hold the placement for a pod being bound (call under the lock, after the fit and quota checks)."""
         record = self._pods[uid]
+        pending = record.pod
         self._hold(record, placement.node_name, shares_from_placement(placement))
         record.assumed = True
         self._assumed_at[uid] = time.monotonic()
         record.assignment_text = assignment_text
+        if pending is not None:  # the pod as the device plugin will see it: bound, with this Assignment
+            metadata = dict(pending.get("metadata") or {})
+            metadata["annotations"] = {**(metadata.get("annotations") or {}),
+                                       contract.ANNOTATION_ASSIGNMENT: assignment_text}
+            bound = {**pending, "metadata": metadata, "spec": {**(pending.get("spec") or {}),
+                                                               "nodeName": placement.node_name}}
+            self._track_allocation(record, bound)
 
     def forget_assumed(self, uid: str) -> None:
         """A bind failed: give back everything `assume` took, so no capacity leaks."""
@@ -668,6 +738,7 @@ class ClusterView:
                 record.assumed = False
                 record.pod = None
                 self._assumed_at.pop(uid, None)
+                self._clear_awaiting(record)  # no device plugin behind a static file: nothing to wait for
 
     def assumed_older_than(self, age_s: float) -> list[PodRecord]:
         """Pods assumed by a bind more than `age_s` ago and still not confirmed by the watch."""
