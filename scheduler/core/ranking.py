@@ -64,14 +64,14 @@ def rank_extender_scores(scores: np.ndarray, order: np.ndarray) -> np.ndarray:
     if order.shape != scores.shape:
         raise ValueError(f"order has shape {order.shape}, scores {scores.shape}")
     out = np.zeros(scores.shape, dtype=np.int64)
-    feasible = np.flatnonzero(scores > -np.inf)  # nan compares False: infeasible too
-    if not feasible.size:
+    feasible = int(np.count_nonzero(scores > -np.inf))  # nan compares False: infeasible too
+    if not feasible:
         return out
-    place_of = np.empty(len(order), dtype=np.int64)
-    place_of[order] = np.arange(len(order))
-    ranked = feasible[np.lexsort((place_of[feasible], -scores[feasible]))]  # best first, ties by order
+    # one stable sort of the scores in tie-break order = (score desc, position in order); -inf and nan
+    # sort after every feasible score, so the first `feasible` entries are the feasible nodes ranked
+    ranked = order[np.argsort(-scores[order], kind="stable")[:feasible]]
     out[ranked[0]] = MAX_EXTENDER_SCORE
-    rest = len(ranked) - 1
+    rest = feasible - 1
     if rest:
         bands = (np.arange(rest) * MAX_EXTENDER_SCORE) // rest  # 0..9, never 10
         out[ranked[1:]] = MAX_EXTENDER_SCORE - 1 - bands
