@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import kubernetes
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tensorai.demo.kube_standin import KubeStandin
 from tensorai.deviceplugin.identity import _raw_watch_class
@@ -133,3 +135,26 @@ def test_kube_mode_plugin_never_imports_the_typed_api_or_its_generated_models() 
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "TYPED []" in result.stdout, result.stdout
+
+
+def test_any_node_name_reads_only_that_node_or_fails_with_an_http_status() -> None:
+    """Fuzz: arbitrary text as a name is quoted into one path segment; it never reaches another object."""
+    with KubeStandin() as api:
+        api.add_node(NODE)
+        client = api.api_client()
+        core = RawCoreApi(client)
+
+        @settings(max_examples=40, deadline=None)
+        @given(st.text(min_size=1, max_size=30))
+        def check(name: str) -> None:
+            try:
+                node = core.read_node(name)
+            except kubernetes.client.ApiException as error:
+                assert 400 <= error.status < 500
+            else:
+                assert node["metadata"]["name"] == name == NODE
+
+        try:
+            check()
+        finally:
+            client.close()
