@@ -7,6 +7,7 @@ The programs run for real here, from the manifests' own command lines with only 
 socket folders made local: the extender on a cluster file or against the Kubernetes API stand-in, the
 device plugin on simulated GPUs, the webhook with its self-signed certificate, all on loopback.
 """
+
 from __future__ import annotations
 
 import base64
@@ -14,6 +15,7 @@ import contextlib
 import copy
 import json
 import os
+import random
 import re
 import shlex
 import socket
@@ -405,9 +407,18 @@ def _program(name: str) -> Path:
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range (32768 and up, where other processes'
+    port-0 binds and outgoing connections land), so it stays free until our program binds it."""
+    chooser = random.Random()
+    for _ in range(200):
+        port = chooser.randrange(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port in 20000..32000")
 
 
 class Running:
