@@ -257,29 +257,34 @@ def evaluate(cluster: ClusterArrays, demand: PodDemand, nodes: np.ndarray | None
         memory_of: dict[int, np.ndarray] = {}
         for index in order:
             container = containers[index]
-            need = _container_memory(container, usable_mib)
-            if container.milli >= MILLI_PER_GPU:
-                fit, _ = _fits(container, temp_milli, temp_mib, usable_mib, allowed)
-                slots, ok = _pick_whole(fit, container.gpu_count, numa)
-                reserve_milli, reserve_mib = MILLI_PER_GPU, need
-            else:
+            if chained[index] and container.milli < MILLI_PER_GPU:
                 group = [containers[i] for i in sorted([index, *chained[index]])]  # spec order
+                need = _container_memory(container, usable_mib)
                 reserve_milli = held_sequence([(member.init, min(member.milli, MILLI_PER_GPU)) for member in group])
                 reserve_mib = held_arrays([(member.init, _container_memory(member, usable_mib)) for member in group])
                 fit = allowed & (temp_milli >= reserve_milli) & (temp_mib >= reserve_mib)
                 if reserve_milli >= MILLI_PER_GPU:
                     fit &= temp_mib >= usable_mib
                 slots, ok = _pick_fraction(fit, temp_milli)
+                taken_mib = np.take_along_axis(reserve_mib, slots, axis=1)
+            else:  # whole GPUs hold any share of their group; a lone share reserves itself
+                fit, need = _fits(container, temp_milli, temp_mib, usable_mib, allowed)
+                if container.milli >= MILLI_PER_GPU:
+                    slots, ok = _pick_whole(fit, container.gpu_count, numa)
+                else:
+                    slots, ok = _pick_fraction(fit, temp_milli)
+                reserve_milli, taken_mib = container.milli, None
             if container.init:
                 init_ok &= ok
             else:
                 gpu_ok &= ok
             slots_of[index] = slots
             memory_of[index] = np.take_along_axis(need, slots, axis=1)
-            taken_mib = np.take_along_axis(np.broadcast_to(reserve_mib, need.shape), slots, axis=1)
-            np.subtract.at(temp_milli, (rows, slots), np.where(ok[:, None], reserve_milli, 0))
-            np.subtract.at(temp_mib, (rows, slots), np.where(ok[:, None], taken_mib, 0))
-            np.add.at(option_milli[:, 0, :], (rows, slots), np.where(ok[:, None], reserve_milli, 0).astype(np.int32))
+            taken = np.where(ok[:, None], reserve_milli, 0)
+            np.subtract.at(temp_milli, (rows, slots), taken)
+            np.subtract.at(temp_mib, (rows, slots),
+                           np.where(ok[:, None], memory_of[index] if taken_mib is None else taken_mib, 0))
+            np.add.at(option_milli[:, 0, :], (rows, slots), taken.astype(np.int32))
         for index, anchor in enumerate(anchor_of):  # group members: the GPUs of their group's leader
             if anchor is None:
                 continue
