@@ -5,11 +5,15 @@ waits for, bind refuses without leaking anything, and the pod binds once `tensor
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kubernetes import client
-from test_extender_support import ExtenderStack, bind_args, filter_args, node, pod, post, wait_for
+from test_extender_support import ExtenderStack, assigned_pod, bind_args, filter_args, node, pod, post, wait_for
 
 from tensorai.demo.kube_standin import KubeStandin
 from tensorai.proto import contract
+from tensorai.scheduler.extender import ExtenderService
+from tensorai.scheduler.view import ClusterView
 
 WAIT_S = 10.0
 
@@ -103,3 +107,38 @@ def _request(worker: dict):
     from tensorai.scheduler.bind import BindRequest
 
     return BindRequest.from_json(bind_args(worker, "gpu-0"))
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 3000) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=8,
+)
+
+
+_ANNOTATION_KEYS = st.sampled_from(
+    [contract.ANNOTATION_ASSIGNMENT, contract.ANNOTATION_ALLOCATED, "tensor.ai/gpu-model"]
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(milli=st.sampled_from([250, 500]), field=st.sampled_from(["resources", "name", "restartPolicy", "env"]),
+       junk=_JSON, annotations=st.dictionaries(_ANNOTATION_KEYS, st.text(max_size=20)))
+def test_filter_and_bind_survive_any_pod_while_a_node_awaits_allocate(milli: int, field: str, junk: object,
+                                                                     annotations: dict) -> None:
+    """The bind-rule path parses the candidate as the device plugin would: junk never crashes it or leaks."""
+    view = ClusterView(stale_seconds=0)
+    view.upsert_node(node("gpu-0", 2))
+    waiting = assigned_pod("waiting", "gpu-0", [(0, 500)])
+    waiting["status"]["phase"] = "Pending"
+    view.upsert_pod(waiting)
+    assert view.nodes_awaiting_allocate() == {"gpu-0"}
+    service = ExtenderService(view)
+    candidate = pod("fuzzed", milli, memory="4Gi", annotations=annotations)
+    candidate["spec"]["containers"][0][field] = junk
+    before = view.snapshot()
+    result = service.filter(filter_args(candidate, ["gpu-0"]))
+    assert isinstance(result, dict) and set(result) >= {"NodeNames", "FailedNodes", "Error"}
+    error = service.bind(bind_args(candidate, "gpu-0"))["Error"]
+    if error:
+        assert view.snapshot() == before, "a refused bind leaked"
