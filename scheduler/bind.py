@@ -31,7 +31,7 @@ from tensorai.proto import contract
 from tensorai.scheduler.core.context import PolicyContext
 from tensorai.scheduler.core.fit import node_feasibility
 from tensorai.scheduler.core.placement import choose_placement
-from tensorai.scheduler.core.quota import quota_violations, usage_of_shares
+from tensorai.scheduler.core.quota import quota_violations, usage_of_placement
 from tensorai.scheduler.core.types import Placement, PodDemand
 from tensorai.scheduler.events import REASON_BIND_FAILED, REASON_BOUND, EventRecorder, PodEvent
 from tensorai.scheduler.metrics import ExtenderMetrics
@@ -171,10 +171,7 @@ class Binder:
                 reason = reasons.get(index, ("no GPU placement found", True))[0]
                 raise BindError(f"pod no longer fits on {request.node}: {reason}")
             node = view.node_record(request.node)
-            init = frozenset(c.name for c in demand.containers if c.init)
-            usage = usage_of_shares(
-                ((c.container, c.milli, c.memory_mib) for c in placement.choices), init, node.model if node else None
-            )
+            usage = usage_of_placement(demand, placement, node.model if node else None)  # what its GPUs hold
             violations = quota_violations(view.quotas(record.namespace), view.used(record.namespace), usage)
             if violations:
                 raise BindError("; ".join(violations))

@@ -30,8 +30,9 @@ import numpy as np
 
 from tensorai.proto import contract
 from tensorai.proto.quantity import QuantityError, bytes_to_mib, quantity_to_milli
+from tensorai.scheduler.core.initchain import held_per_gpu
 from tensorai.scheduler.core.placement import apply_placement, release_placement
-from tensorai.scheduler.core.quota import QuotaError, QuotaLimits, Usage, parse_gpu_quota, usage_of_shares
+from tensorai.scheduler.core.quota import QuotaError, QuotaLimits, Usage, parse_gpu_quota, usage_of_placement
 from tensorai.scheduler.core.requests import DemandError, pod_demand
 from tensorai.scheduler.core.types import ClusterArrays, ContainerDemand, GPUChoice, Placement, PodDemand
 
@@ -76,6 +77,7 @@ class PodRecord:
     name: str
     demand: PodDemand | None = None
     demand_error: str | None = None
+    spec_containers: tuple[tuple[str, bool, bool], ...] = ()  # (name, init, sidecar), kept when demand is None
     pod: dict | None = None  # kept while pending, so bind can re-check without an API call
     node_name: str | None = None  # where it holds capacity (bound or assumed); None = holds nothing
     shares: tuple[Share, ...] = ()
@@ -129,21 +131,42 @@ def _grown(old: ClusterArrays, node_capacity: int, gpu_capacity: int) -> Cluster
 
 
 def _force_apply(cluster: ClusterArrays, demand: PodDemand, placement: Placement) -> None:
-    """apply_placement without its fit checks, for pods the API already bound (exact inverse of release)."""
+    """apply_placement without its fit checks, for pods the API already bound (exact inverse of release).
+
+    Per GPU it subtracts what the pod holds there (`held_per_gpu`: kubelet's reuse of init containers'
+    devices), the same amounts `release_placement` gives back.
+    """
     node = placement.node_index
     cluster.node_cpu_free_milli[node] -= demand.cpu_milli
     cluster.node_memory_free_mib[node] -= demand.memory_mib
-    init = {c.name for c in demand.containers if c.init}
-    for choice in placement.choices:
-        if choice.container in init:
-            continue
-        cluster.gpu_free_milli[node, choice.gpu_slot] -= choice.milli
-        cluster.gpu_free_memory_mib[node, choice.gpu_slot] -= choice.memory_mib
+    for slot, (milli, memory_mib) in held_per_gpu(demand, placement).items():
+        cluster.gpu_free_milli[node, slot] -= milli
+        cluster.gpu_free_memory_mib[node, slot] -= memory_mib
         if demand.exclusive:
-            cluster.gpu_exclusive[node, choice.gpu_slot] = True
+            cluster.gpu_exclusive[node, slot] = True
         if demand.anti_affinity_group is not None:
-            key = (node, choice.gpu_slot)
+            key = (node, slot)
             cluster.gpu_groups[key] = cluster.gpu_groups.get(key, frozenset()) | {demand.anti_affinity_group}
+
+
+def _spec_containers(pod: dict) -> tuple[tuple[str, bool, bool], ...]:
+    """(name, regular init, sidecar) per container in spec order, read leniently from a pod that failed to parse.
+
+    The view keeps it so a pod whose demand is unreadable is still counted the way kubelet holds its
+    GPUs (init 500 then app 250 holds 500, not 750); anything malformed is skipped, never raised.
+    """
+    spec = pod.get("spec") if isinstance(pod.get("spec"), dict) else {}
+    result: list[tuple[str, bool, bool]] = []
+    for field_name, init in (("initContainers", True), ("containers", False)):
+        containers = spec.get(field_name)
+        if not isinstance(containers, list):
+            continue
+        for container in containers:
+            if not isinstance(container, dict) or not isinstance(container.get("name"), str):
+                continue
+            sidecar = init and container.get("restartPolicy") == "Always"
+            result.append((container["name"], init and not sidecar, sidecar))
+    return tuple(result)
 
 
 def _resource_version(obj: dict) -> str:
@@ -169,6 +192,15 @@ def _pod_key(pod: dict) -> tuple[str, str, str]:
 def shares_from_placement(placement: Placement) -> tuple[Share, ...]:
     """The shares a placement gives, in the form the view stores."""
     return tuple(Share(c.container, c.uuid, c.milli, c.memory_mib) for c in placement.choices)
+
+
+def _shares_placement(shares: tuple[Share, ...]) -> Placement:
+    """The shares as a Placement with one slot per GPU UUID, for counting what they hold (no node needed)."""
+    slots: dict[str, int] = {}
+    choices = tuple(
+        GPUChoice(s.container, 0, slots.setdefault(s.uuid, len(slots)), s.uuid, s.milli, s.memory_mib) for s in shares
+    )
+    return Placement(0, "", choices, 0.0)
 
 
 def assignment_from_placement(placement: Placement, pod_uid: str) -> contract.pb.Assignment:
@@ -442,6 +474,11 @@ class ClusterView:
         except DemandError as error:
             return None, str(error)
 
+    def _read_demand(self, record: PodRecord, pod: dict) -> None:
+        """Parse the pod's demand into the record; keep its container order when the demand is unreadable."""
+        record.demand, record.demand_error = self._demand_of(pod)
+        record.spec_containers = _spec_containers(pod) if record.demand is None else ()
+
     def _placement_for(self, record: PodRecord, node: NodeRecord) -> Placement:
         choices = []
         for share in record.shares:
@@ -459,11 +496,19 @@ class ClusterView:
         return Placement(node.index, node.name, tuple(choices), 0.0)
 
     def demand_for_arrays(self, record: PodRecord) -> PodDemand:
-        """The demand to hand apply/release_placement: parsed from the pod, or rebuilt from its shares."""
+        """The demand to hand apply/release_placement: parsed from the pod, or rebuilt from its shares.
+
+        The rebuilt one lists the containers in spec order with their init/sidecar roles (when the pod
+        was seen), so an unreadable pod is still counted as kubelet holds it: `max(init, app)` per GPU.
+        """
         if record.demand is not None:
             return record.demand
         containers: dict[str, ContainerDemand] = {}
-        for share in record.shares:
+        for name, init, sidecar in record.spec_containers:
+            share = next((s for s in record.shares if s.container == name), None)
+            if share is not None:
+                containers.setdefault(name, ContainerDemand(name, share.milli, 1, share.memory_mib, init, sidecar))
+        for share in record.shares:  # containers the spec does not list count like app containers, after the others
             containers.setdefault(share.container, ContainerDemand(share.container, share.milli, 1, share.memory_mib))
         return PodDemand(record.namespace, record.name, record.uid, tuple(containers.values()))
 
@@ -501,9 +546,8 @@ class ClusterView:
                 record.usage = Usage()
                 return
             node = self._nodes.get(record.node_name)
-            init = frozenset(c.name for c in record.demand.containers if c.init) if record.demand else frozenset()
-            record.usage = usage_of_shares(
-                ((s.container, s.milli, s.memory_mib) for s in record.shares), init, node.model if node else None
+            record.usage = usage_of_placement(
+                self.demand_for_arrays(record), _shares_placement(record.shares), node.model if node else None
             )
             if not record.usage.is_zero():
                 self._used[record.namespace] = self._used.get(record.namespace, Usage()).plus(record.usage)
@@ -606,7 +650,7 @@ class ClusterView:
             record = self._pods.get(uid)
             if record is None:
                 record = PodRecord(uid, namespace, name)
-                record.demand, record.demand_error = self._demand_of(pod)
+                self._read_demand(record, pod)
                 self._pods[uid] = record
             if phase in TERMINAL_PHASES:
                 self._forget_waiting(record)
@@ -628,7 +672,7 @@ class ClusterView:
                 if record.node_name is not None:
                     self._unhold(record)
                 if record.pod is not None and _resource_version(record.pod) != _resource_version(pod):
-                    record.demand, record.demand_error = self._demand_of(pod)  # annotations may change while pending
+                    self._read_demand(record, pod)  # annotations may change while pending
                 record.pod = pod
                 return
             record.pod = None
@@ -695,7 +739,7 @@ class ClusterView:
             record = self._pods.get(uid)
             if record is None:
                 record = PodRecord(uid, namespace, name)
-                record.demand, record.demand_error = self._demand_of(pod)
+                self._read_demand(record, pod)
                 self._pods[uid] = record
             elif record.node_name is None and (
                 record.pod is None

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 
 from tensorai.proto import contract
 from tensorai.proto.quantity import QuantityError, bytes_to_mib, quantity_to_milli
-from tensorai.scheduler.core.types import PodDemand
+from tensorai.scheduler.core.initchain import held_per_gpu, held_sequence
+from tensorai.scheduler.core.requests import total_gpu_milli
+from tensorai.scheduler.core.types import Placement, PodDemand
 
 HARD_GPUS = "gpus"
 HARD_MEMORY = "memory"
@@ -128,17 +130,20 @@ def parse_gpu_quota(obj: object) -> QuotaLimits:
 
 
 def demand_gpus_milli(demand: PodDemand) -> int:
-    """Milli-GPU a pod holds while running: its regular containers, or its largest init container if larger."""
-    regular = sum(c.milli * c.gpu_count for c in demand.containers if not c.init)
-    init = max((c.milli * c.gpu_count for c in demand.containers if c.init), default=0)
-    return max(regular, init)
+    """Milli-GPU a pod holds while running: what kubelet's reuse of init containers' devices leaves held.
+
+    The same count the GPUs are charged (`requests.total_gpu_milli`, core/initchain.py): init 500
+    then app 250 holds 500; a sidecar (restartPolicy Always) keeps its own share beside the apps.
+    """
+    return total_gpu_milli(demand)
 
 
 def estimate_usage(demand: PodDemand, model: str | None, usable_memory_mib: int | None) -> Usage:
     """What the pod would hold on a node of `model` whose GPUs have `usable_memory_mib` each.
 
     Used at filter time, before a GPU is chosen; memory without an explicit request is the share
-    of the usable memory, the same default the fit rules apply. Unknown memory counts as 0.
+    of the usable memory, the same default the fit rules apply. Unknown memory counts as 0. Memory
+    follows the same kubelet reuse replay as milli (`held_sequence`, containers in spec order).
     """
 
     def memory_of(container_milli: int, count: int, memory_mib: int | None) -> int:
@@ -148,36 +153,38 @@ def estimate_usage(demand: PodDemand, model: str | None, usable_memory_mib: int 
             return 0
         return (usable_memory_mib * container_milli // contract.MILLI_PER_GPU) * count
 
-    regular = [c for c in demand.containers if not c.init]
-    init = [c for c in demand.containers if c.init]
-    memory_regular = sum(memory_of(c.milli, c.gpu_count, c.memory_mib) for c in regular)
-    memory_init = max((memory_of(c.milli, c.gpu_count, c.memory_mib) for c in init), default=0)
+    memory = held_sequence([(c.init, memory_of(c.milli, c.gpu_count, c.memory_mib)) for c in demand.containers])
     gpus = demand_gpus_milli(demand)
     models = {model: gpus} if model and gpus else {}
-    return Usage(gpus, max(memory_regular, memory_init), models)
+    return Usage(gpus, memory, models)
+
+
+def usage_of_placement(demand: PodDemand, placement: Placement, model: str | None) -> Usage:
+    """Exact usage of a placed pod: the sum over its GPUs of what it holds there (`held_per_gpu`).
+
+    This is exactly what `apply_placement` subtracts from the GPUs, so quota charges what the GPUs hold.
+    """
+    held = held_per_gpu(demand, placement).values()
+    gpus = sum(milli for milli, _ in held)
+    memory = sum(memory_mib for _, memory_mib in held)
+    return Usage(gpus, memory, {model: gpus} if model and gpus else {})
 
 
 def usage_of_shares(
     shares: Iterable[tuple[str, int, int]], init_containers: frozenset[str], model: str | None
 ) -> Usage:
-    """Exact usage of a placed pod from its (container, milli, memory_mib) shares.
+    """Usage of a pod from its (container, milli, memory_mib) shares, taken in spec order on one pool.
 
-    Init containers run one at a time before the others and give their GPUs back, so the pod
-    holds the larger of (all regular containers) and (its largest init container).
+    kubelet's reuse replay (`held_sequence`) over the pod's total: for init containers placed on the
+    GPU of what follows them this equals `usage_of_placement`; prefer that one when the GPUs are known.
     """
-    regular_milli = regular_memory = 0
-    init_milli: dict[str, int] = {}
-    init_memory: dict[str, int] = {}
-    for container, milli, memory_mib in shares:
-        if container in init_containers:
-            init_milli[container] = init_milli.get(container, 0) + milli
-            init_memory[container] = init_memory.get(container, 0) + memory_mib
-        else:
-            regular_milli += milli
-            regular_memory += memory_mib
-    gpus = max(regular_milli, *init_milli.values(), 0)
-    memory = max(regular_memory, *init_memory.values(), 0)
-    return Usage(gpus, memory, {model: gpus} if model and gpus else {})
+    milli: list[tuple[bool, int]] = []
+    memory: list[tuple[bool, int]] = []
+    for container, share_milli, memory_mib in shares:
+        milli.append((container in init_containers, share_milli))
+        memory.append((container in init_containers, memory_mib))
+    gpus = held_sequence(milli)
+    return Usage(gpus, held_sequence(memory), {model: gpus} if model and gpus else {})
 
 
 def _gpus_text(milli: int) -> str:
