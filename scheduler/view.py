@@ -954,6 +954,13 @@ class ClusterView:
             for slot, uuid in enumerate(uuids)
         ]
 
+    def inventory_heartbeats(self) -> list[tuple[str, float]]:
+        """(node, Unix seconds of its last Inventory heartbeat) for nodes that published one, for metrics."""
+        with self.lock:
+            rows = [(record.name, record.index) for record in self._nodes.values()]
+            heartbeat_s = self._heartbeat_s.copy()
+        return [(name, float(heartbeat_s[row])) for name, row in rows if not np.isnan(heartbeat_s[row])]
+
     def snapshot(self) -> dict[str, tuple]:
         """Per node: (free milli per GPU, free MiB per GPU, exclusive per GPU) - to compare two views."""
         with self.lock:

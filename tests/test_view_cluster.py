@@ -256,3 +256,22 @@ def test_heartbeat_only_update_keeps_rows_and_quota_untouched() -> None:
     assert view.snapshot()["a"][0] == (500, 1000)
     assert view.freed_at("ml") == freed, "a heartbeat is not a quota release"
     assert view.version == version + 1  # only node_schedulable flipped
+
+
+def test_metrics_export_each_nodes_inventory_heartbeat_for_the_stale_alert() -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tensorai.scheduler.metrics import ExtenderMetrics
+
+    beat = dt.datetime(2026, 11, 1, 12, 0, 5, tzinfo=dt.UTC)
+    view = _view([node("a", 1, heartbeat=beat), node("b", 1, heartbeat=beat + dt.timedelta(seconds=30))],
+                 stale_seconds=0)
+    text = generate_latest(ExtenderMetrics(view).registry).decode()
+    samples = {
+        sample.labels["node"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "tensorai_node_inventory_heartbeat_timestamp_seconds"
+        for sample in family.samples
+    }
+    assert samples == {"a": beat.timestamp(), "b": beat.timestamp() + 30}
