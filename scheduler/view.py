@@ -30,6 +30,7 @@ import numpy as np
 
 from tensorai.proto import contract
 from tensorai.proto.quantity import QuantityError, bytes_to_mib, quantity_to_milli
+from tensorai.scheduler.core.cluster import empty_cluster
 from tensorai.scheduler.core.initchain import held_per_gpu
 from tensorai.scheduler.core.placement import apply_placement, release_placement
 from tensorai.scheduler.core.quota import QuotaError, QuotaLimits, Usage, parse_gpu_quota, usage_of_placement
@@ -89,23 +90,11 @@ class PodRecord:
 
 
 def _empty_arrays(node_capacity: int, gpu_capacity: int) -> ClusterArrays:
-    return ClusterArrays(
-        node_names=[""] * node_capacity,
-        models=[],
-        node_model=np.full(node_capacity, -1, dtype=np.int32),
-        node_cpu_free_milli=np.zeros(node_capacity, dtype=np.int64),
-        node_memory_free_mib=np.zeros(node_capacity, dtype=np.int64),
-        node_schedulable=np.zeros(node_capacity, dtype=bool),
-        gpu_count=np.zeros(node_capacity, dtype=np.int32),
-        gpu_free_milli=np.full((node_capacity, gpu_capacity), -1, dtype=np.int32),
-        gpu_free_memory_mib=np.zeros((node_capacity, gpu_capacity), dtype=np.int64),
-        gpu_usable_memory_mib=np.zeros((node_capacity, gpu_capacity), dtype=np.int64),
-        gpu_healthy=np.zeros((node_capacity, gpu_capacity), dtype=bool),
-        gpu_numa=np.full((node_capacity, gpu_capacity), -1, dtype=np.int32),
-        gpu_uuids=[[] for _ in range(node_capacity)],
-        gpu_exclusive=np.zeros((node_capacity, gpu_capacity), dtype=bool),
-        gpu_groups={},
-    )
+    """The core's empty cluster with free rows: unnamed and unschedulable until a node takes them."""
+    arrays = empty_cluster(node_capacity, gpu_capacity)
+    arrays.node_names = [""] * node_capacity
+    arrays.node_schedulable[:] = False
+    return arrays
 
 
 def _grown(old: ClusterArrays, node_capacity: int, gpu_capacity: int) -> ClusterArrays:
