@@ -29,6 +29,13 @@ from tensorai.deviceplugin.sharing import DEFAULT_MPS_PIPE_DIR, SharingPolicy
 from tensorai.deviceplugin.slices import SliceTable
 from tensorai.proto import contract
 
+# CPython makes a thread that wants the GIL wait up to the switch interval (default 5 ms) while another
+# thread computes. In kube mode the watch, annotation writer and reconciler threads compute while
+# kubelet's GetPreferredAllocation waits; 0.5 ms bounds that wait per hand-over (measured: p99 ~11 ms ->
+# see docs/deviceplugin.md, Performance). Set in main() only: the daemon owns its process, a library user
+# (tests, the demo) keeps its own setting.
+GIL_SWITCH_INTERVAL_S = 0.0005
+
 log = logging.getLogger("tensorai.deviceplugin")
 
 ENV_PREFIX = contract.ENV_DEVICE_PLUGIN_PREFIX
@@ -105,13 +112,15 @@ class Plugin:
             self.core_v1 = RawCoreApi(api_client or kube_api_client(config.kubeconfig))
             self.identity = PodIdentity(config.node_name, self.book, catch_up_s=config.catch_up_s)
             self.watch = PodWatch(self.core_v1, self.identity)
-            self.writer = AllocatedAnnotationWriter(self.core_v1, config.node_name, self.book, self.identity)
         self.manager = VGPUManager(self.table, self.tracker, self.sharing, self.book, self.identity,
                                    on_allocated=self._allocated)
+        if self.identity is not None and self.core_v1 is not None:
+            self.writer = AllocatedAnnotationWriter(self.core_v1, config.node_name, self.book, self.identity,
+                                                    idle_s=self.manager.calls.idle_s)
         self.servicer = DevicePluginServicer(self.manager)
         self.podresources = PodResourcesClient(config.pod_resources_socket)
         self.reconciler = Reconciler(self.podresources, self.manager.reconcile, self._annotations_changed,
-                                     interval_s=config.reconcile_interval_s)
+                                     interval_s=config.reconcile_interval_s, idle_s=self.manager.calls.idle_s)
         self.runner = PluginRunner(self.servicer, config.device_plugin_dir, socket_name=config.socket_name,
                                    poll_interval_s=config.registration_poll_s)
         self.metrics: Any = None
@@ -244,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not config.node_name:
         parser.error(f"node name is empty: pass --node-name or set {ENV_NODE_NAME}")
     footprint.limit_malloc_arenas()  # before any thread starts: the cap applies to arenas made later
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         plugin = Plugin(config)
     except gpus.BackendUnavailableError as error:

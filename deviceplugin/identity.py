@@ -32,6 +32,7 @@ from typing import Any
 
 from tensorai.deviceplugin.allocations import AllocationBook, GPUPortion, Owner
 from tensorai.deviceplugin.kubeapi import RawCoreApi
+from tensorai.deviceplugin.quiet import wait_for_quiet
 from tensorai.proto import contract
 from tensorai.proto import tensorai_v1_pb2 as pb
 from tensorai.proto.quantity import QuantityError, bytes_to_mib, quantity_to_int
@@ -814,11 +815,26 @@ class PodWatch:
 class AllocatedAnnotationWriter:
     """Writes `tensor.ai/allocated` on pods in the background, so Allocate never waits on the API server."""
 
-    def __init__(self, core: RawCoreApi, node_name: str, book: AllocationBook, identity: PodIdentity) -> None:
+    def __init__(
+        self,
+        core: RawCoreApi,
+        node_name: str,
+        book: AllocationBook,
+        identity: PodIdentity,
+        *,
+        idle_s: Callable[[], float] | None = None,
+        quiet_s: float = 0.05,
+        max_hold_s: float = 1.0,
+    ) -> None:
         self._core = core
         self._node = node_name
         self._book = book
         self._identity = identity
+        # Writes wait for kubelet's calls to pause `quiet_s` (at most `max_hold_s`): a PATCH and the
+        # watch event it causes would otherwise compete with the next admission for the GIL.
+        self._idle_s = idle_s
+        self._quiet_s = quiet_s
+        self._max_hold_s = max_hold_s
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.written = 0
@@ -848,15 +864,24 @@ class AllocatedAnnotationWriter:
 
     def _run(self) -> None:
         while True:
-            uid = self._queue.get()
-            try:
-                if uid is None:
-                    return
-                self._write(uid)
-            except Exception:  # one bad pod must never stop the annotations of every later one
-                log.exception("writing the annotations of pod uid %s failed", uid)
-            finally:
+            batch = [self._queue.get()]
+            if batch[0] is not None:
+                wait_for_quiet(self._idle_s, quiet_s=self._quiet_s, max_wait_s=self._max_hold_s)
+            while True:  # everything queued meanwhile, each pod once (a pod's write reads its latest state)
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stopping = None in batch
+            for uid in dict.fromkeys(uid for uid in batch if uid is not None):
+                try:
+                    self._write(uid)
+                except Exception:  # one bad pod must never stop the annotations of every later one
+                    log.exception("writing the annotations of pod uid %s failed", uid)
+            for _ in batch:
                 self._queue.task_done()
+            if stopping:
+                return
 
     def _write(self, uid: str) -> None:
         state = self._identity.pod(uid)

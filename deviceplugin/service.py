@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tensorai.deviceplugin.allocations import UNKNOWN_OWNER, AllocationBook, AllocationRecord, GPUPortion, Owner
 from tensorai.deviceplugin.identity import IdentityError, PodIdentity, ReusedDevicesMisplaced
+from tensorai.deviceplugin.quiet import CallClock
 from tensorai.deviceplugin.sharing import SharingPolicy
 from tensorai.deviceplugin.slices import SliceError, SliceTable, choose_preferred, request_shape
 from tensorai.proto import contract
@@ -72,6 +73,8 @@ class VGPUManager:
         # GetPreferredAllocation with those IDs as must_include, or not at all when they cover the
         # request. None = no GetPreferredAllocation since the last Allocate.
         self._last_must_include: frozenset[str] | None = None
+        # When kubelet last called: background work waits for a pause (see quiet.py).
+        self.calls = CallClock()
 
     def options(self) -> dp.DevicePluginOptions:
         return dp.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
@@ -86,6 +89,7 @@ class VGPUManager:
 
     # --- GetPreferredAllocation ------------------------------------------------------------------
     def preferred(self, request: dp.ContainerPreferredAllocationRequest) -> list[str]:
+        self.calls.mark()
         available = self.table.available(request.available_deviceIDs)
         must = self.table.group_by_gpu(request.must_include_deviceIDs, what="must_include_deviceIDs")
         if any(device not in available.members for ids in must.values() for device in ids):
@@ -103,6 +107,7 @@ class VGPUManager:
     # --- Allocate --------------------------------------------------------------------------------
     def allocate(self, requests: Sequence[Sequence[str]]) -> list[dp.ContainerAllocateResponse]:
         """Allocate every container request, all or nothing."""
+        self.calls.mark()
         if not requests:
             raise SliceError("AllocateRequest has no container_requests")
         if len(requests) > MAX_CONTAINER_REQUESTS:
