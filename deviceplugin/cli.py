@@ -29,13 +29,6 @@ from tensorai.deviceplugin.sharing import DEFAULT_MPS_PIPE_DIR, SharingPolicy
 from tensorai.deviceplugin.slices import SliceTable
 from tensorai.proto import contract
 
-# CPython makes a thread that wants the GIL wait up to the switch interval (default 5 ms) while another
-# thread computes. In kube mode the watch, annotation writer and reconciler threads compute while
-# kubelet's GetPreferredAllocation waits; 0.5 ms bounds that wait per hand-over (measured: p99 ~11 ms ->
-# see docs/deviceplugin.md, Performance). Set in main() only: the daemon owns its process, a library user
-# (tests, the demo) keeps its own setting.
-GIL_SWITCH_INTERVAL_S = 0.0005
-
 log = logging.getLogger("tensorai.deviceplugin")
 
 ENV_PREFIX = contract.ENV_DEVICE_PLUGIN_PREFIX
@@ -253,7 +246,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not config.node_name:
         parser.error(f"node name is empty: pass --node-name or set {ENV_NODE_NAME}")
     footprint.limit_malloc_arenas()  # before any thread starts: the cap applies to arenas made later
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         plugin = Plugin(config)
     except gpus.BackendUnavailableError as error:
