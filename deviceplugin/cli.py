@@ -28,6 +28,7 @@ from tensorai.deviceplugin.service import DevicePluginServicer, VGPUManager
 from tensorai.deviceplugin.sharing import DEFAULT_MPS_PIPE_DIR, SharingPolicy
 from tensorai.deviceplugin.slices import SliceTable
 from tensorai.proto import contract
+from tensorai.proto.kubeclient import kube_api_client
 
 log = logging.getLogger("tensorai.deviceplugin")
 
@@ -60,19 +61,6 @@ class PluginConfig:
     catch_up_s: float = 3.0
     reconcile_interval_s: float = 10.0
     registration_poll_s: float = 0.5
-
-
-def kube_api_client(kubeconfig: str | None) -> Any:
-    """An ApiClient from --kubeconfig, else in-cluster, else ~/.kube/config (no global state touched)."""
-    from kubernetes import client, config
-
-    if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        configuration = client.Configuration()
-        config.load_incluster_config(client_configuration=configuration)
-        return client.ApiClient(configuration)
-    return config.new_client_from_config(config_file=os.path.expanduser("~/.kube/config"))
 
 
 class Plugin:

@@ -17,6 +17,7 @@ import threading
 
 import numpy as np
 
+from tensorai.proto.kubeclient import kube_api_client
 from tensorai.scheduler.core.policies import DEFAULT_POLICY, POLICY_NAMES
 
 log = logging.getLogger("tensorai.extender")
@@ -62,18 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _api_client(kubeconfig: str | None) -> object:
-    from kubernetes import client, config
-
-    if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
-    try:
-        config.load_incluster_config()
-        return client.ApiClient()
-    except config.ConfigException:
-        return config.new_client_from_config()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the extender until SIGTERM/SIGINT; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -106,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         log.info("loaded %s from %s", counts, args.cluster_file)
     else:
-        api_client = _api_client(args.kubeconfig)
+        api_client = kube_api_client(args.kubeconfig)
         source = KubeSource(view, api_client).start()
         reconciler = AssumedReconciler(view, api_client).start()
     # The view's long-lived objects (tens of thousands of pod and node records) need no cyclic GC

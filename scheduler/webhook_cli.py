@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from tensorai.proto.kubeclient import kube_api_client
 from tensorai.scheduler import certs
 from tensorai.scheduler.webhook import WebhookConfig
 from tensorai.scheduler.webhook_server import KubeQuotaSource, WebhookMetrics, WebhookServer
@@ -74,20 +75,6 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         path = getattr(args, flag)
         if path is not None and not path.is_file():
             parser.error(f"--{flag.replace('_', '-')}: no such file {path}")
-
-
-def kube_api_client(kubeconfig: Path | None) -> Any:
-    """A kubernetes ApiClient: the given kubeconfig, else in-cluster, else the default kubeconfig."""
-    from kubernetes import client, config
-
-    if kubeconfig is not None:
-        return config.new_client_from_config(config_file=str(kubeconfig))
-    try:
-        configuration = client.Configuration()
-        config.load_incluster_config(client_configuration=configuration)
-        return client.ApiClient(configuration)
-    except config.ConfigException:
-        return config.new_client_from_config()
 
 
 def _patch_ca_bundle_until_done(api_client: Any, name: str, ca_pem: bytes, server: WebhookServer,

@@ -19,9 +19,10 @@ from tensorai.deviceplugin.backends import (
     parse_sim_gpus,
 )
 from tensorai.deviceplugin.gpus import BackendError, GPUBackend, GPULostError, XidEvent
+from tensorai.deviceplugin.health import HealthTracker
+from tensorai.deviceplugin.inventory import build_inventory
 from tensorai.deviceplugin.simulated import SimulatedBackend
 from tensorai.proto import contract
-from tensorai.proto import tensorai_v1_pb2 as pb
 
 UUID_SHAPE = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -112,18 +113,10 @@ def test_default_reserve_is_a_realistic_driver_share_and_overridable() -> None:
 
 def test_simulated_gpus_satisfy_the_inventory_contract_even_when_tiny() -> None:
     backend = make_backend("1xTiny:1,1xSmall:2,1xH100:81559")
-    inventory = pb.Inventory(node_name="n")
-    for gpu in backend.gpus():
-        inventory.gpus.append(
-            pb.GPU(
-                uuid=gpu.uuid,
-                index=gpu.index,
-                model=gpu.model,
-                memory_mib=gpu.memory_mib,
-                reserved_mib=gpu.reserved_mib,
-            )
-        )
+    tracker = HealthTracker([gpu.uuid for gpu in backend.gpus()])
+    inventory = build_inventory(backend, tracker, node_name="n", sharing_mode="timeslice", plugin_version="test")
     contract.validate_inventory(inventory)
+    assert [gpu.memory_mib for gpu in inventory.gpus] == [1, 2, 81559]
 
 
 def test_simulated_backend_implements_the_backend_interface() -> None:
