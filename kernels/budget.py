@@ -162,6 +162,19 @@ def install_budget(budget: MemoryBudget) -> str:
     return "numba-emm (every Numba device allocation)"
 
 
+def allocation_of(pointer: object) -> object:
+    """The object whose lifetime is one Numba device allocation, to hang the budget release on.
+
+    Numba's memalloc returns an OwnedPointer whose `_mem` is a `weakref.proxy` to the allocation
+    (an AutoFreePointer); a proxy cannot be weakly referenced itself (TypeError, seen on an H100 with
+    numba-cuda 0.30.4), so reach its referent through a bound method, whose `__self__` is the object.
+    """
+    owner = getattr(pointer, "_mem", pointer)
+    if isinstance(owner, weakref.ProxyTypes):
+        owner = owner.free.__self__
+    return owner
+
+
 def _make_memory_manager() -> type | None:
     """Build the EMM plugin class on the real CUDA target; None on the simulator (no such base class)."""
     if is_simulator():
@@ -187,7 +200,7 @@ def _make_memory_manager() -> type | None:
                 raise
             # Views of a device array get their own OwnedPointer over the same memory object;
             # that object dies only when the last view is gone and Numba has freed it.
-            weakref.finalize(getattr(pointer, "_mem", pointer), budget.release, size)
+            weakref.finalize(allocation_of(pointer), budget.release, size)
             return pointer
 
         def get_memory_info(self):  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numba import cuda
 
-from tensorai.kernels.budget import current_budget, emm_enforced
+from tensorai.kernels.budget import allocation_of, current_budget, emm_enforced
 
 _poison = threading.local()
 
@@ -34,14 +34,17 @@ def poisoned_allocations() -> Iterator[None]:
 
 def _charge(device_array: Any, nbytes: int, what: str) -> Any:
     budget = current_budget()
-    # Track the simulator's backing NumPy buffer, not the wrapper: views share the buffer, so the
-    # bytes are released only when the last view is gone.
-    storage = getattr(device_array, "_ary", device_array)
-    storage = storage.base if isinstance(storage, np.ndarray) and storage.base is not None else storage
-    try:
-        weakref.finalize(storage, budget.release, nbytes)
-    except TypeError:
-        weakref.finalize(device_array, budget.release, nbytes)
+    # Hang the release on what holds the bytes, not on the wrapper: views share it, so the bytes are
+    # released only when the last view is gone. On the simulator that is the backing NumPy buffer; on a
+    # real GPU it is Numba's allocation object behind the array's (proxy-holding) OwnedPointer.
+    storage = getattr(device_array, "_ary", None)
+    if isinstance(storage, np.ndarray):
+        storage = storage.base if storage.base is not None else storage
+    elif getattr(device_array, "gpu_data", None) is not None:
+        storage = allocation_of(device_array.gpu_data)
+    else:
+        storage = device_array  # an empty array owns no device memory
+    weakref.finalize(storage, budget.release, nbytes)
     return device_array
 
 

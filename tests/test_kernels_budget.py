@@ -112,3 +112,33 @@ def test_emm_plugin_is_accepted_by_numba_on_the_real_cuda_target() -> None:
     env = {key: value for key, value in os.environ.items() if key != "NUMBA_ENABLE_CUDASIM"}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_budget_release_hangs_on_the_allocation_behind_numbas_weak_proxy() -> None:
+    """Numba's OwnedPointer holds its allocation through weakref.proxy, which cannot itself be weakly
+    referenced: the release must hang on the referent and run when that object goes."""
+    import gc
+    import weakref
+
+    from tensorai.kernels.budget import allocation_of
+
+    class Allocation:  # stands for Numba's AutoFreePointer (what memalloc's allocations dict holds)
+        def free(self) -> None:
+            pass
+
+    class Owned:  # stands for Numba's OwnedPointer
+        def __init__(self, allocation: Allocation) -> None:
+            self._mem = weakref.proxy(allocation)
+
+    allocation = Allocation()
+    pointer = Owned(allocation)
+    assert allocation_of(pointer) is allocation
+    assert allocation_of(allocation) is allocation  # a plain pointer is its own allocation
+    released: list[int] = []
+    weakref.finalize(allocation_of(pointer), released.append, 4096)
+    del pointer
+    gc.collect()
+    assert released == []  # the pointer went, the allocation did not
+    del allocation
+    gc.collect()
+    assert released == [4096]
