@@ -36,6 +36,21 @@ log = logging.getLogger(__name__)
 MIB = 1 << 20
 GPU_LABELS = ("node", "gpu", "index", "model")
 CONTAINER_LABELS = ("node", "namespace", "pod", "container", "gpu")
+GAUGES = (  # (name, help, labels), in the order they are exported
+    ("tensorai_gpu_memory_total_bytes", "Total device memory.", GPU_LABELS),
+    ("tensorai_gpu_memory_reserved_bytes", "Device memory taken by the driver that no pod can use.", GPU_LABELS),
+    ("tensorai_gpu_memory_used_bytes", "Device memory in use.", GPU_LABELS),
+    ("tensorai_gpu_utilization_ratio", "Fraction of the last sample period in which a kernel ran (0..1).", GPU_LABELS),
+    ("tensorai_gpu_allocated_milli", "Thousandths of the GPU allocated to containers.", GPU_LABELS),
+    ("tensorai_gpu_healthy", "1 if the GPU is in service, else 0.", GPU_LABELS),
+    ("tensorai_container_allocated_milli", "Thousandths of a GPU allocated to a container.", CONTAINER_LABELS),
+    ("tensorai_container_memory_allocated_bytes", "Device memory allocated to a container on a GPU.", CONTAINER_LABELS),
+    (
+        "tensorai_container_memory_used_bytes",
+        "Device memory used by a container's processes on a GPU (from NVML process list).",
+        CONTAINER_LABELS,
+    ),
+)
 
 
 class _PluginCollector(Collector):
@@ -68,38 +83,7 @@ class _PluginCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         node = self.node_name
-        total = GaugeMetricFamily("tensorai_gpu_memory_total_bytes", "Total device memory.", labels=GPU_LABELS)
-        reserved = GaugeMetricFamily(
-            "tensorai_gpu_memory_reserved_bytes",
-            "Device memory taken by the driver that no pod can use.",
-            labels=GPU_LABELS,
-        )
-        used = GaugeMetricFamily("tensorai_gpu_memory_used_bytes", "Device memory in use.", labels=GPU_LABELS)
-        utilization = GaugeMetricFamily(
-            "tensorai_gpu_utilization_ratio",
-            "Fraction of the last sample period in which a kernel ran (0..1).",
-            labels=GPU_LABELS,
-        )
-        allocated = GaugeMetricFamily(
-            "tensorai_gpu_allocated_milli", "Thousandths of the GPU allocated to containers.", labels=GPU_LABELS
-        )
-        healthy = GaugeMetricFamily("tensorai_gpu_healthy", "1 if the GPU is in service, else 0.", labels=GPU_LABELS)
-        container_milli = GaugeMetricFamily(
-            "tensorai_container_allocated_milli",
-            "Thousandths of a GPU allocated to a container.",
-            labels=CONTAINER_LABELS,
-        )
-        container_memory = GaugeMetricFamily(
-            "tensorai_container_memory_allocated_bytes",
-            "Device memory allocated to a container on a GPU.",
-            labels=CONTAINER_LABELS,
-        )
-        container_used = GaugeMetricFamily(
-            "tensorai_container_memory_used_bytes",
-            "Device memory used by a container's processes on a GPU (from NVML process list).",
-            labels=CONTAINER_LABELS,
-        )
-
+        families = {name: GaugeMetricFamily(name, text, labels=labels) for name, text, labels in GAUGES}
         try:
             gpu_list = self.backend.gpus()
         except gpus.BackendError as error:
@@ -110,28 +94,38 @@ class _PluginCollector(Collector):
         except Exception as error:  # the allocation source belongs to another part; never fail a scrape
             self._error("reading allocations", error)
             shares = []
+        used_by_pod_gpu = self._collect_gpus(families, gpu_list, shares)
+        self._collect_containers(families, shares, used_by_pod_gpu)
+        errors = CounterMetricFamily(
+            "tensorai_gpu_scrape_errors", "Backend calls that failed while serving scrapes.", labels=("node",)
+        )
+        with self._errors_lock:
+            errors.add_metric([node], self.scrape_errors)
+        yield from families.values()
+        yield errors
 
+    def _collect_gpus(
+        self, families: dict[str, GaugeMetricFamily], gpu_list: list[gpus.GPUInfo], shares: list[gpus.ContainerShare]
+    ) -> dict[tuple[str, str], int]:
+        """Per-GPU families; returns process memory MiB by (pod uid, GPU), read only for GPUs with shares."""
         milli_by_gpu: dict[str, int] = defaultdict(int)
         for share in shares:
             milli_by_gpu[share.gpu_uuid] += share.milli
-
-        # (pod uid, gpu) -> process memory MiB, only for GPUs that have shares.
         used_by_pod_gpu: dict[tuple[str, str], int] = defaultdict(int)
-        gpus_with_shares = {share.gpu_uuid for share in shares}
         for gpu in gpu_list:
-            labels = [node, gpu.uuid, str(gpu.index), gpu.model]
-            total.add_metric(labels, gpu.memory_mib * MIB)
-            reserved.add_metric(labels, gpu.reserved_mib * MIB)
-            allocated.add_metric(labels, milli_by_gpu.get(gpu.uuid, 0))
-            healthy.add_metric(labels, 1 if self.tracker.is_healthy(gpu.uuid) else 0)
+            labels = [self.node_name, gpu.uuid, str(gpu.index), gpu.model]
+            families["tensorai_gpu_memory_total_bytes"].add_metric(labels, gpu.memory_mib * MIB)
+            families["tensorai_gpu_memory_reserved_bytes"].add_metric(labels, gpu.reserved_mib * MIB)
+            families["tensorai_gpu_allocated_milli"].add_metric(labels, milli_by_gpu.get(gpu.uuid, 0))
+            families["tensorai_gpu_healthy"].add_metric(labels, 1 if self.tracker.is_healthy(gpu.uuid) else 0)
             try:
                 sample = self.backend.usage(gpu.uuid)
             except gpus.BackendError as error:
                 self._error(f"usage of GPU {gpu.uuid}", error)
             else:
-                used.add_metric(labels, sample.memory_used_mib * MIB)
-                utilization.add_metric(labels, sample.utilization_pct / 100.0)
-            if gpu.uuid not in gpus_with_shares:
+                families["tensorai_gpu_memory_used_bytes"].add_metric(labels, sample.memory_used_mib * MIB)
+                families["tensorai_gpu_utilization_ratio"].add_metric(labels, sample.utilization_pct / 100.0)
+            if gpu.uuid not in milli_by_gpu:
                 continue
             try:
                 processes = self.backend.processes(gpu.uuid)
@@ -142,41 +136,32 @@ class _PluginCollector(Collector):
                 ref = pod_of_pid(process.pid, self.proc_root)
                 if ref is not None:
                     used_by_pod_gpu[(ref.pod_uid, gpu.uuid)] += process.memory_used_mib
+        return used_by_pod_gpu
 
-        # Containers of one pod sharing one GPU cannot be told apart by PID alone.
+    def _collect_containers(
+        self,
+        families: dict[str, GaugeMetricFamily],
+        shares: list[gpus.ContainerShare],
+        used_by_pod_gpu: dict[tuple[str, str], int],
+    ) -> None:
+        """Per-container families. Containers of one pod sharing one GPU cannot be told apart by PID
+        alone: their process memory goes out once, with container=""."""
         containers_per_pod_gpu: dict[tuple[str, str], int] = defaultdict(int)
         for share in shares:
             containers_per_pod_gpu[(share.pod_uid, share.gpu_uuid)] += 1
+        used = families["tensorai_container_memory_used_bytes"]
         ambiguous_done: set[tuple[str, str]] = set()
         for share in shares:
-            labels = [node, share.namespace, share.pod_name, share.container_name, share.gpu_uuid]
-            container_milli.add_metric(labels, share.milli)
-            container_memory.add_metric(labels, share.memory_mib * MIB)
+            labels = [self.node_name, share.namespace, share.pod_name, share.container_name, share.gpu_uuid]
+            families["tensorai_container_allocated_milli"].add_metric(labels, share.milli)
+            families["tensorai_container_memory_allocated_bytes"].add_metric(labels, share.memory_mib * MIB)
             key = (share.pod_uid, share.gpu_uuid)
             if containers_per_pod_gpu[key] == 1:
-                container_used.add_metric(labels, used_by_pod_gpu.get(key, 0) * MIB)
+                used.add_metric(labels, used_by_pod_gpu.get(key, 0) * MIB)
             elif key not in ambiguous_done:
                 ambiguous_done.add(key)
-                pod_labels = [node, share.namespace, share.pod_name, "", share.gpu_uuid]
-                container_used.add_metric(pod_labels, used_by_pod_gpu.get(key, 0) * MIB)
-
-        errors = CounterMetricFamily(
-            "tensorai_gpu_scrape_errors", "Backend calls that failed while serving scrapes.", labels=("node",)
-        )
-        with self._errors_lock:
-            errors.add_metric([node], self.scrape_errors)
-        yield from (
-            total,
-            reserved,
-            used,
-            utilization,
-            allocated,
-            healthy,
-            container_milli,
-            container_memory,
-            container_used,
-            errors,
-        )
+                pod_labels = [self.node_name, share.namespace, share.pod_name, "", share.gpu_uuid]
+                used.add_metric(pod_labels, used_by_pod_gpu.get(key, 0) * MIB)
 
 
 class _QuietHandler(WSGIRequestHandler):
