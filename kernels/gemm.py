@@ -21,6 +21,7 @@ from numba import cuda
 from tensorai.kernels import memory
 from tensorai.kernels.activations import apply_activation
 from tensorai.kernels.budget import is_simulator
+from tensorai.kernels.errors import TensorError
 
 MAX_GRID_Z = 65535
 
@@ -175,10 +176,20 @@ def launch_gemm(
         return
     config = config or default_config()
     dtype = np.dtype(c.flat.dtype)
+    a_flat, b_flat = a.flat, b.flat
+    if k_size == 0:
+        # Nothing is read from A or B, and an empty operand cannot be flattened (it arrives with its
+        # own rank): pass 1-D stand-ins so the kernel is typed as always, and it writes act(0 + bias).
+        a_flat = b_flat = memory.placeholder(dtype)
     if bias is None:
         bias_flat, bias_length = memory.placeholder(dtype), 0
     else:
         bias_flat, bias_length = bias, int(bias.shape[0])
+    for name, operand in (("a", a_flat), ("b", b_flat), ("c", c.flat), ("bias", bias_flat)):
+        # The real CUDA target types the kernel for 1-D arrays only (the simulator types nothing), so
+        # any other rank is a planning bug that must fail here, on the simulator too.
+        if operand.ndim != 1:
+            raise TensorError(f"GEMM operand {name} must be a flat 1-D device array, got {operand.ndim}-D")
     kernel = build_gemm_kernel(dtype, config)
     grid = (
         -(-n_size // config.block_cols),
@@ -186,7 +197,7 @@ def launch_gemm(
         min(batches, MAX_GRID_Z),
     )
     kernel[grid, (config.threads_x, config.threads_y)](
-        a.flat, b.flat, c.flat, bias_flat, batches, m_size, n_size, k_size,
+        a_flat, b_flat, c.flat, bias_flat, batches, m_size, n_size, k_size,
         a.batch_stride, a.outer_stride, a.inner_stride,
         b.batch_stride, b.outer_stride, b.inner_stride,
         c.batch_stride, c.outer_stride, c.inner_stride,

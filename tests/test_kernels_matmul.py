@@ -7,6 +7,7 @@ import pytest
 
 import tensorai.kernels as K
 from tensorai.kernels import memory
+from tensorai.kernels.activations import reference_activation
 from tensorai.kernels.gemm import SIM_CONFIG
 from tensorai.kernels.testing import assert_matches, fresh_rng, random_array
 
@@ -65,6 +66,21 @@ def test_empty_dimensions_give_numpys_shape_and_zeros_for_empty_k(m, k, n) -> No
         got = K.matmul(a, b)
     assert got.shape == (m, n)
     np.testing.assert_array_equal(got, np.zeros((m, n)))
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_empty_k_with_bias_gives_the_activation_of_the_bias(rng, on_device) -> None:
+    # K = 0 still runs the epilogue: every output is act(0 + bias). The empty operands reach the
+    # GEMM with their own rank, which the real CUDA target cannot type; the launch must not pass them.
+    a = np.ones((3, 0), np.float64)
+    b = np.ones((0, 4), np.float64)
+    bias = random_array(rng, (4,), np.float64)
+    operands = [memory.to_device(x) for x in (a, b, bias)] if on_device else [a, b, bias]
+    with memory.poisoned_allocations():
+        got = K.tensor_dot_fusion(*operands, activation="silu")
+    got = got.copy_to_host() if on_device else got
+    expected = np.broadcast_to(reference_activation(bias, "silu"), (3, 4))
+    assert_matches(got, expected, np.float64, terms=1)
 
 
 def test_inner_dimension_mismatch_is_a_clear_shape_error() -> None:
