@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tensorai.kernels.worker import WorkerEnv, build_parser, read_env
+from tensorai.kernels.budget import MemoryBudget, set_budget
+from tensorai.kernels.jobs import parse_job
+from tensorai.kernels.metrics import WorkerMetrics
+from tensorai.kernels.worker import Runner, WorkerEnv, build_parser, read_env
 from tensorai.proto import contract
 
 JOB = """
@@ -66,9 +73,7 @@ def test_worker_over_its_memory_budget_exits_3_and_reports_the_budget(tmp_path: 
     # The two 1 MiB inputs fill the 2 MiB budget exactly; the 2 MiB output cannot be allocated.
     job.write_text("- {op: matmul, shapes: [[512, 256], [256, 512]], dtype: float64}\n")
     report_path = tmp_path / "report.json"
-    done = run_worker(
-        ["--job", str(job), "--report-json", str(report_path)], {contract.ENV_VGPU_MEMORY_MIB: "2"}
-    )
+    done = run_worker(["--job", str(job), "--report-json", str(report_path)], {contract.ENV_VGPU_MEMORY_MIB: "2"})
     assert done.returncode == 3, done.stderr[-3000:]
     report = json.loads(report_path.read_text())
     assert report["outcome"] == "out_of_budget"
@@ -93,9 +98,7 @@ def test_worker_refuses_a_malformed_share_variable_with_exit_2() -> None:
 
 def test_worker_throttles_a_fractional_share_by_default(tmp_path: Path) -> None:
     report_path = tmp_path / "report.json"
-    done = run_worker(
-        ["--iterations", "1", "--report-json", str(report_path)], {contract.ENV_VGPU_MILLI: "250"}
-    )
+    done = run_worker(["--iterations", "1", "--report-json", str(report_path)], {contract.ENV_VGPU_MILLI: "250"})
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(report_path.read_text())
     assert report["throttle"]["enabled"] and report["throttle"]["share"] == 0.25
@@ -144,3 +147,70 @@ def test_worker_refuses_inputs_larger_than_the_budget_before_building_them(tmp_p
     done = run_worker(["--job", str(job)], {contract.ENV_VGPU_MEMORY_MIB: "64"}, timeout=120)
     assert done.returncode == 3
     assert "the inputs of matmul needs 80000000000 bytes" in done.stderr
+
+
+@pytest.fixture
+def budget_of() -> Iterator[callable]:
+    """Install a fresh process budget for one in-process Runner test; restore the previous one after."""
+    previous: list[MemoryBudget] = []
+
+    def install(limit_bytes: int | None) -> MemoryBudget:
+        budget = MemoryBudget(limit_bytes)
+        previous.append(set_budget(budget))
+        return budget
+
+    yield install
+    if previous:
+        set_budget(previous[0])
+
+
+def loop_for(job_text: str, budget: MemoryBudget, passes: int = 3) -> Runner:
+    """Run a job in --loop mode in this process until at least `passes` passes are done."""
+    stop = threading.Event()
+    runner = Runner(parse_job(job_text), WorkerMetrics(budget, None), None, stop, seed=None)
+
+    def stop_after_enough_passes() -> None:
+        while not stop.is_set() and runner.state.passes < passes:
+            time.sleep(0.005)
+        stop.set()
+
+    watcher = threading.Thread(target=stop_after_enough_passes, daemon=True)
+    watcher.start()
+    try:
+        runner.run(loop=True, deadline=time.monotonic() + 120)
+    finally:
+        stop.set()
+        watcher.join()
+    return runner
+
+
+MATMUL_4X4 = "  - {op: matmul, shapes: [[4, 4], [4, 4]], dtype: float64, iterations: 2}\n"
+BYTES_4X4 = 4 * 4 * 8
+
+
+def test_loop_uploads_inputs_once_and_warms_up_untimed(budget_of) -> None:
+    budget = budget_of(None)
+    runner = loop_for("verify: true\noperations:\n" + MATMUL_4X4, budget)
+    report = runner.state.operations["0:matmul"]
+    assert runner.state.passes >= 3 and report.iterations_run >= 2 * runner.state.passes
+    assert report.verified is True
+    snapshot = budget.snapshot()
+    # Inputs once (2), then one output per launch: the untimed warm-up plus every timed iteration.
+    assert snapshot.allocations == 2 + 1 + report.iterations_run
+    assert snapshot.peak_bytes == 3 * BYTES_4X4, "one output alive at a time next to the kept inputs"
+    assert snapshot.used_bytes == 0, "kept inputs are released when the loop ends"
+
+
+def test_loop_falls_back_to_uploading_per_pass_when_kept_inputs_do_not_fit(budget_of, caplog) -> None:
+    # Each operation needs two inputs + one output: alone it fits, with another's inputs kept it does not.
+    budget = budget_of(3 * BYTES_4X4 + 8)
+    with caplog.at_level(logging.WARNING, logger="tensorai.worker"):
+        runner = loop_for("operations:\n" + MATMUL_4X4 * 2, budget)
+    assert runner.state.passes >= 3 and not runner.keep_inputs
+    assert all(report.iterations_run >= 2 * 3 for report in runner.state.operations.values())
+    assert "do not fit the memory budget together" in caplog.text
+    snapshot = budget.snapshot()
+    # Uploads every pass after the first: two inputs per operation per pass, warm-up only once each.
+    launches = sum(report.iterations_run for report in runner.state.operations.values())
+    assert snapshot.allocations >= 2 * 2 * runner.state.passes + launches
+    assert snapshot.peak_bytes <= budget.limit_bytes and snapshot.used_bytes == 0
