@@ -35,6 +35,12 @@ class GemmConfig:
     rows_per_thread: int
     cols_per_thread: int
     k_tile: int
+    vector: int = 1  # a thread's rows (and columns) come in runs of this many adjacent ones
+    max_registers: int | None = None  # per-thread register cap on a GPU (more blocks per SM, may spill)
+
+    def __post_init__(self) -> None:
+        if self.rows_per_thread % self.vector or self.cols_per_thread % self.vector:
+            raise ValueError(f"rows and columns per thread must be multiples of vector={self.vector}")
 
     @property
     def block_rows(self) -> int:
@@ -46,10 +52,10 @@ class GemmConfig:
 
 
 # 128x128 tiles, 8x8 outputs per thread, 8-deep: the classic SGEMM shape for big GPUs.
-GPU_CONFIG = GemmConfig(threads_x=16, threads_y=16, rows_per_thread=8, cols_per_thread=8, k_tile=8)
+GPU_CONFIG = GemmConfig(threads_x=16, threads_y=16, rows_per_thread=8, cols_per_thread=8, k_tile=8, vector=4)
 # The simulator runs one Python thread per CUDA thread: tiny blocks keep tests fast while still
 # covering multi-block grids, multi-tile K loops and ragged edges on small matrices.
-SIM_CONFIG = GemmConfig(threads_x=4, threads_y=4, rows_per_thread=2, cols_per_thread=2, k_tile=4)
+SIM_CONFIG = GemmConfig(threads_x=4, threads_y=4, rows_per_thread=4, cols_per_thread=4, k_tile=4, vector=2)
 
 
 def default_config() -> GemmConfig:
@@ -70,8 +76,26 @@ def build_gemm_kernel(dtype: np.dtype, config: GemmConfig) -> Any:
     b_tile_elements = k_tile * block_cols
     a_loads = (a_tile_elements + threads - 1) // threads
     b_loads = (b_tile_elements + threads - 1) // threads
+    # Both tiles are stored k-major, so a thread's rows (columns) sit side by side; padding each
+    # k-row by 4 elements sends one warp's transposing stores (operands fetched along K) to
+    # different banks.
+    a_pitch = block_rows + 4
+    b_pitch = block_cols + 4  # the same for B when it is fetched along K
+    a_stage, b_stage = k_tile * a_pitch, k_tile * b_pitch
+    a_shared, b_shared = 2 * a_stage, 2 * b_stage  # shared-array sizes must be compile-time constants
+    # Shared-memory offsets are unsigned: Numba wraps negative signed indexes, which costs a compare
+    # and a select per access in the innermost loop; unsigned indexes are used as they are.
+    u = np.uint64
+    a_pitch_u, b_pitch_u = u(a_pitch), u(b_pitch)
+    # Thread (x, y) owns rows y*vector + r + g*a_run (r < vector, g < rows_per_thread / vector) and
+    # likewise columns: runs of `vector` adjacent values that a GPU reads from shared memory with one
+    # wide load, while a warp's runs together still cover adjacent addresses.
+    vector = config.vector
+    a_run, b_run = threads_y * vector, threads_x * vector
+    vector_u, a_run_u, b_run_u = u(vector), u(a_run), u(b_run)
+    k_tile_u, block_rows_u, block_cols_u = u(k_tile), u(block_rows), u(block_cols)
+    alignment = None if is_simulator() else 16  # the simulator refuses an alignment argument
 
-    @cuda.jit
     def gemm(  # type: ignore[no-untyped-def]
         a, b, c, bias, batches, m_size, n_size, k_size,
         a_batch_stride, a_row_stride, a_k_stride,
@@ -79,61 +103,99 @@ def build_gemm_kernel(dtype: np.dtype, config: GemmConfig) -> Any:
         c_batch_stride, c_row_stride, c_col_stride,
         bias_length, activation,
     ):  # fmt: skip
-        a_tile = cuda.shared.array((k_tile, block_rows), numba_type)
-        b_tile = cuda.shared.array((k_tile, block_cols), numba_type)
+        # Two stages: while the block computes from one, the next K slice (already fetched into
+        # registers during that computation) is stored into the other; one barrier per K slice.
+        a_tile = cuda.shared.array(a_shared, numba_type, alignment=alignment)
+        b_tile = cuda.shared.array(b_shared, numba_type, alignment=alignment)
         accumulator = cuda.local.array((rows_per_thread, cols_per_thread), numba_type)
         a_fragment = cuda.local.array(rows_per_thread, numba_type)
         b_fragment = cuda.local.array(cols_per_thread, numba_type)
+        a_staged = cuda.local.array(a_loads, numba_type)
+        b_staged = cuda.local.array(b_loads, numba_type)
         thread_x = cuda.threadIdx.x
         thread_y = cuda.threadIdx.y
         thread = thread_y * threads_x + thread_x
         row_origin = cuda.blockIdx.y * block_rows
         col_origin = cuda.blockIdx.x * block_cols
+        k_slices = (k_size + k_tile - 1) // k_tile
+        # Adjacent threads fetch adjacent addresses: along K when that is an operand's unit stride
+        # (e.g. B in 'bhqd,bhkd->bhqk' or A in 'ik,jk'), else along its rows / columns.
+        a_k_fast = a_k_stride == 1 and a_row_stride != 1
+        b_k_fast = b_k_stride == 1 and b_col_stride != 1
         for batch in range(cuda.blockIdx.z, batches, cuda.gridDim.z):
             a_base = batch * a_batch_stride
             b_base = batch * b_batch_stride
             for i in range(rows_per_thread):
                 for j in range(cols_per_thread):
                     accumulator[i, j] = 0
-            for k_origin in range(0, k_size, k_tile):
-                for load in range(a_loads):
-                    element_index = thread + load * threads
-                    if element_index < a_tile_elements:
-                        tile_row = element_index // k_tile
-                        tile_k = element_index % k_tile
-                        row = row_origin + tile_row
-                        k = k_origin + tile_k
-                        if row < m_size and k < k_size:
-                            a_tile[tile_k, tile_row] = a[a_base + row * a_row_stride + k * a_k_stride]
+            for k_slice in range(k_slices + 1):
+                # Fetch slice k_slice into registers (global loads stay in flight during the
+                # computation below); compute slice k_slice - 1 from shared memory; store.
+                k_origin = k_slice * k_tile
+                if k_slice < k_slices:
+                    for load in range(a_loads):
+                        element_index = thread + load * threads
+                        if a_k_fast:
+                            row = row_origin + element_index // k_tile
+                            k = k_origin + element_index % k_tile
                         else:
-                            a_tile[tile_k, tile_row] = 0
-                for load in range(b_loads):
-                    element_index = thread + load * threads
-                    if element_index < b_tile_elements:
-                        tile_k = element_index // block_cols
-                        tile_col = element_index % block_cols
-                        k = k_origin + tile_k
-                        col = col_origin + tile_col
-                        if k < k_size and col < n_size:
-                            b_tile[tile_k, tile_col] = b[b_base + k * b_k_stride + col * b_col_stride]
+                            row = row_origin + element_index % block_rows
+                            k = k_origin + element_index // block_rows
+                        if element_index < a_tile_elements and row < m_size and k < k_size:
+                            a_staged[load] = a[a_base + row * a_row_stride + k * a_k_stride]
                         else:
-                            b_tile[tile_k, tile_col] = 0
-                cuda.syncthreads()
-                for tile_k in range(k_tile):
-                    for i in range(rows_per_thread):
-                        a_fragment[i] = a_tile[tile_k, thread_y + i * threads_y]
-                    for j in range(cols_per_thread):
-                        b_fragment[j] = b_tile[tile_k, thread_x + j * threads_x]
-                    for i in range(rows_per_thread):
+                            a_staged[load] = 0
+                    for load in range(b_loads):
+                        element_index = thread + load * threads
+                        if b_k_fast:
+                            k = k_origin + element_index % k_tile
+                            col = col_origin + element_index // k_tile
+                        else:
+                            k = k_origin + element_index // block_cols
+                            col = col_origin + element_index % block_cols
+                        if element_index < b_tile_elements and k < k_size and col < n_size:
+                            b_staged[load] = b[b_base + k * b_k_stride + col * b_col_stride]
+                        else:
+                            b_staged[load] = 0
+                if k_slice > 0:
+                    stage = u((k_slice - 1) % 2)
+                    a_read = stage * u(a_stage) + u(thread_y) * vector_u
+                    b_read = stage * u(b_stage) + u(thread_x) * vector_u
+                    for _ in range(k_tile):
+                        for i in range(rows_per_thread):
+                            a_fragment[i] = a_tile[a_read + u(i // vector) * a_run_u + u(i % vector)]
                         for j in range(cols_per_thread):
-                            accumulator[i, j] += a_fragment[i] * b_fragment[j]
+                            b_fragment[j] = b_tile[b_read + u(j // vector) * b_run_u + u(j % vector)]
+                        for i in range(rows_per_thread):
+                            for j in range(cols_per_thread):
+                                accumulator[i, j] += a_fragment[i] * b_fragment[j]
+                        a_read += a_pitch_u
+                        b_read += b_pitch_u
+                if k_slice < k_slices:
+                    stage = u(k_slice % 2)
+                    for load in range(a_loads):
+                        element_index = u(thread + load * threads)
+                        if element_index < a_tile_elements:
+                            if a_k_fast:
+                                tile_k, tile_row = element_index % k_tile_u, element_index // k_tile_u
+                            else:
+                                tile_k, tile_row = element_index // block_rows_u, element_index % block_rows_u
+                            a_tile[stage * u(a_stage) + tile_k * a_pitch_u + tile_row] = a_staged[load]
+                    for load in range(b_loads):
+                        element_index = u(thread + load * threads)
+                        if element_index < b_tile_elements:
+                            if b_k_fast:
+                                tile_k, tile_col = element_index % k_tile_u, element_index // k_tile_u
+                            else:
+                                tile_k, tile_col = element_index // block_cols_u, element_index % block_cols_u
+                            b_tile[stage * u(b_stage) + tile_k * b_pitch_u + tile_col] = b_staged[load]
                 cuda.syncthreads()
             c_base = batch * c_batch_stride
             for i in range(rows_per_thread):
-                row = row_origin + thread_y + i * threads_y
+                row = row_origin + (i // vector) * a_run + thread_y * vector + i % vector
                 if row < m_size:
                     for j in range(cols_per_thread):
-                        col = col_origin + thread_x + j * threads_x
+                        col = col_origin + (j // vector) * b_run + thread_x * vector + j % vector
                         if col < n_size:
                             value = accumulator[i, j]
                             if bias_length > 0:
@@ -142,7 +204,8 @@ def build_gemm_kernel(dtype: np.dtype, config: GemmConfig) -> Any:
                                 value, activation
                             )
 
-    return gemm
+    options = {} if is_simulator() or config.max_registers is None else {"max_registers": config.max_registers}
+    return cuda.jit(**options)(gemm)
 
 
 @dataclass(frozen=True)

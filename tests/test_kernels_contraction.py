@@ -11,6 +11,7 @@ import tensorai.kernels as K
 from tensorai.kernels import memory
 from tensorai.kernels.activations import ACTIVATION_CODES, reference_activation
 from tensorai.kernels.contraction import plan_contraction
+from tensorai.kernels.gemm import SIM_CONFIG
 from tensorai.kernels.testing import assert_matches, fresh_rng, random_array
 
 
@@ -54,6 +55,21 @@ def test_einsum_on_device_arrays_stays_on_the_device(rng, spec, a_shape, b_shape
         got = K.einsum(spec, memory.to_device(a), memory.to_device(b))
     assert hasattr(got, "copy_to_host")
     assert_matches(got.copy_to_host(), np.einsum(spec, a, b), np.float64, 8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spec", ["ij,jk->ik", "ji,jk->ik", "ij,kj->ik", "ji,kj->ik"])
+def test_every_operand_layout_across_several_blocks_and_k_slices(rng, dtype, spec) -> None:
+    # The GEMM fetches an operand along K when K is its unit stride and along rows / columns
+    # otherwise; ragged sizes spanning several blocks and K slices exercise both ways at every edge.
+    m, k, n = SIM_CONFIG.block_rows + 3, 2 * SIM_CONFIG.k_tile + 1, 2 * SIM_CONFIG.block_cols + 1
+    sizes = {"i": m, "j": k, "k": n}
+    a_labels, b_labels = spec.split("->")[0].split(",")
+    a = random_array(rng, tuple(sizes[label] for label in a_labels), dtype)
+    b = random_array(rng, tuple(sizes[label] for label in b_labels), dtype)
+    with memory.poisoned_allocations():
+        got = K.einsum(spec, a, b)
+    assert_matches(got, np.einsum(spec, a.astype(np.float64), b.astype(np.float64)), dtype, k)
 
 
 def test_einsum_with_an_empty_batch_gives_an_empty_result() -> None:

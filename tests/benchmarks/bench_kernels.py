@@ -33,6 +33,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, help="FP32 (non-tensor-core) peak, TFLOP/s")
     parser.add_argument("--bandwidth-gbs", type=float, help="memory bandwidth, GB/s")
     parser.add_argument("--no-cupy", action="store_true", help="skip the CuPy comparisons")
+    parser.add_argument(
+        "--gemm-configs",
+        default="",
+        help="GEMM configs to compare, ';'-separated 'threads_x,threads_y,rows,cols,k_tile,vector[,max_registers]'"
+        " (each checked on ragged sizes in both operand layouts, then timed at --variant-size)",
+    )
+    parser.add_argument("--variant-size", type=int, default=4096, help="square size for --gemm-configs")
     return parser.parse_args(argv)
 
 
@@ -59,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from tensorai.kernels.activations import activation_code
     from tensorai.kernels.budget import MemoryBudget, set_budget
     from tensorai.kernels.contraction import einsum
-    from tensorai.kernels.gemm import StridedOperand, launch_gemm
+    from tensorai.kernels.gemm import StridedOperand, default_config, launch_gemm
     from tensorai.kernels.reduce import sum as kernel_sum
     from tensorai.kernels.rows import launch_layernorm, launch_softmax
 
@@ -166,7 +173,62 @@ def main(argv: list[str] | None = None) -> int:
                     (read, bandwidth), None, ""))  # fmt: skip
 
     print_table(rows, device_name, peak_flops, bandwidth, args.sim)
+    if not args.sim:
+        print_resources(default_config(), np.float32)
+    if args.gemm_configs:
+        compare_gemm_configs(args.gemm_configs, 24 if args.sim else args.variant_size, timed, device)
     return 0
+
+
+def print_resources(config, dtype) -> None:  # type: ignore[no-untyped-def]
+    """Registers and local memory (spills show up there) of the GEMM as the device compiled it."""
+    import numpy as np
+
+    from tensorai.kernels.gemm import build_gemm_kernel
+
+    kernel = build_gemm_kernel(np.dtype(dtype), config)
+    for signature in kernel.overloads:
+        print(
+            f"GEMM {config}: {kernel.get_regs_per_thread(signature)} registers, "
+            f"{kernel.get_local_mem_per_thread(signature)} bytes local memory per thread, "
+            f"{kernel.get_shared_mem_per_block(signature)} bytes shared memory per block"
+        )
+
+
+def compare_gemm_configs(text: str, n: int, timed, device) -> None:  # type: ignore[no-untyped-def]
+    """Check, then time, each GEMM config at n x n x n: the table used to pick the default."""
+    import numpy as np
+
+    from tensorai.kernels import memory
+    from tensorai.kernels.gemm import GemmConfig, StridedOperand, default_config, launch_gemm
+
+    print(f"\n| GEMM config (threads_x, threads_y, rows, cols, k_tile, vector, max_registers) | {n}^3 time (ms) | "
+          "GFLOP/s | vs default |")  # fmt: skip
+    print("|---|---:|---:|---:|")
+    configs = [default_config()] + [GemmConfig(*(int(v) for v in item.split(","))) for item in text.split(";") if item]
+    m_check, k_check, n_check = (19, 9, 33) if n < 100 else (1000, 777, 1100)
+    a_check, b_check = device((m_check, k_check)), device((k_check, n_check))
+    bt_check = memory.to_device(np.ascontiguousarray(b_check.copy_to_host().T))
+    expected = a_check.copy_to_host().astype(np.float64) @ b_check.copy_to_host().astype(np.float64)
+    a, b = device((n, n)), device((n, n))
+    c = memory.device_empty((n, n), np.float32)
+    baseline = None
+    for config in configs:
+        for b_operand in (
+            StridedOperand(b_check.reshape(-1), 0, n_check, 1),
+            StridedOperand(bt_check.reshape(-1), 0, 1, k_check),
+        ):
+            out = memory.device_empty((m_check, n_check), np.float32)
+            a_operand = StridedOperand(a_check.reshape(-1), 0, k_check, 1)
+            out_check = StridedOperand(out.reshape(-1), 0, n_check, 1)
+            launch_gemm(a_operand, b_operand, out_check, 1, m_check, n_check, k_check, config=config)
+            check(out.copy_to_host(), expected, k_check)
+        ops = (StridedOperand(a.reshape(-1), 0, n, 1), StridedOperand(b.reshape(-1), 0, n, 1))
+        out_operand = StridedOperand(c.reshape(-1), 0, n, 1)
+        ms = timed(lambda: launch_gemm(ops[0], ops[1], out_operand, 1, n, n, n, config=config))  # noqa: B023
+        baseline = baseline or ms
+        fields = ", ".join(str(value) for value in config.__dict__.values())
+        print(f"| {fields} | {ms:.3f} | {2.0 * n**3 / ms / 1e6:,.0f} | {baseline / ms:.2f}x |")
 
 
 def check(got, reference, terms: int) -> None:  # type: ignore[no-untyped-def]
