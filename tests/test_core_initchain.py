@@ -209,3 +209,12 @@ def test_pods_with_init_containers_never_over_commit_and_release_restores_the_ar
         release_placement(cluster, demand, placement)
     for name, array in before.items():
         assert np.array_equal(getattr(cluster, name), array), name
+
+
+def test_a_lone_share_that_does_not_fit_is_blamed_on_gpu_capacity_not_on_init_containers():
+    """Without init containers a full node's reason is GPU capacity (it once said "init container")."""
+    from tensorai.scheduler.core.fit import GPU
+
+    feasible, reasons = node_feasibility(node(1, free=(100,)), pod([], [container("app", 250)]))
+    assert not feasible[0]
+    assert reasons[0] == (REASON_TEXT[GPU], True)

@@ -245,7 +245,8 @@ def evaluate(cluster: ClusterArrays, demand: PodDemand, nodes: np.ndarray | None
             init_slots.append(np.zeros((count, 0), dtype=np.int64))
             init_memory.append(need_of[index])
         gpu_ok = app_fit.any(axis=1)
-        init_ok = fit.any(axis=1)
+        # the init chain is to blame only where the app container alone would fit (else: GPU)
+        init_ok = fit.any(axis=1) | ~gpu_ok
     else:
         # Greedy, biggest first: whole-GPU containers, then shares, tightest GPU for each share. A share
         # reserves what its group (init containers and later containers sharing its GPU) holds there.

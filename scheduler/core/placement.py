@@ -166,8 +166,11 @@ class ScoreCache:
         self._workload: object | None = None
         self._snapshot: dict[str, np.ndarray] = {}
         self._epoch = np.zeros(0, dtype=np.int64)
-        self._entries: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._entries: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         self.last: tuple[Evaluation, np.ndarray, np.ndarray] | None = None
+        # (N,) fit reason codes (fit.OK where feasible) from the same evaluations as the last scores,
+        # so filter can say why a node was rejected without evaluating the rejected nodes again
+        self.reasons: np.ndarray | None = None
 
     def _sync(self, cluster: ClusterArrays, workload: object) -> None:
         # Scores depend only on a node's arrays and the workload, so any cluster with the same layout
@@ -211,6 +214,7 @@ class ScoreCache:
         if demand.allowed_uuids is not None or demand.excluded_uuids or demand.anti_affinity_group is not None:
             evaluation, node_score, option = _score(cluster, demand, policy, None, context)
             self.last = (evaluation, node_score, option)
+            self.reasons = evaluation.reason
             return node_score
         self._sync(cluster, context.target())
         key = (policy, demand.containers, demand.cpu_milli, demand.memory_mib, demand.allowed_models,
@@ -218,17 +222,20 @@ class ScoreCache:
         entry = self._entries.get(key)
         if entry is None:
             count = len(cluster.node_names)
-            entry = (np.full(count, -np.inf), np.full(count, -1, dtype=np.int64), np.full(count, -1, dtype=np.int64))
+            entry = (np.full(count, -np.inf), np.full(count, -1, dtype=np.int64), np.full(count, -1, dtype=np.int64),
+                     np.zeros(count, dtype=np.int8))
             self._entries[key] = entry
-        scores, _options, computed = entry
+        scores, options, computed, reasons = entry
         stale = np.flatnonzero(computed != self._epoch)
         self.last = None
         if stale.size:
             evaluation, node_score, option = _score(cluster, demand, policy, stale, context)
             scores[stale] = node_score
-            entry[1][stale] = option
+            options[stale] = option
+            reasons[stale] = evaluation.reason
             computed[stale] = self._epoch[stale]
             self.last = (evaluation, node_score, option)
+        self.reasons = reasons
         return scores
 
     def placement_if_fresh(self, cluster: ClusterArrays, demand: PodDemand, node: int) -> Placement | None:

@@ -34,16 +34,18 @@ def node_order_key(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
 
 
-def stable_node_order(node_names: Sequence[str]) -> np.ndarray:
+def stable_node_order(node_names: Sequence[str], keys: np.ndarray | None = None) -> np.ndarray:
     """Positions of `node_names` in the cluster's fixed tie-break order (a permutation, int64).
 
     Sorted by `node_order_key`, then by name (a 64-bit collision is astronomically unlikely, but the
-    order must still be total and deterministic).
+    order must still be total and deterministic). `keys`, if given, are the names' `node_order_key`s
+    already looked up (the extender keeps them per cluster row).
     """
     count = len(node_names)
     if not count:
         return np.zeros(0, dtype=np.int64)
-    keys = np.fromiter(map(node_order_key, node_names), dtype=np.uint64, count=count)
+    if keys is None:
+        keys = np.fromiter(map(node_order_key, node_names), dtype=np.uint64, count=count)
     order = np.argsort(keys, kind="stable")
     ordered = keys[order]
     if np.any(ordered[1:] == ordered[:-1]):  # a collision: let the names decide, never the list position

@@ -1,0 +1,90 @@
+"""The extender's fast paths give the answers of the plain ones: the hand-encoded filter answer is
+byte for byte json.dumps, and filter's reasons from the score cache are the fit rules' reasons even
+when binds change the cluster between calls."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_extender_support import assigned_pod, bind_args, filter_args, node, pod
+
+from tensorai.scheduler.core.context import PolicyContext
+from tensorai.scheduler.extender import ExtenderService
+from tensorai.scheduler.view import ClusterView
+
+_names = st.text(min_size=1, max_size=12)  # any text: quotes, backslashes, control and non-ASCII characters
+_reasons = st.sampled_from(["does not fit", 'say "why"', "naïve \\ reason\n"]) | st.text(max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kept=st.lists(_names, max_size=8),
+    failed=st.dictionaries(_names, _reasons, max_size=8),
+    unresolvable=st.dictionaries(_names, _reasons, max_size=8),
+)
+def test_encoded_filter_answer_is_exactly_json_dumps(kept, failed, unresolvable) -> None:
+    service = ExtenderService(ClusterView(stale_seconds=0))
+    answer = {
+        "Nodes": None,
+        "NodeNames": kept,
+        "FailedNodes": failed,
+        "FailedAndUnresolvableNodes": unresolvable,
+        "Error": "",
+    }
+    for _ in range(2):  # the second time from the caches
+        assert service.encode_filter(answer) == json.dumps(answer, separators=(",", ":")).encode()
+
+
+def test_answers_with_an_error_or_node_objects_are_encoded_too() -> None:
+    service = ExtenderService(ClusterView(stale_seconds=0))
+    for answer in (
+        {"Nodes": None, "NodeNames": None, "FailedNodes": {}, "FailedAndUnresolvableNodes": {}, "Error": "bad pod"},
+        {
+            "Nodes": {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": [{"metadata": {"name": "a"}}]},
+            "NodeNames": None,
+            "FailedNodes": {"b": "x"},
+            "FailedAndUnresolvableNodes": {},
+            "Error": "",
+        },
+    ):
+        assert json.loads(service.encode_filter(answer)) == answer
+
+
+def _view(seed: int) -> ClusterView:
+    """Six 2-GPU nodes, partly filled; one unknown to the view is asked about too."""
+    rng = random.Random(seed)
+    view = ClusterView(stale_seconds=0)
+    names = [f"n{index}" for index in range(6)]
+    view.replace("nodes", [node(name, 2) for name in names])
+    running = []
+    for index, name in enumerate(names):
+        shares = [(slot, rng.choice((250, 500, 750, 1000))) for slot in range(2) if rng.random() < 0.6]
+        if shares:
+            running.append(assigned_pod(f"run-{index}", name, shares, namespace="other"))
+    view.replace("pods", running)
+    view.replace("gpuquotas", [])
+    return view
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000), shapes=st.lists(st.sampled_from([100, 250, 500, 750, 1000]), min_size=1, max_size=9)
+)
+def test_filter_from_the_score_cache_answers_as_fresh_fit_checks_do_across_binds(seed: int, shapes: list[int]) -> None:
+    """Each pod is filtered, then bound: every bind changes a node between two filters of the same shape,
+    which the cached scores and reasons must not miss (a stale cache would keep a full node or give the
+    reason of an old state)."""
+    cached = ExtenderService(_view(seed))
+    fresh = ExtenderService(_view(seed), context=PolicyContext(use_cache=False))
+    names = [f"n{index}" for index in range(6)] + ["ghost"]
+    for index, milli in enumerate(shapes):
+        pending = pod(f"p{index}", milli, namespace="bench", uid=f"uid-{index}")
+        answers = [service.filter(filter_args(pending, names)) for service in (cached, fresh)]
+        assert answers[0] == answers[1]
+        if answers[0]["NodeNames"]:
+            target = answers[0]["NodeNames"][0]
+            errors = [service.bind(bind_args(pending, target))["Error"] for service in (cached, fresh)]
+            assert errors[0] == errors[1] == ""
