@@ -24,6 +24,7 @@ from tensorai.kernels.budget import is_simulator
 from tensorai.kernels.errors import TensorError
 
 MAX_GRID_Z = 65535
+int64 = cuda.int64
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,8 @@ def build_gemm_kernel(dtype: np.dtype, config: GemmConfig) -> Any:
         b_fragment = cuda.local.array(cols_per_thread, numba_type)
         a_staged = cuda.local.array(a_loads, numba_type)
         b_staged = cuda.local.array(b_loads, numba_type)
+        a_index = cuda.local.array(a_loads, int64)
+        b_index = cuda.local.array(b_loads, int64)
         thread_x = cuda.threadIdx.x
         thread_y = cuda.threadIdx.y
         thread = thread_y * threads_x + thread_x
@@ -122,12 +125,30 @@ def build_gemm_kernel(dtype: np.dtype, config: GemmConfig) -> Any:
         # (e.g. B in 'bhqd,bhkd->bhqk' or A in 'ik,jk'), else along its rows / columns.
         a_k_fast = a_k_stride == 1 and a_row_stride != 1
         b_k_fast = b_k_stride == 1 and b_col_stride != 1
+        a_step, b_step = k_tile * a_k_stride, k_tile * b_k_stride
         for batch in range(cuda.blockIdx.z, batches, cuda.gridDim.z):
             a_base = batch * a_batch_stride
             b_base = batch * b_batch_stride
             for i in range(rows_per_thread):
                 for j in range(cols_per_thread):
                     accumulator[i, j] = 0
+            # Each fetch's element index, advanced by one K slice per step: the 64-bit multiplies
+            # happen once per batch, not for every fetch of every slice. Out-of-range fetches are
+            # skipped by the guards below, so these may point past the operand.
+            for load in range(a_loads):
+                element_index = thread + load * threads
+                if a_k_fast:
+                    row, k = row_origin + element_index // k_tile, element_index % k_tile
+                else:
+                    row, k = row_origin + element_index % block_rows, element_index // block_rows
+                a_index[load] = a_base + row * a_row_stride + k * a_k_stride
+            for load in range(b_loads):
+                element_index = thread + load * threads
+                if b_k_fast:
+                    k, col = element_index % k_tile, col_origin + element_index // k_tile
+                else:
+                    k, col = element_index // block_cols, col_origin + element_index % block_cols
+                b_index[load] = b_base + k * b_k_stride + col * b_col_stride
             for k_slice in range(k_slices + 1):
                 # Fetch slice k_slice into registers (global loads stay in flight during the
                 # computation below); compute slice k_slice - 1 from shared memory; store.
@@ -142,9 +163,10 @@ def build_gemm_kernel(dtype: np.dtype, config: GemmConfig) -> Any:
                             row = row_origin + element_index % block_rows
                             k = k_origin + element_index // block_rows
                         if element_index < a_tile_elements and row < m_size and k < k_size:
-                            a_staged[load] = a[a_base + row * a_row_stride + k * a_k_stride]
+                            a_staged[load] = a[u(a_index[load])]
                         else:
                             a_staged[load] = 0
+                        a_index[load] += a_step
                     for load in range(b_loads):
                         element_index = thread + load * threads
                         if b_k_fast:
@@ -154,9 +176,10 @@ def build_gemm_kernel(dtype: np.dtype, config: GemmConfig) -> Any:
                             k = k_origin + element_index // block_cols
                             col = col_origin + element_index % block_cols
                         if element_index < b_tile_elements and k < k_size and col < n_size:
-                            b_staged[load] = b[b_base + k * b_k_stride + col * b_col_stride]
+                            b_staged[load] = b[u(b_index[load])]
                         else:
                             b_staged[load] = 0
+                        b_index[load] += b_step
                 if k_slice > 0:
                     stage = u((k_slice - 1) % 2)
                     a_read = stage * u(a_stage) + u(thread_y) * vector_u

@@ -187,11 +187,13 @@ def print_resources(config, dtype) -> None:  # type: ignore[no-untyped-def]
     from tensorai.kernels.gemm import build_gemm_kernel
 
     kernel = build_gemm_kernel(np.dtype(dtype), config)
-    for signature in kernel.overloads:
+    registers, local, shared = (
+        kernel.get_regs_per_thread(), kernel.get_local_mem_per_thread(), kernel.get_shared_mem_per_block()
+    )  # each {signature: value} over the signatures compiled so far
+    for signature in registers:
         print(
-            f"GEMM {config}: {kernel.get_regs_per_thread(signature)} registers, "
-            f"{kernel.get_local_mem_per_thread(signature)} bytes local memory per thread, "
-            f"{kernel.get_shared_mem_per_block(signature)} bytes shared memory per block"
+            f"GEMM {config}: {registers[signature]} registers, {local[signature]} bytes local memory "
+            f"per thread, {shared[signature]} bytes shared memory per block"
         )
 
 
@@ -200,11 +202,11 @@ def compare_gemm_configs(text: str, n: int, timed, device) -> None:  # type: ign
     import numpy as np
 
     from tensorai.kernels import memory
-    from tensorai.kernels.gemm import GemmConfig, StridedOperand, default_config, launch_gemm
+    from tensorai.kernels.gemm import GemmConfig, StridedOperand, build_gemm_kernel, default_config, launch_gemm
 
-    print(f"\n| GEMM config (threads_x, threads_y, rows, cols, k_tile, vector, max_registers) | {n}^3 time (ms) | "
-          "GFLOP/s | vs default |")  # fmt: skip
-    print("|---|---:|---:|---:|")
+    print(f"\n| GEMM config (threads_x, threads_y, rows, cols, k_tile, vector, max_registers) | registers | "
+          f"local bytes | {n}^3 time (ms) | GFLOP/s | vs default |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|")
     configs = [default_config()] + [GemmConfig(*(int(v) for v in item.split(","))) for item in text.split(";") if item]
     m_check, k_check, n_check = (19, 9, 33) if n < 100 else (1000, 777, 1100)
     a_check, b_check = device((m_check, k_check)), device((k_check, n_check))
@@ -228,7 +230,12 @@ def compare_gemm_configs(text: str, n: int, timed, device) -> None:  # type: ign
         ms = timed(lambda: launch_gemm(ops[0], ops[1], out_operand, 1, n, n, n, config=config))  # noqa: B023
         baseline = baseline or ms
         fields = ", ".join(str(value) for value in config.__dict__.values())
-        print(f"| {fields} | {ms:.3f} | {2.0 * n**3 / ms / 1e6:,.0f} | {baseline / ms:.2f}x |")
+        kernel = build_gemm_kernel(np.dtype(np.float32), config)
+        registers = local = "—"
+        if hasattr(kernel, "get_regs_per_thread"):  # not on the simulator
+            registers = str(max(kernel.get_regs_per_thread().values()))
+            local = str(max(kernel.get_local_mem_per_thread().values()))
+        print(f"| {fields} | {registers} | {local} | {ms:.3f} | {2.0 * n**3 / ms / 1e6:,.0f} | {baseline / ms:.2f}x |")
 
 
 def check(got, reference, terms: int) -> None:  # type: ignore[no-untyped-def]
