@@ -8,7 +8,7 @@ ListAndWatch message for a health state is, and which IDs to prefer for a reques
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 
 from tensorai.deviceplugin.gpus import GPUInfo
@@ -126,9 +126,10 @@ class SliceTable:
 
         One set build (which hashes each ID once) and one C-level intersection per GPU: the per-GPU
         sets both count the free slices and answer `ids_on` later, and their sizes adding up to the
-        set's size proves every ID is one we advertise.
+        set's size proves every ID is one we advertise. A sized, re-iterable input (kubelet's protobuf
+        repeated field) goes into the set directly: a list copy of 8,000 IDs first cost ~5% more.
         """
-        ids = list(device_ids)  # list() first: faster than iterating a protobuf repeated field into a set
+        ids = device_ids if isinstance(device_ids, Sized) else list(device_ids)
         try:
             members = set(ids)
         except TypeError:  # an unhashable non-string ID
