@@ -24,7 +24,6 @@ from tensorai.kernels.budget import is_simulator
 from tensorai.kernels.errors import TensorError
 
 MAX_GRID_Z = 65535
-int64 = cuda.int64
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,9 @@ class GemmConfig:
     def __post_init__(self) -> None:
         if self.rows_per_thread % self.vector or self.cols_per_thread % self.vector:
             raise ValueError(f"rows and columns per thread must be multiples of vector={self.vector}")
+        threads = self.threads_x * self.threads_y
+        if threads % self.k_tile or threads % self.block_rows or threads % self.block_cols:
+            raise ValueError(f"{threads} threads must be a multiple of k_tile and of the block's rows and columns")
 
     @property
     def block_rows(self) -> int:
@@ -52,8 +54,13 @@ class GemmConfig:
         return self.threads_x * self.cols_per_thread
 
 
-# 128x128 tiles, 8x8 outputs per thread, 8-deep: the classic SGEMM shape for big GPUs.
-GPU_CONFIG = GemmConfig(threads_x=16, threads_y=16, rows_per_thread=8, cols_per_thread=8, k_tile=8, vector=4)
+# 128x128 tiles, 8x8 outputs per thread in runs of 4, 8-deep: the classic SGEMM shape for big GPUs.
+# At most 128 registers per thread, so two 256-thread blocks share an SM and one computes while the
+# other waits at its barrier (ptxas for sm_90 needs 121, no spills; on the H100 the cap alone was
+# worth 1.2x when the kernel needed 166).
+GPU_CONFIG = GemmConfig(
+    threads_x=16, threads_y=16, rows_per_thread=8, cols_per_thread=8, k_tile=8, vector=4, max_registers=128
+)
 # The simulator runs one Python thread per CUDA thread: tiny blocks keep tests fast while still
 # covering multi-block grids, multi-tile K loops and ragged edges on small matrices.
 SIM_CONFIG = GemmConfig(threads_x=4, threads_y=4, rows_per_thread=4, cols_per_thread=4, k_tile=4, vector=2)
@@ -113,8 +120,6 @@ def build_gemm_kernel(dtype: np.dtype, config: GemmConfig) -> Any:
         b_fragment = cuda.local.array(cols_per_thread, numba_type)
         a_staged = cuda.local.array(a_loads, numba_type)
         b_staged = cuda.local.array(b_loads, numba_type)
-        a_index = cuda.local.array(a_loads, int64)
-        b_index = cuda.local.array(b_loads, int64)
         thread_x = cuda.threadIdx.x
         thread_y = cuda.threadIdx.y
         thread = thread_y * threads_x + thread_x
@@ -125,61 +130,51 @@ def build_gemm_kernel(dtype: np.dtype, config: GemmConfig) -> Any:
         # (e.g. B in 'bhqd,bhkd->bhqk' or A in 'ik,jk'), else along its rows / columns.
         a_k_fast = a_k_stride == 1 and a_row_stride != 1
         b_k_fast = b_k_stride == 1 and b_col_stride != 1
-        a_step, b_step = k_tile * a_k_stride, k_tile * b_k_stride
+        # Thread t's fetches are elements t, t + threads, ... of a tile. As the thread count is a
+        # multiple of the tile's K depth, rows and columns (GemmConfig checks), fetch f sits at a
+        # fixed (row, k) step from fetch 0, the same for every thread: one base index per operand
+        # and per thread, plus uniform steps, instead of an index register per fetch.
+        if a_k_fast:
+            a_row0, a_k0, a_row_step, a_k_step = thread // k_tile, thread % k_tile, threads // k_tile, 0
+        else:
+            a_row0, a_k0, a_row_step, a_k_step = thread % block_rows, thread // block_rows, 0, threads // block_rows
+        if b_k_fast:
+            b_col0, b_k0, b_col_step, b_k_step = thread // k_tile, thread % k_tile, threads // k_tile, 0
+        else:
+            b_col0, b_k0, b_col_step, b_k_step = thread % block_cols, thread // block_cols, 0, threads // block_cols
+        a_row0 += row_origin
+        b_col0 += col_origin
+        a_fetch_step = a_row_step * a_row_stride + a_k_step * a_k_stride
+        b_fetch_step = b_k_step * b_k_stride + b_col_step * b_col_stride
         for batch in range(cuda.blockIdx.z, batches, cuda.gridDim.z):
-            a_base = batch * a_batch_stride
-            b_base = batch * b_batch_stride
             for i in range(rows_per_thread):
                 for j in range(cols_per_thread):
                     accumulator[i, j] = 0
-            # Each fetch's element index, advanced by one K slice per step: the 64-bit multiplies
-            # happen once per batch, not for every fetch of every slice. Out-of-range fetches are
-            # skipped by the guards below, so these may point past the operand.
-            for load in range(a_loads):
-                element_index = thread + load * threads
-                if a_k_fast:
-                    row, k = row_origin + element_index // k_tile, element_index % k_tile
-                else:
-                    row, k = row_origin + element_index % block_rows, element_index // block_rows
-                a_index[load] = a_base + row * a_row_stride + k * a_k_stride
-            for load in range(b_loads):
-                element_index = thread + load * threads
-                if b_k_fast:
-                    k, col = element_index % k_tile, col_origin + element_index // k_tile
-                else:
-                    k, col = element_index // block_cols, col_origin + element_index % block_cols
-                b_index[load] = b_base + k * b_k_stride + col * b_col_stride
+            # Advanced by one K slice per step; out-of-range fetches are skipped by the guards
+            # below, so these may point past the operand.
+            a_index = batch * a_batch_stride + a_row0 * a_row_stride + a_k0 * a_k_stride
+            b_index = batch * b_batch_stride + b_k0 * b_k_stride + b_col0 * b_col_stride
             for k_slice in range(k_slices + 1):
                 # Fetch slice k_slice into registers (global loads stay in flight during the
                 # computation below); compute slice k_slice - 1 from shared memory; store.
                 k_origin = k_slice * k_tile
                 if k_slice < k_slices:
                     for load in range(a_loads):
-                        element_index = thread + load * threads
-                        if a_k_fast:
-                            row = row_origin + element_index // k_tile
-                            k = k_origin + element_index % k_tile
-                        else:
-                            row = row_origin + element_index % block_rows
-                            k = k_origin + element_index // block_rows
-                        if element_index < a_tile_elements and row < m_size and k < k_size:
-                            a_staged[load] = a[u(a_index[load])]
+                        row = a_row0 + load * a_row_step
+                        k = k_origin + a_k0 + load * a_k_step
+                        if thread + load * threads < a_tile_elements and row < m_size and k < k_size:
+                            a_staged[load] = a[u(a_index + load * a_fetch_step)]
                         else:
                             a_staged[load] = 0
-                        a_index[load] += a_step
                     for load in range(b_loads):
-                        element_index = thread + load * threads
-                        if b_k_fast:
-                            k = k_origin + element_index % k_tile
-                            col = col_origin + element_index // k_tile
-                        else:
-                            k = k_origin + element_index // block_cols
-                            col = col_origin + element_index % block_cols
-                        if element_index < b_tile_elements and k < k_size and col < n_size:
-                            b_staged[load] = b[u(b_index[load])]
+                        k = k_origin + b_k0 + load * b_k_step
+                        col = b_col0 + load * b_col_step
+                        if thread + load * threads < b_tile_elements and k < k_size and col < n_size:
+                            b_staged[load] = b[u(b_index + load * b_fetch_step)]
                         else:
                             b_staged[load] = 0
-                        b_index[load] += b_step
+                    a_index += k_tile * a_k_stride
+                    b_index += k_tile * b_k_stride
                 if k_slice > 0:
                     stage = u((k_slice - 1) % 2)
                     a_read = stage * u(a_stage) + u(thread_y) * vector_u
