@@ -137,6 +137,8 @@ class ExtenderService:
         self.events = events or EventRecorder()
         self.metrics = metrics or ExtenderMetrics(view)
         self.context = context or PolicyContext(rng=np.random.default_rng(0))  # rng: the "random" policy
+        if self.context.cluster_version is None:  # the view's version lets the score cache skip re-comparing
+            self.context.cluster_version = lambda: view.version
         self._names_cache: list[tuple[int, list[str], np.ndarray, np.ndarray]] = []
         self._host_prefixes = _HostPrefixes()
         self._quoted = _Quoted()

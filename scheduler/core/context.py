@@ -6,6 +6,7 @@ extender keeps one context per process, the simulator one per run).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +23,10 @@ class PolicyContext:
       it wins over `workload` once it has seen pods;
     - `rng`: the only randomness the `random` policy may use;
     - `use_cache`: memoise per-(pod shape, node) scores between calls and recompute only nodes whose
-      arrays changed (see `placement.ScoreCache`); results are identical with or without it.
+      arrays changed (see `placement.ScoreCache`); results are identical with or without it;
+    - `cluster_version`: optional; returns a value the caller changes whenever the cluster arrays
+      change (the extender's view version). Equal values let the cache skip comparing the arrays
+      with its snapshot; without it every call compares.
     """
 
     workload: TargetWorkload | None = None
@@ -30,6 +34,7 @@ class PolicyContext:
     rng: np.random.Generator | None = None
     use_cache: bool = True
     cache: object | None = field(default=None, repr=False)
+    cluster_version: Callable[[], object] | None = field(default=None, repr=False)
 
     def target(self) -> TargetWorkload | None:
         """The workload fragmentation is measured against now (None if nothing is known yet)."""

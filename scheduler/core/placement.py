@@ -14,7 +14,7 @@ import numpy as np
 
 from tensorai.proto.contract import MILLI_PER_GPU
 from tensorai.scheduler.core.context import PolicyContext
-from tensorai.scheduler.core.fit import Evaluation, evaluate
+from tensorai.scheduler.core.fit import OK, Evaluation, evaluate, memory_need
 from tensorai.scheduler.core.initchain import held_per_gpu
 from tensorai.scheduler.core.policies import DEFAULT_POLICY, POLICY_NAMES
 from tensorai.scheduler.core.policies.basic import score_bestfit, score_binpack, score_random, score_spread
@@ -140,9 +140,18 @@ def score_nodes(cluster: ClusterArrays, demand: PodDemand, policy: str | None, c
 
 def choose_placement(cluster: ClusterArrays, demand: PodDemand, policy: str | None, node_index: int, *,
                      context: PolicyContext | None = None) -> Placement | None:
-    """Bind: the best GPUs on the node kube-scheduler picked (None if the pod no longer fits there)."""
+    """Bind: the best GPUs on the node kube-scheduler picked (None if the pod no longer fits there).
+
+    When the context's ScoreCache already holds this pod shape's option for the node, computed on
+    the node's current arrays (filter just scored it), that option is the answer: the same
+    computation, not repeated (`ScoreCache.cached_placement`).
+    """
     context = context or PolicyContext()
     name = resolve_policy(demand, policy)
+    if context.use_cache and name not in _UNCACHEABLE and isinstance(context.cache, ScoreCache):
+        hit, placement = context.cache.cached_placement(cluster, demand, name, node_index, context)
+        if hit:
+            return placement
     evaluation, node_score, option = _score(cluster, demand, name, np.array([node_index]), context)
     if not evaluation.feasible[0]:
         return None
@@ -159,7 +168,8 @@ class ScoreCache:
     """
 
     _FIELDS = ("gpu_free_milli", "gpu_free_memory_mib", "gpu_healthy", "gpu_exclusive", "node_cpu_free_milli",
-               "node_memory_free_mib", "node_schedulable", "node_model", "gpu_count")
+               "node_memory_free_mib", "node_schedulable", "node_model", "gpu_count", "gpu_usable_memory_mib",
+               "gpu_numa")
 
     def __init__(self) -> None:
         self._layout: tuple | None = None
@@ -171,21 +181,26 @@ class ScoreCache:
         # (N,) fit reason codes (fit.OK where feasible) from the same evaluations as the last scores,
         # so filter can say why a node was rejected without evaluating the rejected nodes again
         self.reasons: np.ndarray | None = None
+        self._synced: tuple[object, ClusterArrays] | None = None  # (cluster_version token, cluster) of the last sync
 
-    def _sync(self, cluster: ClusterArrays, workload: object) -> None:
+    def _sync(self, cluster: ClusterArrays, workload: object, context: PolicyContext) -> None:
         # Scores depend only on a node's arrays and the workload, so any cluster with the same layout
         # can reuse rows whose arrays are unchanged; a different layout starts afresh.
         shape = cluster.gpu_free_milli.shape
         layout = (shape, tuple(cluster.models))
+        token = context.cluster_version() if context.cluster_version is not None else None
         if self._layout != layout:
             self._layout = layout
             self._snapshot = {name: getattr(cluster, name).copy() for name in self._FIELDS}
             self._epoch = np.zeros(shape[0], dtype=np.int64)
             self._entries.clear()
+        elif token is not None and self._synced is not None and self._synced[1] is cluster and self._synced[0] == token:
+            pass  # the caller vouches the arrays are unchanged since the last sync
         elif (changed := self._changed(cluster)).size:
             self._epoch[changed] += 1
             for name in self._FIELDS:
                 self._snapshot[name][changed] = getattr(cluster, name)[changed]
+        self._synced = (token, cluster) if token is not None else None
         if self._workload is not workload:  # holding a reference keeps its id from being reused
             self._workload = workload
             self._entries.clear()
@@ -216,15 +231,13 @@ class ScoreCache:
             self.last = (evaluation, node_score, option)
             self.reasons = evaluation.reason
             return node_score
-        self._sync(cluster, context.target())
-        key = (policy, demand.containers, demand.cpu_milli, demand.memory_mib, demand.allowed_models,
-               demand.excluded_models, demand.exclusive)  # the pod's shape: everything but its identity
-        entry = self._entries.get(key)
+        self._sync(cluster, context.target(), context)
+        entry = self._entries.get(self._key(demand, policy))
         if entry is None:
             count = len(cluster.node_names)
             entry = (np.full(count, -np.inf), np.full(count, -1, dtype=np.int64), np.full(count, -1, dtype=np.int64),
                      np.zeros(count, dtype=np.int8))
-            self._entries[key] = entry
+            self._entries[self._key(demand, policy)] = entry
         scores, options, computed, reasons = entry
         stale = np.flatnonzero(computed != self._epoch)
         self.last = None
@@ -237,6 +250,39 @@ class ScoreCache:
             self.last = (evaluation, node_score, option)
         self.reasons = reasons
         return scores
+
+    @staticmethod
+    def _key(demand: PodDemand, policy: str) -> tuple:
+        """The pod's shape: everything but its identity."""
+        return (policy, demand.containers, demand.cpu_milli, demand.memory_mib, demand.allowed_models,
+                demand.excluded_models, demand.exclusive)
+
+    def cached_placement(self, cluster: ClusterArrays, demand: PodDemand, policy: str, node: int,
+                         context: PolicyContext) -> tuple[bool, Placement | None]:
+        """(True, what choose_placement returns) from the cache, or (False, None) when it cannot say.
+
+        Only for the common shape - one fractional container, no init containers, no UUID or group
+        rules - whose placement is fully given by the option (the GPU slot) and its score, and only
+        when the node's cached row was computed on its current arrays and the current workload.
+        """
+        containers = demand.containers
+        if (len(containers) != 1 or containers[0].init or containers[0].gpu_count != 1
+                or containers[0].milli >= MILLI_PER_GPU or demand.allowed_uuids is not None or demand.excluded_uuids
+                or demand.anti_affinity_group is not None):
+            return False, None
+        if self._entries.get(self._key(demand, policy)) is None:
+            return False, None
+        self._sync(cluster, context.target(), context)
+        entry = self._entries.get(self._key(demand, policy))  # a new workload clears the entries
+        if entry is None or not 0 <= node < len(self._epoch) or entry[2][node] != self._epoch[node]:
+            return False, None
+        scores, options, _, reasons = entry
+        if reasons[node] != OK:
+            return True, None
+        container, slot = containers[0], int(options[node])
+        memory_mib = memory_need(container, cluster.gpu_usable_memory_mib[node, slot:slot + 1])[0]
+        choice = GPUChoice(container.name, node, slot, cluster.gpu_uuids[node][slot], container.milli, int(memory_mib))
+        return True, Placement(node, cluster.node_names[node], (choice,), float(scores[node]))
 
     def placement_if_fresh(self, cluster: ClusterArrays, demand: PodDemand, node: int) -> Placement | None:
         """The Placement of `node` from the evaluation node_scores just ran, if it covered that node."""

@@ -1,6 +1,6 @@
 """The extender's fast paths give the answers of the plain ones: the hand-encoded filter answer is
-byte for byte json.dumps, and filter's reasons from the score cache are the fit rules' reasons even
-when binds change the cluster between calls."""
+byte for byte json.dumps; filter's reasons and bind's GPUs from the score cache are those of fresh
+fit checks and scoring, also when binds change the cluster between calls."""
 
 from __future__ import annotations
 
@@ -88,3 +88,29 @@ def test_filter_from_the_score_cache_answers_as_fresh_fit_checks_do_across_binds
             target = answers[0]["NodeNames"][0]
             errors = [service.bind(bind_args(pending, target))["Error"] for service in (cached, fresh)]
             assert errors[0] == errors[1] == ""
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    plan=st.lists(
+        st.tuples(st.sampled_from([100, 250, 500, 750, 1000, 2000, (250, 250)]), st.integers(0, 6)),
+        min_size=1,
+        max_size=9,
+    ),
+)
+def test_bind_from_the_score_cache_takes_the_gpus_fresh_scoring_takes(seed: int, plan: list) -> None:
+    """Bind to any node (kept, full or unknown) after filter: same error, same Assignment as without the
+    cache. Shapes the cache cannot place (two containers, whole GPUs) are in the mix on purpose."""
+    cached = ExtenderService(_view(seed))
+    fresh = ExtenderService(_view(seed), context=PolicyContext(use_cache=False))
+    names = [f"n{index}" for index in range(6)] + ["ghost"]
+    for index, (shape, target) in enumerate(plan):
+        milli = list(shape) if isinstance(shape, tuple) else shape
+        pending = pod(f"p{index}", milli, namespace="bench", uid=f"uid-{index}")
+        for service in (cached, fresh):
+            service.filter(filter_args(pending, names))
+        errors = [service.bind(bind_args(pending, names[target]))["Error"] for service in (cached, fresh)]
+        assert errors[0] == errors[1]
+        held = [service.view.pod(f"uid-{index}").shares for service in (cached, fresh)]  # GPU, milli, MiB
+        assert held[0] == held[1]
