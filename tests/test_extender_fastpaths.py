@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 from test_extender_support import assigned_pod, bind_args, filter_args, node, pod
 
 from tensorai.scheduler.core.context import PolicyContext
-from tensorai.scheduler.extender import ExtenderService
+from tensorai.scheduler.extender import ExtenderService, encode_priorities
 from tensorai.scheduler.view import ClusterView
 
-_names = st.text(min_size=1, max_size=12)  # any text: quotes, backslashes, control and non-ASCII characters
-_reasons = st.sampled_from(["does not fit", 'say "why"', "naïve \\ reason\n"]) | st.text(max_size=20)
+# any text: quotes, backslashes, the '","' that separates encoded items, control and non-ASCII characters
+_names = st.sampled_from(['a","b', '","', "\\", 'x\\"', ""]) | st.text(max_size=12)
+_reasons = st.sampled_from(["does not fit", 'say "why"', 'a","b', "naïve \\ reason\n"]) | st.text(max_size=20)
 
 
 @settings(max_examples=200, deadline=None)
@@ -36,6 +37,25 @@ def test_encoded_filter_answer_is_exactly_json_dumps(kept, failed, unresolvable)
     }
     for _ in range(2):  # the second time from the caches
         assert service.encode_filter(answer) == json.dumps(answer, separators=(",", ":")).encode()
+
+
+@settings(max_examples=200, deadline=None)
+@given(names=st.lists(_names, max_size=8, unique=True), reason=_reasons)
+def test_encoded_failures_with_one_reason_for_all_nodes_are_exactly_json_dumps(names, reason) -> None:
+    """The usual answer: every failed node for one fit reason, from the cached literals the second time."""
+    service = ExtenderService(ClusterView(stale_seconds=0))
+    answer = {"Nodes": None, "NodeNames": [], "FailedNodes": dict.fromkeys(names, reason)}
+    answer |= {"FailedAndUnresolvableNodes": dict.fromkeys(names, reason), "Error": ""}
+    for _ in range(2):
+        assert service.encode_filter(answer) == json.dumps(answer, separators=(",", ":")).encode()
+
+
+@settings(max_examples=200, deadline=None)
+@given(entries=st.lists(st.tuples(_names, st.integers(0, 10)), max_size=10))
+def test_encoded_priorities_are_exactly_json_dumps(entries) -> None:
+    names, scores = [name for name, _ in entries], [score for _, score in entries]
+    expected = [{"Host": name, "Score": score} for name, score in entries]
+    assert encode_priorities(names, scores) == json.dumps(expected, separators=(",", ":"))
 
 
 def test_answers_with_an_error_or_node_objects_are_encoded_too() -> None:
