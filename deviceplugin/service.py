@@ -24,6 +24,7 @@ from tensorai.deviceplugin.identity import IdentityError, PodIdentity, ReusedDev
 from tensorai.deviceplugin.quiet import CallClock
 from tensorai.deviceplugin.sharing import SharingPolicy
 from tensorai.deviceplugin.slices import SliceError, SliceTable, choose_preferred, request_shape
+from tensorai.deviceplugin.wireids import WireLayout, WireRequest, container_spans
 from tensorai.proto import contract
 from tensorai.proto import deviceplugin_v1beta1_pb2 as dp
 from tensorai.proto import deviceplugin_v1beta1_pb2_grpc as dp_grpc
@@ -69,6 +70,7 @@ class VGPUManager:
         if identity is not None:
             identity.on_pod_gone = book.release_pod
         self._claim_lock = threading.RLock()
+        self._wire = WireLayout.for_table(table)  # None: every GetPreferredAllocation takes the per-ID path
         # kubelet's call pattern tells a reuse of init-container devices apart: it calls
         # GetPreferredAllocation with those IDs as must_include, or not at all when they cover the
         # request. None = no GetPreferredAllocation since the last Allocate.
@@ -89,17 +91,29 @@ class VGPUManager:
 
     # --- GetPreferredAllocation ------------------------------------------------------------------
     def preferred(
-        self, request: dp.ContainerPreferredAllocationRequest, *, hold: list[object] | None = None
+        self,
+        request: dp.ContainerPreferredAllocationRequest,
+        *,
+        wire: tuple[bytes, int, int] | None = None,
+        hold: list[object] | None = None,
     ) -> list[str]:
-        """The IDs to suggest for one container. `hold` receives the request-sized objects this builds
-        (kubelet's ~8,000 IDs as Python strings, their set and per-GPU subsets), so the caller can free
-        them after the reply has gone out instead of before."""
+        """The IDs to suggest for one container.
+
+        `wire` is (request bytes, start, end) of this container message: its IDs are then read from
+        the bytes (wireids.py), falling back to the per-ID path when they are not laid out as expected.
+        `hold` receives the request-sized objects this builds, so the caller can free them after the
+        reply has gone out instead of before.
+        """
         self.calls.mark()
-        available = self.table.available(request.available_deviceIDs)
+        available = None
+        if wire is not None and self._wire is not None:
+            available = self._wire.read(*wire, len(request.available_deviceIDs))
+        if available is None:
+            available = self.table.available(request.available_deviceIDs)
         if hold is not None:
             hold.append(available)
         must = self.table.group_by_gpu(request.must_include_deviceIDs, what="must_include_deviceIDs")
-        if any(device not in available.members for ids in must.values() for device in ids):
+        if any(device not in available for ids in must.values() for device in ids):
             raise SliceError("must_include_deviceIDs must be a subset of available_deviceIDs")
         self._last_must_include = frozenset(device for ids in must.values() for device in ids)
         size = request.allocation_size
@@ -304,8 +318,12 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):
                 yield self.manager.device_list()
 
     def GetPreferredAllocation(
-        self, request: dp.PreferredAllocationRequest, context: grpc.ServicerContext
+        self, request: dp.PreferredAllocationRequest | WireRequest, context: grpc.ServicerContext
     ) -> dp.PreferredAllocationResponse:
+        """`request` is a WireRequest when served by PluginServer (its IDs are read from the bytes)."""
+        raw = request.raw if isinstance(request, WireRequest) else None
+        request = request.message if isinstance(request, WireRequest) else request
+        spans = container_spans(raw, len(request.container_requests)) if raw is not None else None
         response = dp.PreferredAllocationResponse()
         if not request.container_requests or len(request.container_requests) > MAX_CONTAINER_REQUESTS:
             _abort(context, SliceError(f"expected 1..{MAX_CONTAINER_REQUESTS} container_requests, "
@@ -314,9 +332,10 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):
         # after the reply is sent, so kubelet no longer waits for it.
         held: list[object] = []
         context.add_callback(held.clear)
-        for container in request.container_requests:
+        for index, container in enumerate(request.container_requests):
+            wire = (raw, *spans[index]) if raw is not None and spans is not None else None
             try:
-                ids = self.manager.preferred(container, hold=held)
+                ids = self.manager.preferred(container, wire=wire, hold=held)
             except Exception as error:
                 _abort(context, error)
             response.container_responses.add(deviceIDs=ids)
@@ -347,6 +366,28 @@ def _abort(context: grpc.ServicerContext, error: Exception) -> None:
     context.abort(code, str(error)[:2000])
 
 
+class _HandlerCapture:
+    """Stands in for a server to take the generated code's method handlers (one table, not a copy)."""
+
+    handlers: dict[str, Any]
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.handlers = dict(handlers)
+
+
+def add_device_plugin_service(servicer: DevicePluginServicer, server: Any) -> None:
+    """The generated registration, except that GetPreferredAllocation's request keeps its wire bytes."""
+    capture = _HandlerCapture()
+    dp_grpc.add_DevicePluginServicer_to_server(servicer, capture)
+    handlers = capture.handlers
+    handlers["GetPreferredAllocation"] = handlers["GetPreferredAllocation"]._replace(request_deserializer=WireRequest)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 class PluginServer:
     """One gRPC server on the plugin's unix socket: DevicePlugin + grpc.health.v1."""
 
@@ -361,7 +402,7 @@ class PluginServer:
         if os.path.exists(self.socket_path):
             os.unlink(self.socket_path)  # a stale socket of a previous run; binding would fail
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="dp"))
-        dp_grpc.add_DevicePluginServicer_to_server(self.servicer, self._server)
+        add_device_plugin_service(self.servicer, self._server)
         health_servicer = health.HealthServicer()
         for name in ("", SERVICE_NAME):
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

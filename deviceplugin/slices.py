@@ -8,7 +8,7 @@ ListAndWatch message for a health state is, and which IDs to prefer for a reques
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 
 from tensorai.deviceplugin.gpus import GPUInfo
@@ -140,7 +140,7 @@ class SliceTable:
         by_gpu = {uuid: gpu_ids.intersection(members) for uuid, gpu_ids in self._id_set_by_gpu.items()}
         if sum(map(len, by_gpu.values())) != len(members):
             self.group_by_gpu(ids, what=what)  # raises with the reason for the first ID we never advertised
-        return AvailableIds(self, members, {uuid: gpu_ids for uuid, gpu_ids in by_gpu.items() if gpu_ids})
+        return AvailableIds(self, {uuid: len(gpu_ids) for uuid, gpu_ids in by_gpu.items()}, by_gpu.__getitem__)
 
     def _explain_unknown(self, device: object) -> str:
         shown = repr(device)[:100]
@@ -180,20 +180,34 @@ class SliceTable:
 
 
 class AvailableIds:
-    """A validated set of free device IDs, also split by GPU."""
+    """A validated set of free device IDs: how many lie on each GPU, and which (per GPU, on demand).
 
-    def __init__(self, table: SliceTable, members: set[str], by_gpu: Mapping[str, frozenset[str]]) -> None:
+    `free_on(uuid)` gives one GPU's free IDs; it is called at most once per GPU and only for GPUs with
+    a free ID, so a source that can count cheaply but must work to list (wireids.py) lists only the
+    GPUs the answer is taken from. It may raise SliceError for what it finds on that GPU.
+    """
+
+    def __init__(self, table: SliceTable, counts: Mapping[str, int], free_on: Callable[[str], frozenset[str]]) -> None:
         self._table = table
-        self.members = members
-        self._by_gpu = dict(by_gpu)
-        self.counts = {uuid: len(gpu_ids) for uuid, gpu_ids in self._by_gpu.items()}
+        self.counts = {uuid: count for uuid, count in counts.items() if count}
+        self._free_on = free_on
+        self._listed: dict[str, frozenset[str]] = {}
 
     def count(self, uuid: str) -> int:
         return self.counts.get(uuid, 0)
 
     def on(self, uuid: str) -> frozenset[str]:
         """This GPU's free IDs (unordered)."""
-        return self._by_gpu.get(uuid, frozenset())
+        if uuid not in self.counts:
+            return frozenset()
+        free = self._listed.get(uuid)
+        if free is None:
+            free = self._listed[uuid] = self._free_on(uuid)
+        return free
+
+    def __contains__(self, device: object) -> bool:
+        uuid = self._table.gpu_of(device) if isinstance(device, str) else None
+        return uuid is not None and device in self.on(uuid)
 
     def ids_on(self, uuid: str) -> list[str]:
         """This GPU's free IDs in slice order."""
@@ -202,12 +216,11 @@ class AvailableIds:
 
     def without(self, uuids: Iterable[str]) -> AvailableIds:
         """The same set minus every ID of `uuids` (e.g. unhealthy GPUs)."""
-        dropped = set(uuids) & set(self._by_gpu)
+        dropped = set(uuids) & set(self.counts)
         if not dropped:
             return self
-        kept = {uuid: gpu_ids for uuid, gpu_ids in self._by_gpu.items() if uuid not in dropped}
-        members = self.members.difference(*(self._by_gpu[uuid] for uuid in dropped))
-        return AvailableIds(self._table, members, kept)
+        kept = {uuid: count for uuid, count in self.counts.items() if uuid not in dropped}
+        return AvailableIds(self._table, kept, self.on)
 
 
 def choose_preferred(
