@@ -134,3 +134,20 @@ def test_bind_from_the_score_cache_takes_the_gpus_fresh_scoring_takes(seed: int,
         assert errors[0] == errors[1]
         held = [service.view.pod(f"uid-{index}").shares for service in (cached, fresh)]  # GPU, milli, MiB
         assert held[0] == held[1]
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), picks=st.lists(st.lists(st.integers(0, 6), max_size=7), min_size=1, max_size=6))
+def test_prioritize_answer_from_row_prefixes_is_exactly_json_dumps(seed: int, picks: list[list[int]]) -> None:
+    """Known nodes take the per-row prefixes, a list with an unknown node the per-name ones; a node
+    joining the cluster between two calls renumbers nothing it should not."""
+    service = ExtenderService(_view(seed))
+    names = [f"n{index}" for index in range(6)] + ["ghost"]
+    for round_number, pick in enumerate(picks):
+        args = filter_args(
+            pod(f"p{round_number}", 250, namespace="bench", uid=f"u{round_number}"), [names[i] for i in pick]
+        )
+        assert service.prioritize_json(args) == json.dumps(service.prioritize(args), separators=(",", ":")).encode()
+        if round_number == 2:
+            service.view.upsert_node(node("late", 2))
+            names[6] = "late"

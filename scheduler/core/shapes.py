@@ -66,6 +66,8 @@ class TargetWorkload:
     probability: np.ndarray
     _arrays: dict[tuple[str, ...], ShapeArrays] = field(default_factory=dict, repr=False)
     _sharing: list[TargetWorkload | None] = field(default_factory=list, repr=False)
+    # whole_gpu_demand_share / constrained_share, computed once: scoring asks on every call (~60 us)
+    _shares: dict[str, float] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_shapes(cls, shapes: Iterable[Shape], coverage: float = FGD_COVERAGE) -> TargetWorkload:
@@ -91,15 +93,21 @@ class TargetWorkload:
 
     def whole_gpu_demand_share(self) -> float:
         """Share of the expected GPU demand that asks for whole GPUs (0..1)."""
-        demand = np.array([s.total_gpu_milli for s in self.shapes], dtype=np.float64) * self.probability
-        whole = np.array([s.gpu_milli >= MILLI_PER_GPU for s in self.shapes], dtype=bool)
-        total = demand.sum()
-        return float(demand[whole].sum() / total) if total > 0 else 0.0
+        share = self._shares.get("whole")
+        if share is None:
+            demand = np.array([s.total_gpu_milli for s in self.shapes], dtype=np.float64) * self.probability
+            whole = np.array([s.gpu_milli >= MILLI_PER_GPU for s in self.shapes], dtype=bool)
+            total = demand.sum()
+            share = self._shares["whole"] = float(demand[whole].sum() / total) if total > 0 else 0.0
+        return share
 
     def constrained_share(self) -> float:
         """Probability that a task is restricted to some GPU models."""
-        constrained = np.array([s.models is not None for s in self.shapes], dtype=bool)
-        return float(np.asarray(self.probability)[constrained].sum())
+        share = self._shares.get("constrained")
+        if share is None:
+            constrained = np.array([s.models is not None for s in self.shapes], dtype=bool)
+            share = self._shares["constrained"] = float(np.asarray(self.probability)[constrained].sum())
+        return share
 
     def sharing_only(self) -> TargetWorkload | None:
         """The same workload restricted to sharing shapes (0 < milli < 1000), renormalised; None if none."""
