@@ -27,11 +27,7 @@ SIM_ROW_THREADS = 8
 # write pass, so each element is read from global memory once (16 KiB float32 / 32 KiB float64
 # per block). The simulator uses a tiny cache so tests cover both the cached and uncached paths.
 GPU_ROW_CACHE = 4096
-SIM_ROW_CACHE = 40  # > ROW_FETCHES * SIM_ROW_THREADS, so cached rows also take the batched-fetch path
-# The statistics pass fetches this many elements per thread before using any of them: one load at
-# a time left each thread waiting a full memory round trip per element (softmax ran at 45 % of a
-# device copy on an H100), too few bytes in flight to reach the bandwidth.
-ROW_FETCHES = 4
+SIM_ROW_CACHE = 16
 GPU_MAX_ROW_BLOCKS = 65535
 SIM_MAX_ROW_BLOCKS = 4
 
@@ -48,32 +44,9 @@ def _numba_type(dtype: np.dtype) -> Any:
     return cuda.float32 if np.dtype(dtype) == np.float32 else cuda.float64
 
 
-@cuda.jit(device=True)
-def _online_softmax_step(running_max, running_sum, value, negative_infinity, one):  # type: ignore[no-untyped-def]
-    """Fold one element into a running (max, sum of exp(x - max)); -inf adds nothing, NaN poisons the sum.
-
-    `one` comes in the element type: a literal 1 would widen float32 sums to float64.
-    """
-    if value > running_max:
-        return value, running_sum * math.exp(running_max - value) + one
-    if value != negative_infinity:
-        return running_max, running_sum + math.exp(value - running_max)
-    return running_max, running_sum
-
-
-@cuda.jit(device=True)
-def _welford_step(count, mean, m2, value, one):  # type: ignore[no-untyped-def]
-    """Fold one element into a running (count, mean, sum of squared deviations); `one` as above."""
-    count += one
-    delta = value - mean
-    mean += delta / count
-    return count, mean, m2 + delta * (value - mean)
-
-
 @functools.cache
 def _softmax_kernel(dtype: np.dtype, threads: int, cache_size: int) -> Any:
     numba_type = _numba_type(dtype)
-    batch = ROW_FETCHES * threads
 
     @cuda.jit
     def softmax(x, y, rows, length, inner):  # type: ignore[no-untyped-def]
@@ -82,35 +55,20 @@ def _softmax_kernel(dtype: np.dtype, threads: int, cache_size: int) -> Any:
         row_values = cuda.shared.array(cache_size, numba_type)
         thread = cuda.threadIdx.x
         negative_infinity = numba_type(-math.inf)
-        one = numba_type(1)
         cached = length <= cache_size
         for row in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
             base = (row // inner) * length * inner + row % inner
             running_max = negative_infinity
             running_sum = numba_type(0)
-            # Same elements in the same order as one at a time, but ROW_FETCHES loads in flight.
-            j = thread
-            while j + batch - threads < length:
-                v0 = x[base + j * inner]
-                v1 = x[base + (j + threads) * inner]
-                v2 = x[base + (j + 2 * threads) * inner]
-                v3 = x[base + (j + 3 * threads) * inner]
-                if cached:
-                    row_values[j] = v0
-                    row_values[j + threads] = v1
-                    row_values[j + 2 * threads] = v2
-                    row_values[j + 3 * threads] = v3
-                running_max, running_sum = _online_softmax_step(running_max, running_sum, v0, negative_infinity, one)
-                running_max, running_sum = _online_softmax_step(running_max, running_sum, v1, negative_infinity, one)
-                running_max, running_sum = _online_softmax_step(running_max, running_sum, v2, negative_infinity, one)
-                running_max, running_sum = _online_softmax_step(running_max, running_sum, v3, negative_infinity, one)
-                j += batch
-            while j < length:
+            for j in range(thread, length, threads):
                 value = x[base + j * inner]
                 if cached:
                     row_values[j] = value
-                running_max, running_sum = _online_softmax_step(running_max, running_sum, value, negative_infinity, one)
-                j += threads
+                if value > running_max:
+                    running_sum = running_sum * math.exp(running_max - value) + numba_type(1)
+                    running_max = value
+                elif value != negative_infinity:
+                    running_sum += math.exp(value - running_max)
             maxes[thread] = running_max
             sums[thread] = running_sum
             cuda.syncthreads()
@@ -142,7 +100,6 @@ def _softmax_kernel(dtype: np.dtype, threads: int, cache_size: int) -> Any:
 @functools.cache
 def _layernorm_kernel(dtype: np.dtype, threads: int, cache_size: int) -> Any:
     numba_type = _numba_type(dtype)
-    batch = ROW_FETCHES * threads
 
     @cuda.jit
     def layernorm(x, y, weight, bias, rows, length, epsilon, affine):  # type: ignore[no-untyped-def]
@@ -152,34 +109,19 @@ def _layernorm_kernel(dtype: np.dtype, threads: int, cache_size: int) -> Any:
         row_values = cuda.shared.array(cache_size, numba_type)
         thread = cuda.threadIdx.x
         cached = length <= cache_size
-        one = numba_type(1)
         for row in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
             base = row * length
             count = numba_type(0)
             mean = numba_type(0)
             m2 = numba_type(0)
-            j = thread
-            while j + batch - threads < length:
-                v0 = x[base + j]
-                v1 = x[base + j + threads]
-                v2 = x[base + j + 2 * threads]
-                v3 = x[base + j + 3 * threads]
-                if cached:
-                    row_values[j] = v0
-                    row_values[j + threads] = v1
-                    row_values[j + 2 * threads] = v2
-                    row_values[j + 3 * threads] = v3
-                count, mean, m2 = _welford_step(count, mean, m2, v0, one)
-                count, mean, m2 = _welford_step(count, mean, m2, v1, one)
-                count, mean, m2 = _welford_step(count, mean, m2, v2, one)
-                count, mean, m2 = _welford_step(count, mean, m2, v3, one)
-                j += batch
-            while j < length:
+            for j in range(thread, length, threads):
                 value = x[base + j]
                 if cached:
                     row_values[j] = value
-                count, mean, m2 = _welford_step(count, mean, m2, value, one)
-                j += threads
+                count += numba_type(1)
+                delta = value - mean
+                mean += delta / count
+                m2 += delta * (value - mean)
             counts[thread] = count
             means[thread] = mean
             squares[thread] = m2
