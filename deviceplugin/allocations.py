@@ -12,7 +12,7 @@ import itertools
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from tensorai.deviceplugin.gpus import ContainerShare
 
@@ -54,6 +54,10 @@ class AllocationRecord:
     owner: Owner
     confirmed: bool  # kubelet's pod-resources listing showed these IDs for this owner
     allocated_at: float  # time.time()
+    gpus: frozenset[str] = field(init=False, repr=False, compare=False)  # the portions' GPUs, derived once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gpus", frozenset(portion.uuid for portion in self.portions))
 
     @property
     def milli(self) -> int:
@@ -130,10 +134,8 @@ class AllocationBook:
         with self._lock:
             version, held = self._held
             if version != self._version:
-                held = {
-                    (r.owner.pod_uid, r.owner.container_name): frozenset(p.uuid for p in r.portions)
-                    for r in self._records.values() if r.owner.pod_uid
-                }
+                held = {(r.owner.pod_uid, r.owner.container_name): r.gpus for r in self._records.values()
+                        if r.owner.pod_uid}
                 self._held = (self._version, held)
             return held
 

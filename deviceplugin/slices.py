@@ -140,7 +140,8 @@ class SliceTable:
         by_gpu = {uuid: gpu_ids.intersection(members) for uuid, gpu_ids in self._id_set_by_gpu.items()}
         if sum(map(len, by_gpu.values())) != len(members):
             self.group_by_gpu(ids, what=what)  # raises with the reason for the first ID we never advertised
-        return AvailableIds(self, {uuid: len(gpu_ids) for uuid, gpu_ids in by_gpu.items()}, by_gpu.__getitem__)
+        return AvailableIds(self, {uuid: len(gpu_ids) for uuid, gpu_ids in by_gpu.items()},
+                            lambda uuid: [device for device in self._ids_by_gpu[uuid] if device in by_gpu[uuid]])
 
     def _explain_unknown(self, device: object) -> str:
         shown = repr(device)[:100]
@@ -182,37 +183,40 @@ class SliceTable:
 class AvailableIds:
     """A validated set of free device IDs: how many lie on each GPU, and which (per GPU, on demand).
 
-    `free_on(uuid)` gives one GPU's free IDs; it is called at most once per GPU and only for GPUs with
-    a free ID, so a source that can count cheaply but must work to list (wireids.py) lists only the
-    GPUs the answer is taken from. It may raise SliceError for what it finds on that GPU.
+    `free_on(uuid)` gives one GPU's free IDs in slice order; it is called at most once per GPU and only
+    for GPUs with a free ID, so a source that counts cheaply but must work to list (wireids.py) lists
+    only the GPUs an answer is taken from. It may raise SliceError for what it finds on that GPU.
     """
 
-    def __init__(self, table: SliceTable, counts: Mapping[str, int], free_on: Callable[[str], frozenset[str]]) -> None:
+    def __init__(self, table: SliceTable, counts: Mapping[str, int], free_on: Callable[[str], list[str]]) -> None:
         self._table = table
         self.counts = {uuid: count for uuid, count in counts.items() if count}
         self._free_on = free_on
-        self._listed: dict[str, frozenset[str]] = {}
+        self._listed: dict[str, list[str]] = {}
+        self._sets: dict[str, frozenset[str]] = {}
 
     def count(self, uuid: str) -> int:
         return self.counts.get(uuid, 0)
 
+    def ids_on(self, uuid: str) -> list[str]:
+        """This GPU's free IDs in slice order (shared: do not modify)."""
+        if uuid not in self.counts:
+            return []
+        listed = self._listed.get(uuid)
+        if listed is None:
+            listed = self._listed[uuid] = self._free_on(uuid)
+        return listed
+
     def on(self, uuid: str) -> frozenset[str]:
         """This GPU's free IDs (unordered)."""
-        if uuid not in self.counts:
-            return frozenset()
-        free = self._listed.get(uuid)
+        free = self._sets.get(uuid)
         if free is None:
-            free = self._listed[uuid] = self._free_on(uuid)
+            free = self._sets[uuid] = frozenset(self.ids_on(uuid))
         return free
 
     def __contains__(self, device: object) -> bool:
         uuid = self._table.gpu_of(device) if isinstance(device, str) else None
         return uuid is not None and device in self.on(uuid)
-
-    def ids_on(self, uuid: str) -> list[str]:
-        """This GPU's free IDs in slice order."""
-        free = self.on(uuid)
-        return [device for device in self._table.device_ids(uuid) if device in free]
 
     def without(self, uuids: Iterable[str]) -> AvailableIds:
         """The same set minus every ID of `uuids` (e.g. unhealthy GPUs)."""
@@ -220,7 +224,7 @@ class AvailableIds:
         if not dropped:
             return self
         kept = {uuid: count for uuid, count in self.counts.items() if uuid not in dropped}
-        return AvailableIds(self._table, kept, self.on)
+        return AvailableIds(self._table, kept, self.ids_on)
 
 
 def choose_preferred(

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import operator
 from collections import Counter
+from itertools import compress
 
 from tensorai.deviceplugin.slices import AvailableIds, SliceError, SliceTable
+from tensorai.proto import contract
 from tensorai.proto import deviceplugin_v1beta1_pb2 as dp
 
 FIELD_1_BYTES = 0x0A  # tag of field 1, length-delimited: container_requests, and available_deviceIDs inside
@@ -183,16 +185,18 @@ class _Lister:
         self._code = {uuid: code for code, uuid in enumerate(uuids)}
         self._keyed = keyed
 
-    def free_on(self, uuid: str) -> frozenset[str]:
+    def free_on(self, uuid: str) -> list[str]:
         code = self._code[uuid]
         mine = self._keyed.translate(None, _OTHER_LANES[code])  # this GPU's records only
-        keys = memoryview(mine.translate(_TO_GPU_ZERO[code])).cast("I")
-        distinct = set(keys)
+        slices = list(map(_SLICE_OF_KEY.__getitem__, memoryview(mine.translate(_TO_GPU_ZERO[code])).cast("I")))
+        present = bytearray(contract.MILLI_PER_GPU)
+        for index in slices:  # at most 1000: the one per-ID loop left, and only on GPUs an answer uses
+            present[index] = 1
         ids = self._table.device_ids(uuid)
-        if len(distinct) != len(keys):
-            repeated, _ = Counter(keys).most_common(1)[0]
-            raise SliceError(f"available_deviceIDs: device ID {ids[_SLICE_OF_KEY[repeated]]!r} appears twice")
-        return frozenset(map(ids.__getitem__, map(_SLICE_OF_KEY.__getitem__, distinct)))
+        if present.count(1) != len(slices):
+            repeated, _ = Counter(slices).most_common(1)[0]
+            raise SliceError(f"available_deviceIDs: device ID {ids[repeated]!r} appears twice")
+        return list(compress(ids, present))
 
 
 _OTHER_LANES = tuple(bytes(range(256)).translate(None, bytes(range(code * LANE, code * LANE + LANE)))
