@@ -407,6 +407,9 @@ class ExtenderService:
         check accepts is kept, so the answer is always the fit rules' answer.
         """
         view = self.view
+        # Known nodes are named with the view's own strings (equal to the requested ones): their hashes
+        # are cached, so building the answer's maps and encoding them hashes no fresh request strings.
+        view_names = view.cluster.node_names
         scores, reasons = self._node_scores(demand)
         known = positions >= 0
         fits = np.zeros(len(node_names), dtype=bool)
@@ -424,8 +427,7 @@ class ExtenderService:
                 bad = ~evaluation.feasible
                 bad_positions, codes = rejected[bad], evaluation.reason[bad]
             for code in np.unique(codes).tolist():  # one reason text per code: no per-node Python work
-                chosen = bad_positions[codes == code].tolist()
-                names = _pick(node_names, chosen)
+                names = _pick(view_names, positions[bad_positions[codes == code]].tolist())
                 if code == UNSCHEDULABLE:  # say which problem: stale heartbeat, bad inventory, cordoned
                     for name in names:
                         unresolvable[name] = view.node_problem(name) or REASON_TEXT[code]
@@ -435,12 +437,11 @@ class ExtenderService:
         for position in np.flatnonzero(~known).tolist():
             name = node_names[position]
             unresolvable[name] = view.node_problem(name) or "unknown node"
-        kept_positions = np.flatnonzero(fits).tolist()
+        kept_names = _pick(view_names, positions[fits].tolist())
         if not limits:
-            return _pick(node_names, kept_positions)
+            return kept_names
         kept = []
-        for position in kept_positions:  # per-model and memory quotas depend on the node's GPUs
-            name = node_names[position]
+        for name in kept_names:  # per-model and memory quotas depend on the node's GPUs
             node = view.node_record(name)
             estimate = estimate_usage(demand, node.model, node.usable_memory_mib) if node else None
             model_reasons = quota_violations(limits, used, estimate) if estimate else []
