@@ -170,6 +170,7 @@ class ExtenderService:
         self._order_cache: tuple[list[str], np.ndarray] | None = None
         self._row_keys: tuple[int, np.ndarray] | None = None  # (node generation, order key per cluster row)
         self._prefix_rows: tuple[int, list[str]] | None = None  # (node generation, prioritize prefix per row)
+        self._kept_rows: tuple[list[str], np.ndarray] | None = None  # filter's last kept names and their rows
         self._last_scores: tuple | None = None  # (view version, policy, pod shape, target, scores)
         self.binder = Binder(
             view,
@@ -227,6 +228,14 @@ class ExtenderService:
         # filter sends all nodes, prioritize the feasible ones: keep a few lists, newest first
         self._names_cache = [(generation, node_names, known, positions), *self._names_cache[:3]]
         return known, positions
+
+    def _remember_kept(self, kept: list[str]) -> None:
+        """Offer filter's answer to `_candidates` (under the view lock): prioritize asks about exactly
+        these nodes next, and their rows are known here without looking a name up."""
+        last, self._kept_rows = self._kept_rows, None
+        if kept and last is not None and last[0] is kept:  # no quota or bind-rule step changed the list
+            entry = (self.view.node_generation, kept, last[1], last[1])
+            self._names_cache = [entry, *self._names_cache[:3]]
 
     def _node_order(self, node_names: list[str], positions: np.ndarray) -> np.ndarray:
         """The fixed tie-break order of the requested nodes (`core.ranking`), reused for a repeated list.
@@ -325,6 +334,7 @@ class ExtenderService:
                     )
                     if kept:
                         kept = self._hold_for_allocate(record, pod, demand, kept, failed)
+                    self._remember_kept(kept)
             if quota_reasons and not kept:
                 reason = "; ".join(dict.fromkeys(quota_reasons))
                 if self.view.note_waiting(record, reason):
@@ -437,7 +447,9 @@ class ExtenderService:
         for position in np.flatnonzero(~known).tolist():
             name = node_names[position]
             unresolvable[name] = view.node_problem(name) or "unknown node"
-        kept_names = _pick(view_names, positions[fits].tolist())
+        kept_rows = positions[fits]
+        kept_names = _pick(view_names, kept_rows.tolist())
+        self._kept_rows = (kept_names, kept_rows)
         if not limits:
             return kept_names
         kept = []

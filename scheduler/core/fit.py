@@ -106,7 +106,7 @@ def _gpu_filter(cluster: ClusterArrays, demand: PodDemand, nodes: np.ndarray) ->
     return allowed
 
 
-def memory_need(container: ContainerDemand, usable_mib: np.ndarray) -> np.ndarray:
+def _container_memory(container: ContainerDemand, usable_mib: np.ndarray) -> np.ndarray:
     """Memory MiB the container needs on each GPU: explicit, or its share of usable memory (floor)."""
     if container.memory_mib is not None:
         return np.full(usable_mib.shape, container.memory_mib, dtype=np.int64)
@@ -118,7 +118,7 @@ def memory_need(container: ContainerDemand, usable_mib: np.ndarray) -> np.ndarra
 def _fits(container: ContainerDemand, free_milli: np.ndarray, free_mib: np.ndarray, usable_mib: np.ndarray,
           allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(n, G) GPUs that can take one unit of the container, and the memory it would take on each."""
-    need_mib = memory_need(container, usable_mib)
+    need_mib = _container_memory(container, usable_mib)
     if container.milli >= MILLI_PER_GPU:
         fit = allowed & (free_milli >= MILLI_PER_GPU) & (free_mib >= usable_mib) & (free_mib >= need_mib)
     else:
@@ -229,7 +229,7 @@ def evaluate(cluster: ClusterArrays, demand: PodDemand, nodes: np.ndarray | None
         main = app[0]
         app_fit, need = _fits(main, free_milli, free_mib, usable_mib, allowed)
         fit, held_milli = app_fit, main.milli
-        need_of = {i: memory_need(containers[i], usable_mib) for i in chained[own[0]]}
+        need_of = {i: _container_memory(containers[i], usable_mib) for i in chained[own[0]]}
         if need_of:  # the hot path (no init containers) skips this
             need_of[own[0]] = need
             sequence = sorted(need_of)
@@ -260,9 +260,9 @@ def evaluate(cluster: ClusterArrays, demand: PodDemand, nodes: np.ndarray | None
             container = containers[index]
             if chained[index] and container.milli < MILLI_PER_GPU:
                 group = [containers[i] for i in sorted([index, *chained[index]])]  # spec order
-                need = memory_need(container, usable_mib)
+                need = _container_memory(container, usable_mib)
                 reserve_milli = held_sequence([(member.init, min(member.milli, MILLI_PER_GPU)) for member in group])
-                reserve_mib = held_arrays([(member.init, memory_need(member, usable_mib)) for member in group])
+                reserve_mib = held_arrays([(member.init, _container_memory(member, usable_mib)) for member in group])
                 fit = allowed & (temp_milli >= reserve_milli) & (temp_mib >= reserve_mib)
                 if reserve_milli >= MILLI_PER_GPU:
                     fit &= temp_mib >= usable_mib
@@ -299,7 +299,7 @@ def evaluate(cluster: ClusterArrays, demand: PodDemand, nodes: np.ndarray | None
                 init_ok &= ok
                 slots = np.concatenate([base, extra], axis=1)
             slots_of[index] = slots
-            memory_of[index] = np.take_along_axis(memory_need(container, usable_mib), slots, axis=1)
+            memory_of[index] = np.take_along_axis(_container_memory(container, usable_mib), slots, axis=1)
         if any(len(members) for members in chained.values()):  # shared GPUs: count exactly what stays held
             held_milli, held_mib = _held(containers, slots_of, memory_of, count, width)
             exact = ((held_milli == 0) | (held_milli <= free_milli)) & ((held_mib == 0) | (held_mib <= free_mib))

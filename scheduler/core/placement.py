@@ -14,7 +14,7 @@ import numpy as np
 
 from tensorai.proto.contract import MILLI_PER_GPU
 from tensorai.scheduler.core.context import PolicyContext
-from tensorai.scheduler.core.fit import OK, Evaluation, evaluate, memory_need
+from tensorai.scheduler.core.fit import OK, Evaluation, evaluate
 from tensorai.scheduler.core.initchain import held_per_gpu
 from tensorai.scheduler.core.policies import DEFAULT_POLICY, POLICY_NAMES
 from tensorai.scheduler.core.policies.basic import score_bestfit, score_binpack, score_random, score_spread
@@ -158,6 +158,12 @@ def choose_placement(cluster: ClusterArrays, demand: PodDemand, policy: str | No
     return _placement(cluster, demand, evaluation, 0, int(option[0]), float(node_score[0]))
 
 
+def _one_gpu(demand: PodDemand) -> bool:
+    """One container (not an init container) on one GPU: its placement is a single GPU choice."""
+    containers = demand.containers
+    return len(containers) == 1 and not containers[0].init and containers[0].gpu_count == 1
+
+
 class ScoreCache:
     """Per (policy, pod shape) node scores, recomputed only for nodes whose arrays changed.
 
@@ -176,7 +182,7 @@ class ScoreCache:
         self._workload: object | None = None
         self._snapshot: dict[str, np.ndarray] = {}
         self._epoch = np.zeros(0, dtype=np.int64)
-        self._entries: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._entries: dict[tuple, tuple[np.ndarray, ...]] = {}
         self.last: tuple[Evaluation, np.ndarray, np.ndarray] | None = None
         # (N,) fit reason codes (fit.OK where feasible) from the same evaluations as the last scores,
         # so filter can say why a node was rejected without evaluating the rejected nodes again
@@ -211,6 +217,8 @@ class ScoreCache:
         changed: list[np.ndarray] = []
         for name in self._FIELDS:
             now, then = getattr(cluster, name), self._snapshot[name]
+            if now.tobytes() == then.tobytes():  # a copy and a memcmp: 2-3x cheaper than an element compare
+                continue
             differs = np.not_equal(now.reshape(-1), then.reshape(-1))
             if differs.any():
                 flat = np.flatnonzero(differs)
@@ -235,10 +243,12 @@ class ScoreCache:
         entry = self._entries.get(self._key(demand, policy))
         if entry is None:
             count = len(cluster.node_names)
+            # scores, best option, epoch computed at, fit reason, and for one-GPU pods that option's GPU and MiB
             entry = (np.full(count, -np.inf), np.full(count, -1, dtype=np.int64), np.full(count, -1, dtype=np.int64),
-                     np.zeros(count, dtype=np.int8))
+                     np.zeros(count, dtype=np.int8), np.full(count, -1, dtype=np.int64),
+                     np.zeros(count, dtype=np.int64))
             self._entries[self._key(demand, policy)] = entry
-        scores, options, computed, reasons = entry
+        scores, options, computed, reasons, gpu_slot, gpu_memory = entry
         stale = np.flatnonzero(computed != self._epoch)
         self.last = None
         if stale.size:
@@ -246,6 +256,14 @@ class ScoreCache:
             scores[stale] = node_score
             options[stale] = option
             reasons[stale] = evaluation.reason
+            if _one_gpu(demand):  # what _placement would read for the node's best option: bind needs no rescoring
+                rows = np.arange(len(stale))
+                if evaluation.per_gpu:
+                    assert evaluation.slot_memory is not None
+                    gpu_slot[stale], gpu_memory[stale] = option, evaluation.slot_memory[rows, option]
+                else:
+                    gpu_slot[stale] = evaluation.container_slots[0][:, 0]
+                    gpu_memory[stale] = evaluation.container_memory[0][:, 0]
             computed[stale] = self._epoch[stale]
             self.last = (evaluation, node_score, option)
         self.reasons = reasons
@@ -261,27 +279,24 @@ class ScoreCache:
                          context: PolicyContext) -> tuple[bool, Placement | None]:
         """(True, what choose_placement returns) from the cache, or (False, None) when it cannot say.
 
-        Only for the common shape - one fractional container, no init containers, no UUID or group
-        rules - whose placement is fully given by the option (the GPU slot) and its score, and only
-        when the node's cached row was computed on its current arrays and the current workload.
+        Only for the common shapes - one container on one GPU (a share or a whole GPU), no init
+        containers, no UUID or group rules - whose placement is the GPU slot and memory that
+        node_scores kept from the evaluation of the node's best option, and only when the node's
+        cached row was computed on its current arrays and the current workload.
         """
-        containers = demand.containers
-        if (len(containers) != 1 or containers[0].init or containers[0].gpu_count != 1
-                or containers[0].milli >= MILLI_PER_GPU or demand.allowed_uuids is not None or demand.excluded_uuids
-                or demand.anti_affinity_group is not None):
-            return False, None
-        if self._entries.get(self._key(demand, policy)) is None:
+        if (not _one_gpu(demand) or demand.allowed_uuids is not None or demand.excluded_uuids
+                or demand.anti_affinity_group is not None or self._entries.get(self._key(demand, policy)) is None):
             return False, None
         self._sync(cluster, context.target(), context)
         entry = self._entries.get(self._key(demand, policy))  # a new workload clears the entries
         if entry is None or not 0 <= node < len(self._epoch) or entry[2][node] != self._epoch[node]:
             return False, None
-        scores, options, _, reasons = entry
+        scores, _, _, reasons, gpu_slot, gpu_memory = entry
         if reasons[node] != OK:
             return True, None
-        container, slot = containers[0], int(options[node])
-        memory_mib = memory_need(container, cluster.gpu_usable_memory_mib[node, slot:slot + 1])[0]
-        choice = GPUChoice(container.name, node, slot, cluster.gpu_uuids[node][slot], container.milli, int(memory_mib))
+        container, slot = demand.containers[0], int(gpu_slot[node])
+        choice = GPUChoice(container.name, node, slot, cluster.gpu_uuids[node][slot], container.milli,
+                           int(gpu_memory[node]))
         return True, Placement(node, cluster.node_names[node], (choice,), float(scores[node]))
 
     def placement_if_fresh(self, cluster: ClusterArrays, demand: PodDemand, node: int) -> Placement | None:
