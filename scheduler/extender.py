@@ -733,7 +733,7 @@ class _Handler(BaseHTTPRequestHandler):
         if verb == "filter" and status == 200:
             payload = service.encode_filter(payload)  # type: ignore[arg-type]
         self._send(status, payload)
-        service.metrics.verb_latency_s.labels(verb).observe(time.perf_counter() - started)
+        service.metrics.verb_latency_by_verb[verb].observe(time.perf_counter() - started)
         if failed:
             service.metrics.verb_errors.labels(verb).inc()
 

@@ -120,8 +120,8 @@ class ExtenderMetrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=self.registry,
         )
-        for verb in VERBS:
-            self.verb_latency_s.labels(verb)
+        # per-verb children looked up once: labels() costs a lock and a dict lookup on every request
+        self.verb_latency_by_verb = {verb: self.verb_latency_s.labels(verb) for verb in VERBS}
         if view is not None:
             self.registry.register(_ViewCollector(view))
 

@@ -187,6 +187,7 @@ class ScoreCache:
         # (N,) fit reason codes (fit.OK where feasible) from the same evaluations as the last scores,
         # so filter can say why a node was rejected without evaluating the rejected nodes again
         self.reasons: np.ndarray | None = None
+        self._changed_fields: list[str] = []  # the fields in which the last _changed found differences
         self._synced: tuple[object, ClusterArrays] | None = None  # (cluster_version token, cluster) of the last sync
 
     def _sync(self, cluster: ClusterArrays, workload: object, context: PolicyContext) -> None:
@@ -204,7 +205,7 @@ class ScoreCache:
             pass  # the caller vouches the arrays are unchanged since the last sync
         elif (changed := self._changed(cluster)).size:
             self._epoch[changed] += 1
-            for name in self._FIELDS:
+            for name in self._changed_fields:  # the other fields' snapshot rows are equal already
                 self._snapshot[name][changed] = getattr(cluster, name)[changed]
         self._synced = (token, cluster) if token is not None else None
         if self._workload is not workload:  # holding a reference keeps its id from being reused
@@ -215,10 +216,12 @@ class ScoreCache:
         # Flat compares plus flatnonzero are several times faster than row-wise any() on (N, G) arrays,
         # and usually only one node changed since the last call.
         changed: list[np.ndarray] = []
+        self._changed_fields = []
         for name in self._FIELDS:
             now, then = getattr(cluster, name), self._snapshot[name]
             if now.tobytes() == then.tobytes():  # a copy and a memcmp: 2-3x cheaper than an element compare
                 continue
+            self._changed_fields.append(name)
             differs = np.not_equal(now.reshape(-1), then.reshape(-1))
             if differs.any():
                 flat = np.flatnonzero(differs)

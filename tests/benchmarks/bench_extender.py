@@ -174,8 +174,14 @@ class PodRequests:
 
 
 def best_host(prioritize_answer: bytes) -> str:
-    """The node with the highest score (the extender gives exactly one node 10)."""
-    return max(json.loads(prioritize_answer), key=operator.itemgetter("Score"))["Host"]
+    """The node with the highest score: the one the extender gave its only 10, read from the bytes
+    (decoding ~400 entries to find it would cost this shared machine ~0.07 ms per pod); without a
+    10 (no feasible node) the whole answer is decoded."""
+    end = prioritize_answer.find(b',"Score":10}')
+    start = prioritize_answer.rfind(b'{"Host":', 0, end)
+    if end < 0 or start < 0:
+        return max(json.loads(prioritize_answer), key=operator.itemgetter("Score"))["Host"]
+    return json.loads(prioritize_answer[start + len(b'{"Host":') : end])
 
 
 class NodeLists:
