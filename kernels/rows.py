@@ -1,10 +1,22 @@
-"""Row-wise fused kernels: softmax (online max/sum) and layernorm (Welford), one block per row.
+"""Row-wise fused kernels: softmax and layernorm, one block per row, the row held in registers.
 
-Each thread streams its strided share of the row once, keeping a running (max, sum of exp) pair or
-a running (count, mean, M2) triple; the block merges the per-thread partials in shared memory
-with the associative merge rules, then writes the row. Rows are addressed as (outer, length,
-inner) so `softmax` along any axis needs no transposed copy: element j of row r lives at
-outer * length * inner + j * inner + within.
+A row is read from global memory once and written once. Each thread fetches its `items` elements
+(element `thread + k * threads` of the row, so a warp's fetches are adjacent) into a register array
+before using any of them, so every thread has `items` loads in flight instead of one: a
+one-element-at-a-time loop that stores each value before fetching the next leaves the memory
+system idle between loads (the previous kernel's SASS showed exactly that). The statistics are then
+computed from the registers: softmax takes the row max, then one exp per element (kept in place)
+and their sum, then multiplies by 1 / sum; layernorm takes the mean, then the squared deviations
+from it (two passes over registers, no Welford division per element).
+
+Block reductions: on a GPU, a warp shuffle tree (5 shuffles, no barrier) and one barrier to
+combine the warps' results; the simulator has no shuffles, so there each thread is its own
+"warp" and the same code combines the threads' partials through shared memory.
+
+Rows longer than `threads * items` (the register tile) are streamed in tiles of that size and
+read from global memory again for each statistic (3 reads for softmax, 3 for layernorm). Rows are
+addressed as (outer, length, inner) so `softmax` along any axis needs no transposed copy: element
+j of row r lives at outer * length * inner + j * inner + within.
 """
 
 from __future__ import annotations
@@ -23,13 +35,17 @@ from tensorai.kernels.validate import check_array, check_same_dtype, check_same_
 
 GPU_ROW_THREADS = 256
 SIM_ROW_THREADS = 8
-# Rows up to this many elements are kept in shared memory between the statistics pass and the
-# write pass, so each element is read from global memory once (16 KiB float32 / 32 KiB float64
-# per block). The simulator uses a tiny cache so tests cover both the cached and uncached paths.
+# The register tile: rows up to this many elements are held in registers (items = tile / threads
+# per thread, 16 on a GPU) between reading and writing, so each element is read from global memory
+# once. The simulator uses a tiny tile so tests cover both the resident and the streamed paths.
 GPU_ROW_CACHE = 4096
 SIM_ROW_CACHE = 16
 GPU_MAX_ROW_BLOCKS = 65535
 SIM_MAX_ROW_BLOCKS = 4
+_FULL_MASK = 0xFFFFFFFF
+# Global indexes are cast to unsigned: Numba wraps negative signed indexes, a compare and a select
+# per access; these are never negative.
+u = np.uint64
 
 
 def row_threads() -> int:
@@ -44,112 +60,193 @@ def _numba_type(dtype: np.dtype) -> Any:
     return cuda.float32 if np.dtype(dtype) == np.float32 else cuda.float64
 
 
+def _warp_width() -> int:
+    """Lanes that reduce through shuffles: 32 on a GPU, 1 on the simulator (which has no shuffles)."""
+    return 1 if is_simulator() else 32
+
+
+def row_tile(length: int) -> tuple[int, bool]:
+    """(tile, resident) for a row of `length`: the smallest power-of-two register tile that holds the
+    row (at least one element per thread), or the largest tile with the row streamed through it."""
+    threads, largest = row_threads(), row_cache()
+    if length > largest:
+        return largest, False
+    tile = threads
+    while tile < length:
+        tile *= 2
+    return tile, True
+
+
 @functools.cache
-def _softmax_kernel(dtype: np.dtype, threads: int, cache_size: int) -> Any:
+def _softmax_kernel(dtype: np.dtype, threads: int, tile: int, resident: bool = True, strided: bool = False) -> Any:
+    """Softmax kernel for `threads` per block holding `tile` row elements in registers.
+
+    `resident`: the whole row fits the tile (length <= tile), so it is read once; otherwise the row
+    is streamed through the tile three times (max, sum of exp, write). `strided`: rows along a
+    non-last axis (`inner` > 1); the contiguous build makes each fetch's offset a constant, so
+    no per-element address is computed or kept in a register.
+    """
     numba_type = _numba_type(dtype)
+    items = tile // threads
+    warp = _warp_width()
+    warps = threads // warp
 
     @cuda.jit
     def softmax(x, y, rows, length, inner):  # type: ignore[no-untyped-def]
-        maxes = cuda.shared.array(threads, numba_type)
-        sums = cuda.shared.array(threads, numba_type)
-        row_values = cuda.shared.array(cache_size, numba_type)
+        maxes = cuda.shared.array(warps, numba_type)
+        sums = cuda.shared.array(warps, numba_type)
+        values = cuda.local.array(items, numba_type)
         thread = cuda.threadIdx.x
+        lane = thread % warp
         negative_infinity = numba_type(-math.inf)
-        cached = length <= cache_size
+        stop = 1 if resident else length  # a resident row is one tile: the tile loops run once, unrolled
+        stride = inner if strided else 1
+        limit = length - thread  # element offset o (from this thread's first) is in the row if o < limit
         for row in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
-            base = (row // inner) * length * inner + row % inner
+            base = (row // inner) * length * inner + row % inner if strided else row * length
+            first = base + thread * stride
+            # Row max. A NaN is skipped here but still makes the row NaN, as in NumPy: its exp is NaN,
+            # so the sum and every output are.
             running_max = negative_infinity
-            running_sum = numba_type(0)
-            for j in range(thread, length, threads):
-                value = x[base + j * inner]
-                if cached:
-                    row_values[j] = value
-                if value > running_max:
-                    running_sum = running_sum * math.exp(running_max - value) + numba_type(1)
-                    running_max = value
-                elif value != negative_infinity:
-                    running_sum += math.exp(value - running_max)
-            maxes[thread] = running_max
-            sums[thread] = running_sum
+            for start in range(0, stop, tile):
+                if start == 0 or not resident:
+                    for k in range(items):  # every fetch issued before any value is used
+                        o = start + k * threads
+                        values[k] = x[u(first + o * stride)] if o < limit else negative_infinity
+                for k in range(items):
+                    value = values[k]
+                    if value > running_max:
+                        running_max = value
+            offset = warp // 2
+            while offset > 0:
+                other = cuda.shfl_xor_sync(_FULL_MASK, running_max, offset)
+                if other > running_max:
+                    running_max = other
+                offset //= 2
+            if lane == 0:
+                maxes[thread // warp] = running_max
             cuda.syncthreads()
-            step = threads // 2
-            while step > 0:
-                if thread < step:
-                    max_a = maxes[thread]
-                    max_b = maxes[thread + step]
-                    merged_max = max_a if max_a > max_b else max_b
-                    if merged_max != negative_infinity:
-                        sums[thread] = sums[thread] * math.exp(max_a - merged_max) + sums[
-                            thread + step
-                        ] * math.exp(max_b - merged_max)
-                    if max_b != max_b:
-                        merged_max = max_b  # NaN anywhere in the row makes the row NaN, as in NumPy
-                    maxes[thread] = merged_max
-                cuda.syncthreads()
-                step //= 2
             row_max = maxes[0]
-            row_sum = sums[0]
+            for w in range(1, warps):
+                other = maxes[w]
+                if other > row_max:
+                    row_max = other
+            # One exp per element, kept in the registers when the row is resident.
+            running_sum = numba_type(0)
+            for start in range(0, stop, tile):
+                if not resident:
+                    for k in range(items):
+                        o = start + k * threads
+                        values[k] = x[u(first + o * stride)] if o < limit else negative_infinity
+                for k in range(items):
+                    exponential = math.exp(values[k] - row_max)
+                    if resident:
+                        values[k] = exponential
+                    running_sum += exponential
+            offset = warp // 2
+            while offset > 0:
+                running_sum += cuda.shfl_xor_sync(_FULL_MASK, running_sum, offset)
+                offset //= 2
+            if lane == 0:
+                sums[thread // warp] = running_sum
             cuda.syncthreads()
-            for j in range(thread, length, threads):
-                value = row_values[j] if cached else x[base + j * inner]
-                y[base + j * inner] = math.exp(value - row_max) / row_sum
+            row_sum = sums[0]
+            for w in range(1, warps):
+                row_sum += sums[w]
+            # The next row's partials go to `maxes` only after this barrier pair: every thread has
+            # read `maxes` before the second barrier, and `sums` before the next row's first one.
+            inverse = numba_type(1) / row_sum
+            for start in range(0, stop, tile):
+                if not resident:
+                    for k in range(items):
+                        o = start + k * threads
+                        values[k] = x[u(first + o * stride)] if o < limit else negative_infinity
+                for k in range(items):
+                    o = start + k * threads
+                    if o < limit:
+                        value = values[k] if resident else math.exp(values[k] - row_max)
+                        y[u(first + o * stride)] = value * inverse
 
     return softmax
 
 
 @functools.cache
-def _layernorm_kernel(dtype: np.dtype, threads: int, cache_size: int) -> Any:
+def _layernorm_kernel(dtype: np.dtype, threads: int, tile: int, resident: bool = True) -> Any:
+    """Layernorm kernel for `threads` per block holding `tile` row elements in registers.
+
+    Mean first, then the mean of squared deviations from it (two passes over the registers when
+    the row is resident; over global memory when it is streamed, then a third pass writes).
+    """
     numba_type = _numba_type(dtype)
+    items = tile // threads
+    warp = _warp_width()
+    warps = threads // warp
 
     @cuda.jit
     def layernorm(x, y, weight, bias, rows, length, epsilon, affine):  # type: ignore[no-untyped-def]
-        counts = cuda.shared.array(threads, numba_type)
-        means = cuda.shared.array(threads, numba_type)
-        squares = cuda.shared.array(threads, numba_type)
-        row_values = cuda.shared.array(cache_size, numba_type)
+        totals = cuda.shared.array(warps, numba_type)
+        squares = cuda.shared.array(warps, numba_type)
+        values = cuda.local.array(items, numba_type)
         thread = cuda.threadIdx.x
-        cached = length <= cache_size
+        lane = thread % warp
+        zero = numba_type(0)
+        count = numba_type(length)
+        stop = 1 if resident else length  # a resident row is one tile: the tile loops run once, unrolled
+        limit = length - thread  # element offset o (from this thread's first) is in the row if o < limit
         for row in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
-            base = row * length
-            count = numba_type(0)
-            mean = numba_type(0)
-            m2 = numba_type(0)
-            for j in range(thread, length, threads):
-                value = x[base + j]
-                if cached:
-                    row_values[j] = value
-                count += numba_type(1)
-                delta = value - mean
-                mean += delta / count
-                m2 += delta * (value - mean)
-            counts[thread] = count
-            means[thread] = mean
-            squares[thread] = m2
+            first = row * length + thread
+            running = zero
+            for start in range(0, stop, tile):
+                if start == 0 or not resident:
+                    for k in range(items):  # every fetch issued before any value is used
+                        o = start + k * threads
+                        values[k] = x[u(first + o)] if o < limit else zero
+                for k in range(items):
+                    running += values[k]
+            offset = warp // 2
+            while offset > 0:
+                running += cuda.shfl_xor_sync(_FULL_MASK, running, offset)
+                offset //= 2
+            if lane == 0:
+                totals[thread // warp] = running
             cuda.syncthreads()
-            step = threads // 2
-            while step > 0:
-                if thread < step:
-                    count_a = counts[thread]
-                    count_b = counts[thread + step]
-                    total = count_a + count_b
-                    if total > 0:
-                        delta = means[thread + step] - means[thread]
-                        means[thread] = means[thread] + delta * (count_b / total)
-                        squares[thread] = squares[thread] + squares[thread + step] + delta * delta * (
-                            count_a * count_b / total
-                        )
-                        counts[thread] = total
-                cuda.syncthreads()
-                step //= 2
-            row_mean = means[0]
-            inverse_std = numba_type(1.0 / math.sqrt(squares[0] / counts[0] + epsilon))
+            row_total = totals[0]
+            for w in range(1, warps):
+                row_total += totals[w]
+            row_mean = row_total / count
+            running = zero
+            for start in range(0, stop, tile):
+                if not resident:
+                    for k in range(items):
+                        o = start + k * threads
+                        values[k] = x[u(first + o)] if o < limit else zero
+                for k in range(items):
+                    if start + k * threads < limit:
+                        deviation = values[k] - row_mean
+                        running += deviation * deviation
+            offset = warp // 2
+            while offset > 0:
+                running += cuda.shfl_xor_sync(_FULL_MASK, running, offset)
+                offset //= 2
+            if lane == 0:
+                squares[thread // warp] = running
             cuda.syncthreads()
-            for j in range(thread, length, threads):
-                value = row_values[j] if cached else x[base + j]
-                normalised = (value - row_mean) * inverse_std
-                if affine:
-                    normalised = normalised * weight[j] + bias[j]
-                y[base + j] = normalised
+            row_square = squares[0]
+            for w in range(1, warps):
+                row_square += squares[w]
+            inverse_std = numba_type(1.0 / math.sqrt(row_square / count + epsilon))
+            for start in range(0, stop, tile):
+                if not resident:
+                    for k in range(items):
+                        o = start + k * threads
+                        values[k] = x[u(first + o)] if o < limit else zero
+                for k in range(items):
+                    o = start + k * threads
+                    if o < limit:
+                        normalised = (values[k] - row_mean) * inverse_std
+                        if affine:
+                            normalised = normalised * weight[u(thread + o)] + bias[u(thread + o)]
+                        y[u(first + o)] = normalised
 
     return layernorm
 
@@ -174,12 +271,12 @@ def launch_softmax(source: Any, out: Any, axis: int) -> None:
     inner = int(np.prod(shape[axis + 1 :], dtype=np.int64))
     rows = int(np.prod(shape, dtype=np.int64)) // length if length else 0
     if rows and length:
-        kernel = _softmax_kernel(np.dtype(source.dtype), row_threads(), row_cache())
+        kernel = _softmax_kernel(np.dtype(source.dtype), row_threads(), *row_tile(length), inner > 1)
         _launch_rows(kernel, rows, source.reshape(-1), out.reshape(-1), rows, length, inner)
 
 
 def softmax(x: Any, axis: int = -1) -> Any:
-    """`exp(x - max) / sum(exp(x - max))` along `axis`, one pass for the statistics per row."""
+    """`exp(x - max) / sum(exp(x - max))` along `axis`; a row that fits the register tile is read once."""
     check_array(x, "x")
     if x.ndim == 0:
         raise ShapeMismatchError("softmax needs at least one dimension, got a 0-d array")
@@ -191,7 +288,7 @@ def softmax(x: Any, axis: int = -1) -> Any:
 
 
 def layernorm(x: Any, eps: float = 1e-5, weight: Any = None, bias: Any = None) -> Any:
-    """`(x - mean) / sqrt(var + eps)` over the last axis (Welford, one pass), then `* weight + bias`."""
+    """`(x - mean) / sqrt(var + eps)` over the last axis (mean, then squared deviations), then `* weight + bias`."""
     check_array(x, "x")
     if x.ndim == 0:
         raise ShapeMismatchError("layernorm needs at least one dimension, got a 0-d array")
@@ -232,7 +329,7 @@ def launch_layernorm(
     if weight is None or bias is None:
         weight = bias = memory.placeholder(source.dtype)
     _launch_rows(
-        _layernorm_kernel(np.dtype(source.dtype), row_threads(), row_cache()),
+        _layernorm_kernel(np.dtype(source.dtype), row_threads(), *row_tile(length)),
         rows,
         source.reshape(-1),
         out.reshape(-1),
