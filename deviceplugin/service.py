@@ -17,13 +17,14 @@ from concurrent import futures
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tensorai.deviceplugin.allocations import UNKNOWN_OWNER, AllocationBook, AllocationRecord, GPUPortion, Owner
 from tensorai.deviceplugin.identity import IdentityError, PodIdentity, ReusedDevicesMisplaced
 from tensorai.deviceplugin.quiet import CallClock
 from tensorai.deviceplugin.sharing import SharingPolicy
-from tensorai.deviceplugin.slices import SliceError, SliceTable, choose_preferred, request_shape
+from tensorai.deviceplugin.slices import AvailableIds, SliceError, SliceTable, choose_preferred, request_shape
 from tensorai.deviceplugin.wireids import WireLayout, WireRequest, container_spans
 from tensorai.proto import contract
 from tensorai.proto import deviceplugin_v1beta1_pb2 as dp
@@ -70,7 +71,7 @@ class VGPUManager:
         if identity is not None:
             identity.on_pod_gone = book.release_pod
         self._claim_lock = threading.RLock()
-        self._wire = WireLayout.for_table(table)  # None: every GetPreferredAllocation takes the per-ID path
+        self.wire_layout = WireLayout.for_table(table)  # None: GetPreferredAllocation takes the per-ID path
         # kubelet's call pattern tells a reuse of init-container devices apart: it calls
         # GetPreferredAllocation with those IDs as must_include, or not at all when they cover the
         # request. None = no GetPreferredAllocation since the last Allocate.
@@ -94,20 +95,16 @@ class VGPUManager:
         self,
         request: dp.ContainerPreferredAllocationRequest,
         *,
-        wire: tuple[bytes, int, int] | None = None,
+        available: AvailableIds | None = None,
         hold: list[object] | None = None,
     ) -> list[str]:
         """The IDs to suggest for one container.
 
-        `wire` is (request bytes, start, end) of this container message: its IDs are then read from
-        the bytes (wireids.py), falling back to the per-ID path when they are not laid out as expected.
-        `hold` receives the request-sized objects this builds, so the caller can free them after the
-        reply has gone out instead of before.
+        `available` are its candidate IDs when already read from the wire bytes (wireids.py);
+        otherwise they are indexed from the message (the per-ID path). `hold` receives the
+        request-sized objects this builds, so the caller can free them after the reply has gone out.
         """
         self.calls.mark()
-        available = None
-        if wire is not None and self._wire is not None:
-            available = self._wire.read(*wire, len(request.available_deviceIDs))
         if available is None:
             available = self.table.available(request.available_deviceIDs)
         if hold is not None:
@@ -320,26 +317,41 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):
     def GetPreferredAllocation(
         self, request: dp.PreferredAllocationRequest | WireRequest, context: grpc.ServicerContext
     ) -> dp.PreferredAllocationResponse:
-        """`request` is a WireRequest when served by PluginServer (its IDs are read from the bytes)."""
-        raw = request.raw if isinstance(request, WireRequest) else None
-        request = request.message if isinstance(request, WireRequest) else request
-        spans = container_spans(raw, len(request.container_requests)) if raw is not None else None
-        response = dp.PreferredAllocationResponse()
-        if not request.container_requests or len(request.container_requests) > MAX_CONTAINER_REQUESTS:
-            _abort(context, SliceError(f"expected 1..{MAX_CONTAINER_REQUESTS} container_requests, "
-                                       f"got {len(request.container_requests)}"))
-        # Freeing kubelet's 8,000 ID strings and their sets takes ~0.15 ms; gRPC runs this callback
-        # after the reply is sent, so kubelet no longer waits for it.
+        """`request` is a WireRequest when served by PluginServer: its IDs are read from the bytes."""
+        # Freeing kubelet's 8,000 ID strings and their sets (per-ID path) takes ~0.15 ms; gRPC runs
+        # this callback after the reply is sent, so kubelet does not wait for it.
         held: list[object] = []
         context.add_callback(held.clear)
-        for index, container in enumerate(request.container_requests):
-            wire = (raw, *spans[index]) if raw is not None and spans is not None else None
+        try:
+            containers = self._containers(request)
+        except DecodeError:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid PreferredAllocationRequest")
+        response = dp.PreferredAllocationResponse()
+        if not containers or len(containers) > MAX_CONTAINER_REQUESTS:
+            _abort(context, SliceError(f"expected 1..{MAX_CONTAINER_REQUESTS} container_requests, "
+                                       f"got {len(containers)}"))
+        for container, available in containers:
             try:
-                ids = self.manager.preferred(container, wire=wire, hold=held)
+                ids = self.manager.preferred(container, available=available, hold=held)
             except Exception as error:
                 _abort(context, error)
             response.container_responses.add(deviceIDs=ids)
         return response
+
+    def _containers(
+        self, request: dp.PreferredAllocationRequest | WireRequest
+    ) -> list[tuple[dp.ContainerPreferredAllocationRequest, AvailableIds | None]]:
+        """Each container request, with its candidate IDs already read from the wire bytes where they could
+        be (the message then lacks them and is not parsed whole), else None: the per-ID path."""
+        if isinstance(request, WireRequest):
+            layout = self.manager.wire_layout
+            spans = container_spans(request.raw) if layout is not None else None
+            if layout is not None and spans is not None and len(spans) <= MAX_CONTAINER_REQUESTS:
+                read = [layout.read_container(request.raw, start, end) for start, end in spans]
+                if all(found is not None for found in read):
+                    return [(rest, available) for available, rest in filter(None, read)]
+            request = request.message
+        return [(container, None) for container in request.container_requests]
 
     def Allocate(self, request: dp.AllocateRequest, context: grpc.ServicerContext) -> dp.AllocateResponse:
         try:

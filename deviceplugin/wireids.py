@@ -21,6 +21,8 @@ import operator
 from collections import Counter
 from itertools import compress
 
+from google.protobuf.message import DecodeError
+
 from tensorai.deviceplugin.slices import AvailableIds, SliceError, SliceTable
 from tensorai.proto import contract
 from tensorai.proto import deviceplugin_v1beta1_pb2 as dp
@@ -42,17 +44,24 @@ _SLICE_OF_KEY = {_slice_key(b"%03d" % index): index for index in range(1000)}  #
 
 
 class WireRequest:
-    """A PreferredAllocationRequest parsed as usual (the gRPC deserializer) that keeps its wire bytes."""
+    """A PreferredAllocationRequest as gRPC hands it over (the deserializer): its wire bytes, parsed
+    whole only when the IDs cannot be read from them (`message`; DecodeError for malformed bytes)."""
 
-    __slots__ = ("message", "raw")
+    __slots__ = ("_message", "raw")
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
-        self.message = dp.PreferredAllocationRequest.FromString(raw)
+        self._message: dp.PreferredAllocationRequest | None = None
+
+    @property
+    def message(self) -> dp.PreferredAllocationRequest:
+        if self._message is None:
+            self._message = dp.PreferredAllocationRequest.FromString(self.raw)
+        return self._message
 
 
-def container_spans(raw: bytes, count: int) -> list[tuple[int, int]] | None:
-    """Byte ranges of the `count` ContainerPreferredAllocationRequests; None if the message holds anything else."""
+def container_spans(raw: bytes) -> list[tuple[int, int]] | None:
+    """Byte ranges of the ContainerPreferredAllocationRequests; None if the message holds anything else."""
     spans: list[tuple[int, int]] = []
     pos = 0
     while pos < len(raw):
@@ -63,7 +72,7 @@ def container_spans(raw: bytes, count: int) -> list[tuple[int, int]] | None:
             return None
         spans.append((pos, pos + length))
         pos += length
-    return spans if len(spans) == count else None
+    return spans
 
 
 def _varint(raw: bytes, pos: int) -> tuple[int | None, int]:
@@ -147,6 +156,25 @@ class WireLayout:
         # byte-wise sum without carries: high is a multiple of len(second), low below it, their sum below 256
         total = int.from_bytes(high, "big") + int.from_bytes(low, "big")
         return total.to_bytes(count, "big").translate(self._translations[2])
+
+    def read_container(
+        self, raw: bytes, start: int, end: int
+    ) -> tuple[AvailableIds, dp.ContainerPreferredAllocationRequest] | None:
+        """A container message raw[start:end] as its IDs and the rest of it, or None (then parse it whole).
+
+        The IDs are the records at its start (kubelet writes field 1 first); the bytes after them are
+        parsed as usual and must hold no further IDs.
+        """
+        heads = raw[start:end:self.record]
+        count = len(heads) - len(heads.lstrip(bytes([FIELD_1_BYTES])))  # a run of record starts
+        available = self.read(raw, start, end, count)
+        if available is None:
+            return None
+        try:
+            rest = dp.ContainerPreferredAllocationRequest.FromString(raw[start + self.record * count:end])
+        except DecodeError:
+            return None
+        return None if rest.available_deviceIDs else (available, rest)
 
     def read(self, raw: bytes, start: int, end: int, count: int) -> AvailableIds | None:
         """The `count` available IDs at the start of the container message raw[start:end]; None if not laid out so."""

@@ -51,9 +51,14 @@ def paired_uuids(rng: random.Random, count: int) -> list[str]:
 def read(layout: WireLayout, available: list[str], must: list[str] | None = None) -> AvailableIds | None:
     raw = dp.PreferredAllocationRequest(container_requests=[dp.ContainerPreferredAllocationRequest(
         available_deviceIDs=available, must_include_deviceIDs=must or [], allocation_size=7)]).SerializeToString()
-    spans = container_spans(raw, 1)
-    assert spans is not None
-    return layout.read(raw, *spans[0], len(available))
+    spans = container_spans(raw)
+    assert spans is not None and len(spans) == 1
+    read = layout.read_container(raw, *spans[0])
+    if read is None:
+        return None
+    found, rest = read
+    assert list(rest.must_include_deviceIDs) == (must or []) and rest.allocation_size == 7
+    return found
 
 
 def refuses_twice(available: AvailableIds, uuid: str) -> bool:
@@ -130,8 +135,11 @@ def test_ids_after_other_fields_or_of_several_lengths_fall_back_to_the_per_id_pa
     parsed = dp.PreferredAllocationRequest.FromString(raw).container_requests[0]
     assert list(parsed.available_deviceIDs) == ids and parsed.allocation_size == 1
     assert layout.read(raw, 2, len(raw), len(ids)) is None
+    assert layout.read_container(raw, 2, len(raw)) is None
     manager = VGPUManager(table, HealthTracker(table.uuids), SharingPolicy(), AllocationBook())
-    assert manager.preferred(parsed, wire=(raw, 2, len(raw))) == ids[:1]
+    servicer = DevicePluginServicer(manager)
+    answer = servicer.GetPreferredAllocation(WireRequest(raw), Context())
+    assert list(answer.container_responses[0].deviceIDs) == ids[:1]
     assert WireLayout.for_table(table_of([simulated_uuid("node", 0), "GPU-short"])) is None  # two ID lengths
 
 
@@ -140,10 +148,20 @@ def test_container_spans_decline_anything_but_container_requests() -> None:
     two = dp.PreferredAllocationRequest(container_requests=[
         dp.ContainerPreferredAllocationRequest(allocation_size=5),
         dp.ContainerPreferredAllocationRequest(allocation_size=6)]).SerializeToString()
-    assert container_spans(two, 2) == [(2, 2 + len(one)), (4 + len(one), 4 + 2 * len(one))]
-    assert container_spans(two, 1) is None  # the count must match the parsed message
-    assert container_spans(two + b"\x10\x01", 2) is None  # an unknown field
-    assert container_spans(b"\x0a\xff", 1) is None  # a length past the end
+    assert container_spans(two) == [(2, 2 + len(one)), (4 + len(one), 4 + 2 * len(one))]
+    assert container_spans(two + b"\x10\x01") is None  # an unknown field
+    assert container_spans(b"\x0a\xff") is None  # a length past the end
+    assert container_spans(b"") == []
+
+
+class Context:
+    """The part of gRPC's servicer context the servicer uses, for calls in this process."""
+
+    def add_callback(self, callback: object) -> bool:
+        return False
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise AssertionError(f"{code}: {details}")
 
 
 class RecordingServicer(DevicePluginServicer):
@@ -178,6 +196,14 @@ def test_the_plugin_server_hands_getpreferredallocation_its_wire_bytes_and_answe
                                                            allocation_size=250)]), timeout=10)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "twice" in (refused.value.details() or "")
+            raw_call = channel.unary_unary("/v1beta1.DevicePlugin/GetPreferredAllocation")
+            with pytest.raises(grpc.RpcError) as garbled:  # not protobuf: refused, not a crash
+                raw_call(b"\x0a\x05\x0a\x09abc", timeout=10)
+            assert garbled.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with_must = stub.GetPreferredAllocation(dp.PreferredAllocationRequest(container_requests=[
+                dp.ContainerPreferredAllocationRequest(available_deviceIDs=free, must_include_deviceIDs=free[:1],
+                                                       allocation_size=2)]), timeout=10)
+            assert with_must.container_responses[0].deviceIDs[0] == free[0]
         assert RecordingServicer.request_types and set(RecordingServicer.request_types) == {WireRequest}
     finally:
         server.stop()
