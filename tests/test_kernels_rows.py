@@ -12,8 +12,11 @@ import pytest
 
 import tensorai.kernels as K
 from tensorai.kernels import memory
-from tensorai.kernels.rows import SIM_MAX_ROW_BLOCKS, SIM_ROW_CACHE, SIM_ROW_THREADS, row_tile
+from tensorai.kernels.rows import SIM_MAX_ROW_BLOCKS, row_cache, row_threads, row_tile
 from tensorai.kernels.testing import assert_matches, fresh_rng, random_array
+
+# The target's sizes: the simulator's small ones in CI, the GPU's on a GPU (so both paths run there too)
+THREADS, CACHE = row_threads(), row_cache()
 
 
 @pytest.fixture
@@ -37,13 +40,13 @@ def layernorm_reference(x: np.ndarray, eps: float) -> np.ndarray:
     ("shape", "axis"),
     [
         ((3, 5), -1),
-        ((2, 2 * SIM_ROW_THREADS + 3), -1),  # rows longer than the block: several elements per thread
-        ((2, SIM_ROW_CACHE + 1), -1),  # too long for the register tile: streamed, read from global 3 times
-        ((2, SIM_ROW_CACHE), -1),  # exactly fills the register tile
-        ((2 * SIM_MAX_ROW_BLOCKS + 1, SIM_ROW_THREADS + 3), -1),  # a part-filled tile; blocks loop over rows
+        ((2, 2 * THREADS + 3), -1),  # rows longer than the block: several elements per thread
+        ((2, CACHE + 1), -1),  # too long for the register tile: streamed, read from global 3 times
+        ((2, CACHE), -1),  # exactly fills the register tile
+        ((2 * SIM_MAX_ROW_BLOCKS + 1, THREADS + 3), -1),  # a part-filled tile; blocks loop over rows
         ((5, 3, 4), 1),  # a middle axis, read with a stride; more rows than the simulator's grid
-        ((3, SIM_ROW_THREADS + 3, 2), 1),  # strided, a part-filled tile of 2 elements per thread
-        ((2, SIM_ROW_CACHE + 3, 3), 1),  # strided and streamed
+        ((3, THREADS + 3, 2), 1),  # strided, a part-filled tile of 2 elements per thread
+        ((2, CACHE + 3, 3), 1),  # strided and streamed
         ((2, 3, 4), 0),
         ((1, 1), -1),
         ((7,), 0),
@@ -70,7 +73,7 @@ def test_softmax_treats_minus_infinity_as_zero_probability_and_propagates_nan() 
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the simulator's NumPy scalars
-@pytest.mark.parametrize("length", [5, SIM_ROW_CACHE, 2 * SIM_ROW_CACHE + 3])  # one element per thread, full, streamed
+@pytest.mark.parametrize("length", [5, CACHE, 2 * CACHE + 3])  # one element per thread, full, streamed
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_softmax_special_values_match_numpy_in_resident_and_streamed_rows(rng, length, dtype) -> None:
     x = random_array(rng, (6, length), dtype)
@@ -88,10 +91,11 @@ def test_softmax_special_values_match_numpy_in_resident_and_streamed_rows(rng, l
 
 
 def test_row_tile_holds_the_row_in_registers_up_to_the_cache_size_then_streams() -> None:
-    assert row_tile(1) == (SIM_ROW_THREADS, True)
-    assert row_tile(SIM_ROW_THREADS + 1) == (2 * SIM_ROW_THREADS, True)
-    assert row_tile(SIM_ROW_CACHE) == (SIM_ROW_CACHE, True)
-    assert row_tile(SIM_ROW_CACHE + 1) == (SIM_ROW_CACHE, False)
+    threads, cache = THREADS, CACHE
+    assert row_tile(1) == (threads, True)
+    assert row_tile(threads + 1) == (2 * threads, True)
+    assert row_tile(cache) == (cache, True)
+    assert row_tile(cache + 1) == (cache, False)
 
 
 def test_softmax_of_empty_rows_returns_an_empty_array() -> None:
@@ -116,10 +120,10 @@ def test_softmax_axis_out_of_range_is_a_clear_error() -> None:
     "shape",
     [
         (3, 5),
-        (2, 3, 2 * SIM_ROW_THREADS + 1),  # streamed
-        (2, SIM_ROW_CACHE + 1),  # streamed
-        (2 * SIM_MAX_ROW_BLOCKS + 1, SIM_ROW_THREADS + 3),  # a part-filled tile; blocks loop over rows
-        (2, SIM_ROW_CACHE),
+        (2, 3, 2 * THREADS + 1),  # streamed
+        (2, CACHE + 1),  # streamed
+        (2 * SIM_MAX_ROW_BLOCKS + 1, THREADS + 3),  # a part-filled tile; blocks loop over rows
+        (2, CACHE),
         (1, 1),
         (4,),
     ],
@@ -140,7 +144,7 @@ def test_layernorm_applies_weight_and_bias(rng) -> None:
     assert_matches(got, layernorm_reference(x, 1e-3) * weight + bias, np.float64, 6)
 
 
-@pytest.mark.parametrize("length", [17, SIM_ROW_CACHE + 5])  # resident and streamed
+@pytest.mark.parametrize("length", [17, CACHE + 5])  # resident and streamed
 def test_layernorm_is_stable_with_a_large_offset(rng, length) -> None:
     # The mean first, then squared deviations from it, keeps the variance of values near 1e4 accurate
     # where a sum of squares minus the squared mean would cancel.
