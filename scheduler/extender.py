@@ -397,6 +397,10 @@ class ExtenderService:
     def _encode_reasons(self, failures: dict[str, str]) -> str:
         """`"<node>":"<reason>",...` of a FailedNodes map, from the cached literals."""
         names = map(self._quoted.__getitem__, failures)
+        reasons = set(failures.values())
+        if len(reasons) == 1:  # the usual answer, one fit reason for all: one join, no per-entry strings
+            value = self._reason_values[reasons.pop()]
+            return (value + ",").join(names) + value
         return ",".join(map(operator.add, names, map(self._reason_values.__getitem__, failures.values())))
 
     def _filter_nodes(
