@@ -15,33 +15,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from tensorai.deviceplugin.gpus import ContainerShare
+from tensorai.proto.podslots import GPUPortion, Owner  # re-exported: the plugin's modules import them from here
 
-
-@dataclass(frozen=True, slots=True)
-class Owner:
-    """The container an allocation belongs to; pod_uid is "" when unknown (standalone mode)."""
-
-    namespace: str
-    pod_name: str
-    pod_uid: str
-    container_name: str
-
-    @property
-    def listing_key(self) -> tuple[str, str, str]:
-        """How kubelet's pod-resources API names a container: (namespace, pod, container)."""
-        return (self.namespace, self.pod_name, self.container_name)
+__all__ = ["UNKNOWN_OWNER", "AllocationBook", "AllocationRecord", "GPUPortion", "Owner"]
 
 
 UNKNOWN_OWNER = Owner("", "", "", "")
-
-
-@dataclass(frozen=True, slots=True)
-class GPUPortion:
-    """The milli and memory one container got on one GPU."""
-
-    uuid: str
-    milli: int
-    memory_mib: int
 
 
 @dataclass(frozen=True, slots=True)

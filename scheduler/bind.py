@@ -13,7 +13,7 @@ GPUs the extender chose.
 The device plugin's bind rule (docs/deviceplugin.md, "Pod identity"): kubelet's Allocate names only a
 size, so a pod must not be bound while another pod bound to that node with a container of the same
 size but a different class still waits for Allocate - the plugin could not tell which pod a call is
-for. `blocking_pods` applies `tensorai.deviceplugin.identity.ambiguous_with` to the node's bound pods
+for. `blocking_pods` applies `tensorai.proto.podslots.ambiguous_with` to the node's bound pods
 still awaiting Allocate (indexed by the view); filter fails such a node (resolvable) and bind re-checks
 it in the same critical section as the reservation.
 """
@@ -26,8 +26,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tensorai.deviceplugin.identity import ambiguous_with  # pure; to move to a shared protocol module
 from tensorai.proto import contract
+from tensorai.proto.podslots import ambiguous_with
 from tensorai.scheduler.core.context import PolicyContext
 from tensorai.scheduler.core.fit import node_feasibility
 from tensorai.scheduler.core.placement import choose_placement

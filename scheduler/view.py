@@ -243,7 +243,7 @@ class ClusterView:
         self.version = 0  # bumped on every change of the arrays: equal versions = identical arrays
         self._assumed_at: dict[str, float] = {}  # uid -> time.monotonic() when a bind assumed it
         # node -> uid -> (pod, GPU sizes) of bound pods the device plugin has not allocated yet: the
-        # bind rule (deviceplugin.identity.ambiguous_with) reads only these, never all pods
+        # bind rule (proto.podslots.ambiguous_with) reads only these, never all pods
         self._awaiting: dict[str, dict[str, tuple[dict, frozenset[int]]]] = {}
 
     # ------------------------------------------------------------------ readiness
