@@ -8,11 +8,8 @@ Precedence: command-line flag > environment (`TENSORAI_DEVICE_PLUGIN_<FLAG>`, e.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import logging
 import os
-import platform
 import signal
 import sys
 import threading
@@ -169,34 +166,6 @@ class Plugin:
         self.stop()
 
 
-M_TRIM_THRESHOLD = -1  # glibc malloc.h
-M_MMAP_THRESHOLD = -3
-MALLOC_KEEP_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")  # glibc's own variables win
-
-
-def keep_freed_buffers(mmap_threshold: int = 8 << 20, trim_threshold: int = 32 << 20) -> bool:
-    """Let glibc reuse request-sized buffers instead of returning them to the kernel after every call.
-
-    Why: a GetPreferredAllocation with kubelet's 8,000 IDs allocates ~1 MB of short-lived buffers
-    (protobuf arena, byte columns). By default glibc serves blocks over 128 KiB with a fresh mmap and
-    trims freed heap tops, so the next call page-faulted the same memory back: ~250 minor faults,
-    ~0.5 ms per call on a 2-vCPU VM (in-process, 8,000 IDs). Fixed thresholds keep the memory for
-    reuse; what stays mapped is bounded by the largest call's buffers (plugin RSS in
-    docs/deviceplugin.md). False off glibc or when the operator set glibc's variables.
-    """
-    if any(os.environ.get(name) for name in MALLOC_KEEP_ENV):
-        return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
-                                                                                             trim_threshold))
-    except (OSError, AttributeError) as error:
-        log.debug("mallopt unavailable: %s", error)
-        return False
-
-
 def _env(name: str, default: Any) -> Any:
     return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
 
@@ -265,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not config.node_name:
         parser.error(f"node name is empty: pass --node-name or set {ENV_NODE_NAME}")
     footprint.limit_malloc_arenas()  # before any thread starts: the cap applies to arenas made later
-    keep_freed_buffers()
+    footprint.keep_freed_buffers()
     try:
         plugin = Plugin(config)
     except gpus.BackendUnavailableError as error:

@@ -10,6 +10,8 @@ Two measured, cheap levers (numbers in docs/deviceplugin.md):
   kubernetes client's low-level layer; the typed API's pydantic models are never imported, see
   kubeapi.py) out of the collector's reach, so a full collection during a kubelet call no longer walks
   them. It saves time, not memory.
+- fixed glibc trim/mmap thresholds (`keep_freed_buffers`), so request-sized buffers are reused
+  instead of page-faulted back on every kubelet call.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ log = logging.getLogger(__name__)
 
 M_ARENA_MAX = -8  # glibc malloc.h
 ENV_MALLOC_ARENA_MAX = "MALLOC_ARENA_MAX"  # glibc's own variable, not one of ours
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MALLOC_KEEP_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")  # glibc's own variables win
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:
@@ -49,3 +54,26 @@ def freeze_startup_objects() -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+def keep_freed_buffers(mmap_threshold: int = 8 << 20, trim_threshold: int = 32 << 20) -> bool:
+    """Let glibc reuse request-sized buffers instead of returning them to the kernel after every call.
+
+    Why: a GetPreferredAllocation with kubelet's 8,000 IDs allocates ~1 MB of short-lived buffers
+    (protobuf arena, byte columns). By default glibc serves blocks over 128 KiB with a fresh mmap and
+    trims freed heap tops, so the next call page-faulted the same memory back: ~250 minor faults,
+    ~0.5 ms per call on a 2-vCPU VM (in-process, 8,000 IDs). Fixed thresholds keep the memory for
+    reuse; what stays mapped is bounded by the largest call's buffers (plugin RSS in
+    docs/deviceplugin.md). False off glibc or when the operator set glibc's variables.
+    """
+    if any(os.environ.get(name) for name in MALLOC_KEEP_ENV):
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
+                                                                                             trim_threshold))
+    except (OSError, AttributeError) as error:
+        log.debug("mallopt unavailable: %s", error)
+        return False

@@ -138,3 +138,12 @@ def test_startup_objects_are_frozen_out_of_the_collector() -> None:
         assert footprint.freeze_startup_objects() > 1000  # at least the interpreter's and our modules' objects
     finally:
         gc.unfreeze()  # the test process keeps collecting normally
+
+
+def test_freed_buffer_thresholds_apply_on_glibc_unless_glibc_variables_are_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in footprint.MALLOC_KEEP_ENV:
+        monkeypatch.delenv(name, raising=False)
+    on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert footprint.keep_freed_buffers() == on_glibc
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert footprint.keep_freed_buffers() is False

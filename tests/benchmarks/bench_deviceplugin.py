@@ -43,7 +43,7 @@ import numpy as np
 from tensorai.demo.stub_kubelet import StubKubelet
 from tensorai.deviceplugin.allocations import AllocationBook
 from tensorai.deviceplugin.backends import open_backend
-from tensorai.deviceplugin.cli import keep_freed_buffers
+from tensorai.deviceplugin.footprint import keep_freed_buffers
 from tensorai.deviceplugin.health import HealthTracker
 from tensorai.deviceplugin.service import DevicePluginServicer, VGPUManager
 from tensorai.deviceplugin.sharing import SharingPolicy
