@@ -164,6 +164,7 @@ class ExtenderService:
         if self.context.cluster_version is None:  # the view's version lets the score cache skip re-comparing
             self.context.cluster_version = lambda: view.version
         self._names_cache: list[tuple[int, list[str], np.ndarray, np.ndarray]] = []
+        self._kept_candidates: tuple[int, list[str], np.ndarray, np.ndarray] | None = None  # filter's last answer
         self._host_prefixes = _HostPrefixes()
         self._quoted = _Quoted()
         self._reason_values = _ColonQuoted()
@@ -218,8 +219,8 @@ class ExtenderService:
         last list is reused while the view's node set is unchanged (one C-level list compare).
         """
         generation = self.view.node_generation
-        for cached in self._names_cache:
-            if cached[0] == generation and cached[1] == node_names:
+        for cached in (self._kept_candidates, *self._names_cache):
+            if cached is not None and cached[0] == generation and cached[1] == node_names:
                 return cached[2], cached[3]
         row_of = self.view.row_of
         rows = map(row_of.get, node_names, itertools.repeat(-1))  # a C loop, no per-name Python frame
@@ -234,8 +235,8 @@ class ExtenderService:
         these nodes next, and their rows are known here without looking a name up."""
         last, self._kept_rows = self._kept_rows, None
         if kept and last is not None and last[0] is kept:  # no quota or bind-rule step changed the list
-            entry = (self.view.node_generation, kept, last[1], last[1])
-            self._names_cache = [entry, *self._names_cache[:3]]
+            self._kept_candidates = (self.view.node_generation, kept, last[1], last[1])  # its own slot: the
+            # request lists (filter's all nodes) must not be pushed out of _names_cache by one per pod
 
     def _node_order(self, node_names: list[str], positions: np.ndarray) -> np.ndarray:
         """The fixed tie-break order of the requested nodes (`core.ranking`), reused for a repeated list.

@@ -105,7 +105,7 @@ def test_filter_from_the_score_cache_answers_as_fresh_fit_checks_do_across_binds
         answers = [service.filter(filter_args(pending, names)) for service in (cached, fresh)]
         assert answers[0] == answers[1]
         kept = list(answers[0]["NodeNames"] or [])  # as kube-scheduler sends them: a fresh list
-        fresh._names_cache = []  # the fresh side maps names to rows from scratch, not from filter's answer
+        fresh._names_cache, fresh._kept_candidates = [], None  # the fresh side maps names to rows from scratch
         ranked = [service.prioritize_json(filter_args(pending, kept)) for service in (cached, fresh)]
         assert ranked[0] == ranked[1]
         if answers[0]["NodeNames"]:
