@@ -166,7 +166,7 @@ class ExtenderService:
         self._prefix_rows: tuple[int, np.ndarray] | None = None  # (node generation, prioritize prefix per row)
         self._name_rows: tuple[int, np.ndarray] | None = None  # (node generation, node name per row)
         self._kept_rows: tuple[list[str], np.ndarray] | None = None  # filter's last kept names and their rows
-        self._last_scores: tuple | None = None  # (view version, policy, pod shape, target, scores)
+        self._last_scores: tuple | None = None  # (view version, policy, pod shape, target, scores, reasons, demand)
         self.binder = Binder(
             view,
             policy=policy,
@@ -262,19 +262,19 @@ class ExtenderService:
         context = self.context
         policy = resolve_policy(demand, self.policy)
         cluster = self.view.cluster
-        # prioritize usually follows filter for the same pod with nothing changed in between
-        shape = dataclasses.replace(demand, namespace="", name="", uid="", policy=None)
+        # prioritize usually follows filter for the same pod (the same demand object) with nothing
+        # changed in between; another pod of the same shape may reuse the scores too
         target = context.target()
         last = self._last_scores
-        if (
-            last is not None
-            and policy != "random"
-            and last[0] == self.view.version
-            and last[1] == policy
-            and last[2] == shape
-            and last[3] is target
-        ):
-            return last[4], last[5]
+        shape = None
+        if last is not None and policy != "random" and last[0] == self.view.version and last[1] == policy:
+            if last[3] is target and last[6] is demand:
+                return last[4], last[5]
+            shape = dataclasses.replace(demand, namespace="", name="", uid="", policy=None)
+            if last[3] is target and last[2] == shape:
+                return last[4], last[5]
+        if shape is None:
+            shape = dataclasses.replace(demand, namespace="", name="", uid="", policy=None)
         reasons = None
         if context.use_cache and policy != "random" and demand.anti_affinity_group is None:
             if not isinstance(context.cache, ScoreCache):
@@ -284,7 +284,7 @@ class ExtenderService:
                 reasons = context.cache.reasons.copy()
         else:
             scores, _ = score_nodes(cluster, demand, policy, None, context=context)
-        self._last_scores = (self.view.version, policy, shape, target, scores, reasons)
+        self._last_scores = (self.view.version, policy, shape, target, scores, reasons, demand)
         return scores, reasons
 
     # ------------------------------------------------------------------ filter

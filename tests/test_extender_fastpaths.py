@@ -155,3 +155,22 @@ def test_prioritize_answer_from_row_prefixes_is_exactly_json_dumps(seed: int, pi
         if round_number == 2:
             service.view.upsert_node(node("late", 2))
             names[6] = "late"
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), milli=st.sampled_from([250, 500, 750, 1000]))
+def test_prioritize_after_a_bind_in_between_does_not_reuse_filters_scores(seed: int, milli: int) -> None:
+    """filter(p), then another pod is bound to p's best node, then prioritize(p): p's ranking must be
+    that of the changed cluster, as a service without any cache computes it."""
+    service = ExtenderService(_view(seed))
+    names = [f"n{index}" for index in range(6)]
+    first = pod("p", 250, namespace="bench", uid="p")
+    service.filter(filter_args(first, names))
+    ranked = json.loads(service.prioritize_json(filter_args(first, names)))
+    best = max(ranked, key=lambda entry: entry["Score"])["Host"]
+    other = pod("q", milli, namespace="bench", uid="q")
+    service.view.remember_pending(other)  # known to the extender without a filter call
+    service.bind(bind_args(other, best))
+    expected = ExtenderService(service.view, context=PolicyContext(use_cache=False))
+    args = filter_args(first, names)
+    assert service.prioritize_json(args) == expected.prioritize_json(args)
