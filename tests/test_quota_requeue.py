@@ -130,3 +130,23 @@ def test_quota_metrics_show_used_and_hard(api: KubeStandin) -> None:
         assert 'tensorai_quota_used{namespace="ml",quota="team",resource="gpus"} 0.25' in text
         assert 'tensorai_quota_hard{namespace="ml",quota="team",resource="memory_mib"} 102400.0' in text
         assert 'tensorai_extender_binds_total{result="bound"} 1.0' in text
+
+
+def test_binds_wake_the_quota_controller_only_in_namespaces_with_a_gpuquota() -> None:
+    """Growing usage changes only quotas' status.used: a namespace without a GPUQuota has nothing to write,
+    and waking the controller there on every bind held the view's lock against the next filter."""
+    from tensorai.scheduler.view import ClusterView
+
+    view = ClusterView(stale_seconds=0)
+    view.replace("nodes", [node("a", 4)])
+    view.replace("gpuquotas", [quota("team", namespace="ml", gpus="2")])
+    view.wait_dirty(0)  # the quota's own arrival
+    view.upsert_pod(assigned_pod("free-ns", "a", [(0, 500)], namespace="scratch"))
+    assert view.wait_dirty(0) == set()
+    view.upsert_pod(assigned_pod("quota-ns", "a", [(1, 500)], namespace="ml"))
+    assert view.wait_dirty(0) == {"ml"}
+    view.delete_quota(quota("team", namespace="ml", gpus="2"))
+    view.wait_dirty(0)
+    view.upsert_pod(assigned_pod("after-delete", "a", [(2, 500)], namespace="ml"))
+    assert view.wait_dirty(0) == set()
+    assert view.used("scratch").gpus_milli == 500 and view.used("ml").gpus_milli == 1000  # usage is kept either way
