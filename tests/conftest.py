@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,3 +24,30 @@ def openb_dir() -> Path:
     if not (OPENB_DIR / "openb_node_list_gpu_node.csv").exists():
         pytest.skip(f"openb trace not found at {OPENB_DIR} (set TENSORAI_OPENB_DIR)")
     return OPENB_DIR
+
+
+@pytest.fixture
+def budget_bytes() -> Iterator[Callable[[int | None], Any]]:
+    """Install a fresh process memory budget (kernels) for one test; restore the previous one after."""
+    from tensorai.kernels.budget import MemoryBudget, set_budget  # numba loads only for tests that ask
+
+    previous: list[MemoryBudget] = []
+
+    def install(limit_bytes: int | None) -> MemoryBudget:
+        budget = MemoryBudget(limit_bytes)
+        previous.append(set_budget(budget))
+        return budget
+
+    yield install
+    if previous:
+        set_budget(previous[0])
+
+
+@pytest.fixture
+def workdir() -> Iterator[str]:
+    """A fresh short directory under /tmp for unix sockets (their paths may hold at most 107 characters)."""
+    path = tempfile.mkdtemp(prefix="tai", dir="/tmp")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -5,12 +5,9 @@ from __future__ import annotations
 import gc
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 
 import pytest
 
@@ -23,15 +20,6 @@ FLAGS = [
     "--kubeconfig", "--no-kube", "--metrics-port", "--inventory-interval", "--ignored-xids",
     "--recovery-quiet-seconds", "--recovery-probes", "--mps-pipe-dir", "--log-level",
 ]
-
-
-@pytest.fixture
-def workdir() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="dpcli", dir="/tmp")  # unix socket paths max 107 chars
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_help_lists_every_flag_with_its_default(

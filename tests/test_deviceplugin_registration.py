@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -16,15 +13,6 @@ from tensorai.deviceplugin.registration import RegistrationError, register
 from tensorai.proto import contract
 from tensorai.proto import deviceplugin_v1beta1_pb2 as dp
 from tensorai.proto import deviceplugin_v1beta1_pb2_grpc as dp_grpc
-
-
-@pytest.fixture
-def workdir() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="dpreg", dir="/tmp")  # unix socket paths max 107 chars
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def make_plugin(workdir: str) -> Plugin:

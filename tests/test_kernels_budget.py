@@ -6,30 +6,14 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 import tensorai.kernels as K
 from tensorai.kernels import memory
-from tensorai.kernels.budget import MIB, MemoryBudget, OutOfBudget, budget_from_env, set_budget
+from tensorai.kernels.budget import MIB, MemoryBudget, OutOfBudget, budget_from_env
 from tensorai.proto import contract
-
-
-@pytest.fixture
-def budget_bytes() -> Iterator[callable]:
-    """Install a fresh budget of the given size for one test; restore the previous one after."""
-    previous: list[MemoryBudget] = []
-
-    def install(limit_bytes: int | None) -> MemoryBudget:
-        budget = MemoryBudget(limit_bytes)
-        previous.append(set_budget(budget))
-        return budget
-
-    yield install
-    if previous:
-        set_budget(previous[0])
 
 
 def test_allocation_over_budget_raises_out_of_budget_naming_the_budget(budget_bytes) -> None:

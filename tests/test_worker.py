@@ -9,12 +9,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tensorai.kernels.budget import MemoryBudget, set_budget
+from tensorai.kernels.budget import MemoryBudget
 from tensorai.kernels.jobs import parse_job
 from tensorai.kernels.metrics import WorkerMetrics
 from tensorai.kernels.worker import Runner, WorkerEnv, build_parser, read_env
@@ -149,21 +148,6 @@ def test_worker_refuses_inputs_larger_than_the_budget_before_building_them(tmp_p
     assert "the inputs of matmul needs 80000000000 bytes" in done.stderr
 
 
-@pytest.fixture
-def budget_of() -> Iterator[callable]:
-    """Install a fresh process budget for one in-process Runner test; restore the previous one after."""
-    previous: list[MemoryBudget] = []
-
-    def install(limit_bytes: int | None) -> MemoryBudget:
-        budget = MemoryBudget(limit_bytes)
-        previous.append(set_budget(budget))
-        return budget
-
-    yield install
-    if previous:
-        set_budget(previous[0])
-
-
 def loop_for(job_text: str, budget: MemoryBudget, passes: int = 3) -> Runner:
     """Run a job in --loop mode in this process until at least `passes` passes are done."""
     stop = threading.Event()
@@ -188,8 +172,8 @@ MATMUL_4X4 = "  - {op: matmul, shapes: [[4, 4], [4, 4]], dtype: float64, iterati
 BYTES_4X4 = 4 * 4 * 8
 
 
-def test_loop_uploads_inputs_once_and_warms_up_untimed(budget_of) -> None:
-    budget = budget_of(None)
+def test_loop_uploads_inputs_once_and_warms_up_untimed(budget_bytes) -> None:
+    budget = budget_bytes(None)
     runner = loop_for("verify: true\noperations:\n" + MATMUL_4X4, budget)
     report = runner.state.operations["0:matmul"]
     assert runner.state.passes >= 3 and report.iterations_run >= 2 * runner.state.passes
@@ -201,9 +185,9 @@ def test_loop_uploads_inputs_once_and_warms_up_untimed(budget_of) -> None:
     assert snapshot.used_bytes == 0, "kept inputs are released when the loop ends"
 
 
-def test_loop_falls_back_to_uploading_per_pass_when_kept_inputs_do_not_fit(budget_of, caplog) -> None:
+def test_loop_falls_back_to_uploading_per_pass_when_kept_inputs_do_not_fit(budget_bytes, caplog) -> None:
     # Each operation needs two inputs + one output: alone it fits, with another's inputs kept it does not.
-    budget = budget_of(3 * BYTES_4X4 + 8)
+    budget = budget_bytes(3 * BYTES_4X4 + 8)
     with caplog.at_level(logging.WARNING, logger="tensorai.worker"):
         runner = loop_for("operations:\n" + MATMUL_4X4 * 2, budget)
     assert runner.state.passes >= 3 and not runner.keep_inputs
