@@ -22,6 +22,7 @@ import operator
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -162,9 +163,9 @@ class ExtenderService:
         self._quoted = _Quoted()
         self._reason_values = _ColonQuoted()
         self._order_cache: tuple[list[str], np.ndarray] | None = None
-        self._row_keys: tuple[int, np.ndarray] | None = None  # (node generation, order key per cluster row)
-        self._prefix_rows: tuple[int, np.ndarray] | None = None  # (node generation, prioritize prefix per row)
-        self._name_rows: tuple[int, np.ndarray] | None = None  # (node generation, node name per row)
+        # per-row tables of the view's nodes ("names", "order keys", "prefixes"), each with the node
+        # generation it was built for (see `_per_row`)
+        self._row_tables: dict[str, tuple[int, np.ndarray]] = {}
         self._kept_rows: tuple[list[str], np.ndarray] | None = None  # filter's last kept names and their rows
         self._last_scores: tuple | None = None  # (view version, policy, pod shape, target, scores, reasons, demand)
         self.binder = Binder(
@@ -241,11 +242,10 @@ class ExtenderService:
         cached = self._order_cache
         if cached is not None and cached[0] == node_names:
             return cached[1]
-        generation = self.view.node_generation
-        if self._row_keys is None or self._row_keys[0] != generation:
-            names = self.view.cluster.node_names
-            self._row_keys = (generation, np.fromiter(map(node_order_key, names), dtype=np.uint64, count=len(names)))
-        keys = self._row_keys[1][np.maximum(positions, 0)]
+        row_keys = self._per_row(
+            "order keys", lambda names: np.fromiter(map(node_order_key, names), dtype=np.uint64, count=len(names))
+        )
+        keys = row_keys[np.maximum(positions, 0)]
         for position in np.flatnonzero(positions < 0).tolist():  # names the view does not know
             keys[position] = node_order_key(node_names[position])
         order = stable_node_order(node_names, keys)
@@ -537,19 +537,21 @@ class ExtenderService:
         Kept per cluster row while the node set is unchanged: indexing by row costs no hashing of
         the request's freshly decoded name strings, which the per-name cache pays on every pod.
         """
-        generation = self.view.node_generation
-        if self._prefix_rows is None or self._prefix_rows[0] != generation:
-            table = np.array([_host_prefix(name) for name in self.view.cluster.node_names], dtype=object)
-            self._prefix_rows = (generation, table)
-        return self._prefix_rows[1][positions].tolist()  # object-array indexing: ~2.5x faster than itemgetter
+        table = self._per_row("prefixes", lambda names: np.array([_host_prefix(name) for name in names], dtype=object))
+        return table[positions].tolist()  # object-array indexing: ~2.5x faster than itemgetter
 
     def _row_names(self) -> np.ndarray:
         """The view's node names as an object array (under the view lock), rebuilt when the node set
         changes, so filter picks hundreds of names per pod with one fancy-indexing call."""
+        return self._per_row("names", lambda names: np.array(names, dtype=object))
+
+    def _per_row(self, table: str, build: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+        """`build(view's node names)`, kept while the node set is unchanged (under the view lock)."""
         generation = self.view.node_generation
-        if self._name_rows is None or self._name_rows[0] != generation:
-            self._name_rows = (generation, np.array(self.view.cluster.node_names, dtype=object))
-        return self._name_rows[1]
+        cached = self._row_tables.get(table)
+        if cached is None or cached[0] != generation:
+            cached = self._row_tables[table] = (generation, build(self.view.cluster.node_names))
+        return cached[1]
 
     def prioritize(self, body: object) -> list[dict]:
         """ExtenderArgs -> HostPriorityList (0..10; 0 for nodes that cannot take the pod)."""
