@@ -32,8 +32,9 @@ def check(condition: bool, what: str) -> None:
         raise SystemExit(1)
 
 
-def backend_readings(workdir: str) -> None:
-    """Inventory, usage and processes through the backend itself, with a worker holding GPU memory."""
+def backend_readings(workdir: str) -> int:
+    """Inventory, usage and processes through the backend itself, with a worker holding GPU memory;
+    returns how many GPUs it saw."""
     backend = open_backend("nvml")
     try:
         gpus = backend.gpus()
@@ -68,11 +69,12 @@ def backend_readings(workdir: str) -> None:
         events = backend.wait_for_events(0.5)
         check(isinstance(events, list), f"XID event wait returns ({len(events)} events in "
                                         f"{time.monotonic() - started:.2f} s)")
+        return len(gpus)
     finally:
         backend.close()
 
 
-def plugin_process(workdir: str) -> None:
+def plugin_process(workdir: str, gpu_count: int) -> None:
     """The plugin as a process against a stub kubelet: registration, slices, admission, metrics, SIGTERM."""
     plugin_dir = os.path.join(workdir, "dp")
     metrics_port = 19400
@@ -84,7 +86,6 @@ def plugin_process(workdir: str) -> None:
         )
         try:
             check(kubelet.wait_for_registration(1, 60), "plugin registered with the stub kubelet")
-            gpu_count = len(open_backend("nvml").gpus())
             check(kubelet.wait_for(lambda devices: len(devices) == 1000 * gpu_count, 20),
                   f"ListAndWatch advertises {1000 * gpu_count} slices ({kubelet.first_list_bytes} bytes first list)")
             admitted = kubelet.admit("default", "quarter", [("main", 250)])["main"]
@@ -109,8 +110,7 @@ def plugin_process(workdir: str) -> None:
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-node-check-") as workdir:
-        backend_readings(workdir)
-        plugin_process(workdir)
+        plugin_process(workdir, backend_readings(workdir))
     print("gpu node check: all steps passed")
     return 0
 
