@@ -15,10 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from tensorai.deviceplugin.gpus import ContainerShare
-from tensorai.proto.podslots import GPUPortion, Owner  # re-exported: the plugin's modules import them from here
-
-__all__ = ["UNKNOWN_OWNER", "AllocationBook", "AllocationRecord", "GPUPortion", "Owner"]
-
+from tensorai.proto.podslots import GPUPortion, Owner
 
 UNKNOWN_OWNER = Owner("", "", "", "")
 

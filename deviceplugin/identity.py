@@ -30,12 +30,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tensorai.deviceplugin.allocations import AllocationBook, GPUPortion
+from tensorai.deviceplugin.allocations import AllocationBook
 from tensorai.deviceplugin.kubeapi import RawCoreApi
 from tensorai.deviceplugin.quiet import wait_for_quiet
 from tensorai.proto import contract
 from tensorai.proto import tensorai_v1_pb2 as pb
-from tensorai.proto.podslots import GPUSet, PodState, Slot, SlotKey, parse_pod
+from tensorai.proto.podslots import GPUPortion, GPUSet, PodState, Slot, SlotKey, parse_pod
 
 log = logging.getLogger(__name__)
 

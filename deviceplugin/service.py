@@ -20,7 +20,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from tensorai.deviceplugin.allocations import UNKNOWN_OWNER, AllocationBook, AllocationRecord, GPUPortion, Owner
+from tensorai.deviceplugin.allocations import UNKNOWN_OWNER, AllocationBook, AllocationRecord
 from tensorai.deviceplugin.identity import IdentityError, PodIdentity, ReusedDevicesMisplaced
 from tensorai.deviceplugin.quiet import CallClock
 from tensorai.deviceplugin.sharing import SharingPolicy
@@ -29,6 +29,7 @@ from tensorai.deviceplugin.wireids import WireLayout, WireRequest, container_spa
 from tensorai.proto import contract
 from tensorai.proto import deviceplugin_v1beta1_pb2 as dp
 from tensorai.proto import deviceplugin_v1beta1_pb2_grpc as dp_grpc
+from tensorai.proto.podslots import GPUPortion, Owner
 
 log = logging.getLogger(__name__)
 

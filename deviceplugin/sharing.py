@@ -18,10 +18,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tensorai.deviceplugin.allocations import GPUPortion
 from tensorai.deviceplugin.slices import SliceError
 from tensorai.proto import contract
 from tensorai.proto import deviceplugin_v1beta1_pb2 as dp
+from tensorai.proto.podslots import GPUPortion
 
 ENV_MPS_PIPE_DIRECTORY = contract.ENV_MPS_PIPE_DIRECTORY
 ENV_MPS_PINNED_DEVICE_MEM_LIMIT = contract.ENV_MPS_PINNED_DEVICE_MEM_LIMIT

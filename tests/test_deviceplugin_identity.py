@@ -22,13 +22,13 @@ from hypothesis import strategies as st
 
 from tensorai.demo.kube_standin import KubeStandin
 from tensorai.demo.stub_kubelet import AdmissionError, StubKubelet, wait_until
-from tensorai.deviceplugin.allocations import AllocationBook, GPUPortion, Owner
+from tensorai.deviceplugin.allocations import AllocationBook
 from tensorai.deviceplugin.cli import Plugin, PluginConfig
 from tensorai.deviceplugin.identity import IdentityError, PodIdentity, PodWatch
 from tensorai.deviceplugin.kubeapi import RawCoreApi
 from tensorai.proto import contract
 from tensorai.proto import tensorai_v1_pb2 as pb
-from tensorai.proto.podslots import ambiguous_with, parse_pod
+from tensorai.proto.podslots import GPUPortion, Owner, ambiguous_with, parse_pod
 
 NODE = "node-a"
 G0, G1, G2 = "GPU-00000000-0000-0000-0000-000000000000", "GPU-11111111-0000-0000-0000-000000000000", "GPU-2"

@@ -12,7 +12,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tensorai.demo.stub_kubelet import AdmissionError, StubKubelet, wait_until
-from tensorai.deviceplugin.allocations import GPUPortion
 from tensorai.deviceplugin.cli import Plugin, PluginConfig
 from tensorai.deviceplugin.sharing import (
     ENV_MPS_ACTIVE_THREAD_PERCENTAGE,
@@ -25,6 +24,7 @@ from tensorai.deviceplugin.slices import SliceError
 from tensorai.proto import contract
 from tensorai.proto import deviceplugin_v1beta1_pb2 as dp
 from tensorai.proto import deviceplugin_v1beta1_pb2_grpc as dp_grpc
+from tensorai.proto.podslots import GPUPortion
 
 
 class Standalone:
