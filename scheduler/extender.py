@@ -29,6 +29,7 @@ import numpy as np
 
 from tensorai.proto import contract
 from tensorai.scheduler import metrics as metric_names
+from tensorai.scheduler.argsdecode import ArgsDecoder
 from tensorai.scheduler.bind import Binder, BindError, BindRequest, blocking_pods, waiting_reason
 from tensorai.scheduler.core.cluster import cluster_from_nodes, copy_cluster
 from tensorai.scheduler.core.context import PolicyContext
@@ -61,8 +62,12 @@ class PodError(ValueError):
     """A well-formed request whose pod the core cannot read (filter/bind: `Error`; prioritize: 422)."""
 
 
-def _parse_args(body: object) -> tuple[dict, list[str], list[dict] | None]:
-    """ExtenderArgs -> (pod, node names, Node objects or None when node-cache-capable)."""
+def _parse_args(
+    body: object, trusted: Callable[[object], bool] | None = None
+) -> tuple[dict, list[str], list[dict] | None]:
+    """ExtenderArgs -> (pod, node names, Node objects or None when node-cache-capable).
+
+    `trusted(names)` says the list was checked already (`ArgsDecoder.known`: a reused list)."""
     if not isinstance(body, dict):
         raise BadRequest(f"ExtenderArgs must be a JSON object, got {type(body).__name__}")
     pod = body.get("Pod")
@@ -71,7 +76,9 @@ def _parse_args(body: object) -> tuple[dict, list[str], list[dict] | None]:
     names = body.get("NodeNames")
     nodes = body.get("Nodes")
     if names is not None:
-        if not isinstance(names, list) or not set(map(type, names)) <= {str}:  # C-speed check of 5,000 names
+        if (trusted is None or not trusted(names)) and (
+            not isinstance(names, list) or not set(map(type, names)) <= {str}  # C-speed check of 5,000 names
+        ):
             raise BadRequest("ExtenderArgs.NodeNames must be a list of node names or null")
         return pod, names, None
     if nodes is None:
@@ -177,6 +184,7 @@ class ExtenderService:
             metrics=self.metrics,
         )
         self._observed: dict[str, None] = {}  # pods already counted by the online workload (bounded, FIFO)
+        self.args_decoder = ArgsDecoder()  # filter/prioritize bodies: repeated NodeNames lists decoded once
 
     # ------------------------------------------------------------------ helpers
     def warm_up(self) -> float:
@@ -290,7 +298,7 @@ class ExtenderService:
     # ------------------------------------------------------------------ filter
     def filter(self, body: object) -> dict:
         """ExtenderArgs -> ExtenderFilterResult."""
-        pod, node_names, node_items = _parse_args(body)
+        pod, node_names, node_items = _parse_args(body, self.args_decoder.known)
         try:
             record, demand = self._demand(pod)
         except PodError as error:
@@ -377,10 +385,14 @@ class ExtenderService:
             quoted.clear()
         if len(self._reason_values) > _ENCODE_CACHE_LIMIT:
             self._reason_values.clear()
+        kept = answer["NodeNames"]
+        listed = ",".join(map(quoted.__getitem__, kept))
+        if kept:  # prioritize's NodeNames will be these bytes: let its body skip decoding them
+            self.args_decoder.remember(kept, ("[" + listed + "]}").encode())
         return "".join(
             (
                 '{"Nodes":null,"NodeNames":[',
-                ",".join(map(quoted.__getitem__, answer["NodeNames"])),
+                listed,
                 '],"FailedNodes":{',
                 self._encode_reasons(answer["FailedNodes"]),
                 '},"FailedAndUnresolvableNodes":{',
@@ -514,7 +526,7 @@ class ExtenderService:
     # ------------------------------------------------------------------ prioritize
     def _priorities(self, body: object) -> tuple[list[str], list[int], list[str] | None]:
         """(requested names, their 0..10 scores, their `{"Host":..,"Score":` prefixes if all are known)."""
-        pod, node_names, _ = _parse_args(body)
+        pod, node_names, _ = _parse_args(body, self.args_decoder.known)
         _, demand = self._demand(pod)
         if not demand.containers:
             return node_names, [0] * len(node_names), None
@@ -763,11 +775,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return 413, {"Error": f"body of {length} bytes is over the {MAX_BODY_BYTES} byte limit"}
         raw = self.rfile.read(length)
+        service = self.server.service
         try:
-            body = json.loads(raw)
+            body = service.args_decoder.decode(raw) if verb in ("filter", "prioritize") else json.loads(raw)
         except (ValueError, RecursionError) as error:
             return 400, {"Error": f"body is not JSON: {error}"}
-        service = self.server.service
         try:
             if verb == "prioritize":
                 return 200, service.prioritize_json(body)

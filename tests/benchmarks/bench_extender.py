@@ -151,7 +151,7 @@ class PodRequests:
         pending["metadata"]["resourceVersion"] = "1"  # as every pod read from the API has
         self.tag = tag
         self.uid = pending["metadata"]["uid"]
-        self._pod = json.dumps(pending).encode()
+        self._pod = json.dumps(pending, separators=(",", ":")).encode()  # compact, as Go's encoding/json
 
     def filter_body(self, encoded_names: bytes) -> bytes:
         return b'{"Pod":' + self._pod + b',"Nodes":null,"NodeNames":' + encoded_names + b"}"
@@ -201,7 +201,7 @@ class NodeLists:
         encoded = self._encoded.get(start)
         if encoded is None:
             window = self.names if self.sample is None else (self.names[start:] + self.names[:start])[: self.sample]
-            encoded = self._encoded[start] = json.dumps(window).encode()
+            encoded = self._encoded[start] = json.dumps(window, separators=(",", ":")).encode()
         return encoded
 
 
