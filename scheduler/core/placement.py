@@ -16,7 +16,7 @@ from tensorai.proto.contract import MILLI_PER_GPU
 from tensorai.scheduler.core.context import PolicyContext
 from tensorai.scheduler.core.fit import OK, Evaluation, evaluate
 from tensorai.scheduler.core.initchain import held_per_gpu
-from tensorai.scheduler.core.policies import DEFAULT_POLICY, POLICY_NAMES
+from tensorai.scheduler.core.policies import DEFAULT_POLICY, POLICY_NAMES, onegpu
 from tensorai.scheduler.core.policies.basic import score_bestfit, score_binpack, score_random, score_spread
 from tensorai.scheduler.core.policies.fgd import score_fgd
 from tensorai.scheduler.core.policies.tensorai import score_tensorai
@@ -253,7 +253,11 @@ class ScoreCache:
         scores, options, computed, reasons, gpu_slot, gpu_memory = entry
         stale = np.flatnonzero(computed != self._epoch)
         self.last = None
-        if stale.size:
+        if stale.size and onegpu.covers(demand, policy):  # the common pod: one compiled call, same numbers
+            reasons[stale], scores[stale], options[stale], gpu_slot[stale], gpu_memory[stale] = onegpu.score_one_gpu(
+                cluster, demand, policy, stale, context)
+            computed[stale] = self._epoch[stale]
+        elif stale.size:
             evaluation, node_score, option = _score(cluster, demand, policy, stale, context)
             scores[stale] = node_score
             options[stale] = option

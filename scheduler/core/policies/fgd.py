@@ -7,7 +7,10 @@ node, to the first GPU index with the best score.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from numba import njit
 
 from tensorai.scheduler.core.cluster import effective_free_milli
 from tensorai.scheduler.core.context import PolicyContext
@@ -34,11 +37,28 @@ def fragmentation_gain(cluster: ClusterArrays, evaluation: Evaluation, demand: P
                                demand.cpu_milli, target_arrays(cluster, context))
 
 
+@njit(cache=True, nogil=True)
+def quantise_one(delta: float) -> float:  # pragma: no cover - jitted
+    """floor(100 x sigmoid(delta/1000)) of one valid delta (compiled: `onegpu` calls it per option)."""
+    return np.floor(100.0 / (1.0 + math.exp(-delta / 1000.0)))
+
+
+@njit(cache=True, nogil=True)
+def _quantise(delta):  # pragma: no cover - jitted
+    flat = delta.ravel()
+    out = np.empty(flat.shape[0])
+    for index in range(flat.shape[0]):
+        out[index] = -np.inf if np.isnan(flat[index]) else quantise_one(flat[index])
+    return out.reshape(delta.shape)
+
+
 def quantise(delta: np.ndarray) -> np.ndarray:
-    """floor(100 x sigmoid(delta/1000)); -inf for NaN (invalid)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        score = np.floor(100.0 / (1.0 + np.exp(-delta / 1000.0)))
-    return np.where(np.isnan(delta), -np.inf, score)
+    """floor(100 x sigmoid(delta/1000)); -inf for NaN (invalid).
+
+    Compiled, and one exp for every caller: the general path and the one-GPU fast path
+    (`policies.onegpu`) must agree to the last bit, and numpy's and libm's exp may differ in it.
+    """
+    return _quantise(np.ascontiguousarray(delta, dtype=np.float64))
 
 
 def score_fgd(cluster: ClusterArrays, evaluation: Evaluation, demand: PodDemand,
