@@ -278,6 +278,21 @@ def test_warm_up_scores_every_policy_without_touching_the_view() -> None:
     assert view.snapshot() == before
 
 
+def test_warm_up_compiles_the_one_gpu_scorer_before_the_first_pod() -> None:
+    """A fresh process: after warm_up the compiled path has its signature, so no pod waits for numba."""
+    script = (
+        "from tensorai.scheduler.core.policies import onegpu\n"
+        "from tensorai.scheduler.extender import ExtenderService\n"
+        "from tensorai.scheduler.view import ClusterView\n"
+        "assert not onegpu._score_rows.signatures\n"
+        "ExtenderService(ClusterView(stale_seconds=0)).warm_up()\n"
+        "print(len(onegpu._score_rows.signatures))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) >= 1
+
+
 @pytest.mark.parametrize("policy", ["random", "bestfit", "binpack", "spread", "fgd", "tensorai"])
 def test_every_policy_works_as_a_per_pod_override(policy: str) -> None:
     service = ExtenderService(_cluster())
