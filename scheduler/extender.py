@@ -164,6 +164,7 @@ class ExtenderService:
         self.context = context or PolicyContext(rng=np.random.default_rng(0))  # rng: the "random" policy
         if self.context.cluster_version is None:  # the view's version lets the score cache skip re-comparing
             self.context.cluster_version = lambda: view.version
+            self.context.placement_rows_since = view.placement_rows_since  # ... or re-check only bound rows
         self._names_cache: list[tuple[int, list[str], np.ndarray, np.ndarray]] = []
         self._kept_candidates: tuple[int, list[str], np.ndarray, np.ndarray] | None = None  # filter's last answer
         self._host_prefixes = _HostPrefixes()

@@ -120,6 +120,9 @@ def _grown(old: ClusterArrays, node_capacity: int, gpu_capacity: int) -> Cluster
     return new
 
 
+_ROW_LOG_LIMIT = 4096  # placement-only changes remembered; older tokens fall back to a full compare
+
+
 def _force_apply(cluster: ClusterArrays, demand: PodDemand, placement: Placement) -> None:
     """apply_placement without its fit checks, for pods the API already bound (exact inverse of release).
 
@@ -243,6 +246,9 @@ class ClusterView:
         self.node_generation = 0  # bumped whenever a node gets or loses a row (name -> row caches)
         self.row_of: dict[str, int] = {}  # node name -> row, for vectorised lookups by the verbs
         self.version = 0  # bumped on every change of the arrays: equal versions = identical arrays
+        # rows whose placement fields alone changed, one per version after _row_log_base (see placement_rows_since)
+        self._row_log: list[int] = []
+        self._row_log_base = 0
         self._assumed_at: dict[str, float] = {}  # uid -> time.monotonic() when a bind assumed it
         # node -> uid -> (pod, GPU sizes) of bound pods the device plugin has not allocated yet: the
         # bind rule (proto.podslots.ambiguous_with) reads only these, never all pods
@@ -283,13 +289,33 @@ class ClusterView:
             self._model_ids[model] = model_id
         return model_id
 
+    def _bump(self, placement_row: int | None = None) -> None:
+        """A change of the arrays: a new version. `placement_row`: only a pod's placement on that row
+        changed (core.placement's apply/release fields); None: anything may have changed."""
+        self.version += 1
+        if placement_row is None or len(self._row_log) >= _ROW_LOG_LIMIT:
+            self._row_log.clear()
+            self._row_log_base = self.version
+        else:
+            self._row_log.append(placement_row)
+
+    def placement_rows_since(self, version: object) -> list[int] | None:
+        """Rows changed since `version` when only pod placements changed them, else None (call under the lock).
+
+        The score cache re-checks just these rows instead of comparing every array with its snapshot.
+        """
+        if not isinstance(version, int) or not self._row_log_base <= version <= self.version:
+            return None
+        changes = self.version - version
+        return self._row_log[len(self._row_log) - changes :] if changes else []
+
     def _ensure_capacity(self, gpu_count: int) -> None:
         rows, slots = self.cluster.gpu_free_milli.shape
         if not self._free_rows or gpu_count > slots:
             new_rows = rows * 2 if not self._free_rows else rows
             new_slots = max(slots, gpu_count)
             self.cluster = _grown(self.cluster, new_rows, new_slots)
-            self.version += 1
+            self._bump()
             self._heartbeat_s = np.concatenate([self._heartbeat_s, np.full(new_rows - rows, np.nan)])
             self._usable = np.concatenate([self._usable, np.zeros(new_rows - rows, dtype=bool)])
             self._free_rows.extend(range(new_rows - 1, rows - 1, -1))
@@ -357,7 +383,7 @@ class ClusterView:
     def _rebuild_node(self, record: NodeRecord, gpus: list, heartbeat_s: float) -> None:
         """Reset the node's row from its GPUs, then re-apply every pod that holds shares there."""
         cluster, row = self.cluster, record.index
-        self.version += 1
+        self._bump()
         for uid in self._pods_by_node.get(record.name, ()):
             self._pods[uid].applied = None  # the row is rebuilt below; nothing to release
         for slot in range(cluster.gpu_free_milli.shape[1]):
@@ -417,7 +443,7 @@ class ClusterView:
             self._usable[row] = False
             self._heartbeat_s[row] = np.nan
             self._free_rows.append(row)
-            self.version += 1
+            self._bump()
 
     def _refresh_row(self, row: int) -> None:
         fresh = True
@@ -427,7 +453,7 @@ class ClusterView:
         schedulable = bool(self._usable[row]) and fresh
         if bool(self.cluster.node_schedulable[row]) != schedulable:
             self.cluster.node_schedulable[row] = schedulable
-            self.version += 1
+            self._bump()
 
     def refresh_schedulable(self) -> None:
         """Recompute node_schedulable for the heartbeat clock (vectorised; call under the lock per verb)."""
@@ -439,7 +465,7 @@ class ClusterView:
             schedulable = self._usable
         if not np.array_equal(schedulable, self.cluster.node_schedulable):
             self.cluster.node_schedulable[:] = schedulable
-            self.version += 1
+            self._bump()
 
     def node_problem(self, name: str) -> str | None:
         """Why a known node takes no new GPU pods (bad inventory, cordoned, stale heartbeat), or None."""
@@ -520,7 +546,7 @@ class ClusterView:
             log.warning("pod %s/%s over-commits its node (%s); counted anyway", record.namespace, record.name, error)
             _force_apply(self.cluster, demand, placement)
         record.applied = (node.index, placement)
-        self.version += 1
+        self._bump(node.index)
 
     def _release_arrays(self, record: PodRecord) -> None:
         if record.applied is None:
@@ -528,7 +554,7 @@ class ClusterView:
         _, placement = record.applied
         release_placement(self.cluster, self.demand_for_arrays(record), placement)
         record.applied = None
-        self.version += 1
+        self._bump(placement.node_index)
 
     def _account(self, record: PodRecord, sign: int) -> None:
         """Add (+1) or remove (-1) the pod's quota usage; on +1 recompute it from its shares first."""

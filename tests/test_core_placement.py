@@ -12,6 +12,7 @@ from tensorai.scheduler.core.context import PolicyContext
 from tensorai.scheduler.core.placement import (
     POLICIES,
     PolicyError,
+    ScoreCache,
     apply_placement,
     choose_placement,
     place,
@@ -165,3 +166,21 @@ def test_tensorai_prefers_a_near_perfect_fit_anywhere_over_a_fresh_gpu_first_in_
     cluster.gpu_free_milli[1] = [1000, 520]
     placement = place(cluster, demand(470), "tensorai", node_order=np.array([0, 1]))
     assert (placement.node_index, placement.choices[0].gpu_slot) == (1, 1)  # leaves 50 milli, not a 530 sliver
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_placement_fields_name_every_array_a_placement_writes(exclusive: bool) -> None:
+    """The score cache trusts the view's placement log to re-check only ScoreCache._PLACEMENT_FIELDS:
+    applying or releasing a pod must not write any other array it snapshots."""
+    from tensorai.scheduler.view import _force_apply
+
+    cluster = cluster_from_nodes([NodeSpec("a", 8000, 65536, 2, "T4"), NodeSpec("b", 8000, 65536, 2, "T4")])
+    pod = PodDemand("ns", "p", "u", (ContainerDemand("c", 1000 if exclusive else 250, 1, 1000),), 500, 1024,
+                    exclusive=exclusive)
+    placement = choose_placement(cluster, pod, "tensorai", 1)
+    for write in (apply_placement, release_placement, _force_apply):
+        before = copy_cluster(cluster)
+        write(cluster, pod, placement)
+        changed = {name for name in ScoreCache._FIELDS
+                   if not np.array_equal(getattr(cluster, name), getattr(before, name))}
+        assert changed and changed <= set(ScoreCache._PLACEMENT_FIELDS), (write.__name__, changed)

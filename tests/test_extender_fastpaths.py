@@ -174,3 +174,40 @@ def test_prioritize_after_a_bind_in_between_does_not_reuse_filters_scores(seed: 
     expected = ExtenderService(service.view, context=PolicyContext(use_cache=False))
     args = filter_args(first, names)
     assert service.prioritize_json(args) == expected.prioritize_json(args)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    steps=st.lists(
+        st.tuples(st.sampled_from(["bind", "delete", "forget", "unhealthy", "healthy"]), st.integers(0, 5),
+                  st.sampled_from([250, 500, 1000])),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_score_cache_follows_every_kind_of_view_change(seed: int, steps: list) -> None:
+    """Binds and deletions change one row (the view's placement log tells the cache which), a forgotten
+    bind gives capacity back, a node update may change anything (the cache compares everything): after
+    each, filter and prioritize from the cache answer as a service without a cache does."""
+    cached = ExtenderService(_view(seed))
+    names = [f"n{index}" for index in range(6)]
+    bound: list[dict] = []
+    for index, (kind, target, milli) in enumerate(steps):
+        view = cached.view
+        pending = pod(f"p{index}", milli, namespace="bench", uid=f"uid-{index}")
+        cached.filter(filter_args(pending, names))  # the cache syncs here, before the change
+        if kind == "bind":
+            if not cached.bind(bind_args(pending, names[target]))["Error"]:
+                bound.append(pending)
+        elif kind == "delete" and bound:
+            view.delete_pod(bound.pop(target % len(bound)))
+        elif kind == "forget" and bound:
+            view.forget_assumed(bound.pop(target % len(bound))["metadata"]["uid"])
+        elif kind in ("unhealthy", "healthy"):
+            view.upsert_node(node(names[target], 2, unhealthy=frozenset({0}) if kind == "unhealthy" else frozenset()))
+        fresh = ExtenderService(view, context=PolicyContext(use_cache=False))
+        probe = pod(f"probe{index}", milli, namespace="bench", uid=f"probe-{index}")
+        args = filter_args(probe, names)
+        assert cached.filter(args) == fresh.filter(args)
+        assert cached.prioritize_json(args) == fresh.prioritize_json(args)

@@ -275,3 +275,23 @@ def test_metrics_export_each_nodes_inventory_heartbeat_for_the_stale_alert() -> 
         for sample in family.samples
     }
     assert samples == {"a": beat.timestamp(), "b": beat.timestamp() + 30}
+
+
+def test_placement_log_names_the_rows_binds_and_deletions_changed_and_nothing_else() -> None:
+    view = _view([node("a", 2), node("b", 2)])
+    service = ExtenderService(view)
+    start = view.version
+    assert view.placement_rows_since(start) == []
+    first, second = pod("p1", 250, uid="u1"), pod("p2", 500, uid="u2")
+    for pending, target in ((first, "b"), (second, "a")):
+        service.filter({"Pod": pending, "Nodes": None, "NodeNames": ["a", "b"]})
+        assert service.bind(bind_args(pending, target)) == {"Error": ""}
+    rows = view.placement_rows_since(start)
+    assert sorted(set(rows)) == sorted({view.node_index("a"), view.node_index("b")})
+    after_binds = view.version
+    view.delete_pod(first)
+    assert view.placement_rows_since(after_binds) == [view.node_index("b")]
+    view.upsert_node(node("a", 2, unhealthy=frozenset({1})))  # anything may change: no row list
+    assert view.placement_rows_since(after_binds) is None
+    assert view.placement_rows_since(view.version) == []
+    assert view.placement_rows_since(view.version + 1) is None  # a token from the future is never trusted

@@ -27,6 +27,9 @@ class PolicyContext:
     - `cluster_version`: optional; returns a value the caller changes whenever the cluster arrays
       change (the extender's view version). Equal values let the cache skip comparing the arrays
       with its snapshot; without it every call compares.
+    - `placement_rows_since`: optional, with `cluster_version`; given an earlier version, the rows
+      changed since then if ONLY pod placements (apply/release_placement) changed the arrays, else
+      None. The cache then re-checks those rows instead of comparing every array.
     """
 
     workload: TargetWorkload | None = None
@@ -35,6 +38,7 @@ class PolicyContext:
     use_cache: bool = True
     cache: object | None = field(default=None, repr=False)
     cluster_version: Callable[[], object] | None = field(default=None, repr=False)
+    placement_rows_since: Callable[[object], list[int] | None] | None = field(default=None, repr=False)
 
     def target(self) -> TargetWorkload | None:
         """The workload fragmentation is measured against now (None if nothing is known yet)."""

@@ -173,6 +173,9 @@ class ScoreCache:
     checks it.
     """
 
+    # what apply_placement / release_placement (and the view's forced apply) write
+    _PLACEMENT_FIELDS = ("gpu_free_milli", "gpu_free_memory_mib", "gpu_exclusive", "node_cpu_free_milli",
+                         "node_memory_free_mib")
     _FIELDS = ("gpu_free_milli", "gpu_free_memory_mib", "gpu_healthy", "gpu_exclusive", "node_cpu_free_milli",
                "node_memory_free_mib", "node_schedulable", "node_model", "gpu_count", "gpu_usable_memory_mib",
                "gpu_numa")
@@ -203,6 +206,12 @@ class ScoreCache:
             self._entries.clear()
         elif token is not None and self._synced is not None and self._synced[1] is cluster and self._synced[0] == token:
             pass  # the caller vouches the arrays are unchanged since the last sync
+        elif (rows := self._placement_rows(cluster, token, context)) is not None:
+            if rows:  # the caller vouches only pod placements changed, on these rows
+                changed = np.unique(np.asarray(rows, dtype=np.int64))
+                self._epoch[changed] += 1
+                for name in self._PLACEMENT_FIELDS:
+                    self._snapshot[name][changed] = getattr(cluster, name)[changed]
         elif (changed := self._changed(cluster)).size:
             self._epoch[changed] += 1
             for name in self._changed_fields:  # the other fields' snapshot rows are equal already
@@ -211,6 +220,14 @@ class ScoreCache:
         if self._workload is not workload:  # holding a reference keeps its id from being reused
             self._workload = workload
             self._entries.clear()
+
+    def _placement_rows(self, cluster: ClusterArrays, token: object, context: PolicyContext) -> list[int] | None:
+        """The rows the caller says only pod placements changed since the last sync, or None (compare all)."""
+        if token is None or context.placement_rows_since is None or self._synced is None:
+            return None
+        if self._synced[1] is not cluster:
+            return None
+        return context.placement_rows_since(self._synced[0])
 
     def _changed(self, cluster: ClusterArrays) -> np.ndarray:
         # Flat compares plus flatnonzero are several times faster than row-wise any() on (N, G) arrays,
