@@ -113,6 +113,13 @@ class _HostPrefixes(dict):
 _SCORE_SUFFIX = {score: f"{score}}}" for score in range(11)}
 
 
+def _row_ranks(names: list[str]) -> np.ndarray:
+    """Each row's place in the stable node order of all rows (`core.ranking.stable_node_order`)."""
+    ranks = np.empty(len(names), dtype=np.int64)
+    ranks[stable_node_order(names)] = np.arange(len(names))
+    return ranks
+
+
 def encode_priorities(names: list[str], scores: list[int], prefixes: dict[str, str] | None = None) -> str:
     """A HostPriorityList `[{"Host":..,"Score":..},..]` (scores 0..10), as json.dumps(separators=(",", ":")).
 
@@ -171,7 +178,7 @@ class ExtenderService:
         self._quoted = _Quoted()
         self._reason_values = _ColonQuoted()
         self._order_cache: tuple[list[str], np.ndarray] | None = None
-        # per-row tables of the view's nodes ("names", "order keys", "prefixes"), each with the node
+        # per-row tables of the view's nodes ("names", "order keys", "ranks", "entries"), each with the node
         # generation it was built for (see `_per_row`)
         self._row_tables: dict[str, tuple[int, np.ndarray]] = {}
         self._kept_rows: tuple[list[str], np.ndarray] | None = None  # filter's last kept names and their rows
@@ -246,19 +253,24 @@ class ExtenderService:
     def _node_order(self, node_names: list[str], positions: np.ndarray) -> np.ndarray:
         """The fixed tie-break order of the requested nodes (`core.ranking`), reused for a repeated list.
 
-        The names' order keys come from a per-row array kept while the node set is unchanged
-        (prioritize's list - the feasible nodes - differs on every pod); call under the view lock.
+        When the view knows every name, the order is the rows' places in the stable order of ALL the
+        view's nodes (a per-row rank kept while the node set is unchanged): restricted to a subset,
+        sorting by (key, name) gives the subset's own stable_node_order, for one integer sort
+        (prioritize's list - the feasible nodes - differs on every pod). Call under the view lock.
         """
         cached = self._order_cache
         if cached is not None and cached[0] == node_names:
             return cached[1]
-        row_keys = self._per_row(
-            "order keys", lambda names: np.fromiter(map(node_order_key, names), dtype=np.uint64, count=len(names))
-        )
-        keys = row_keys[np.maximum(positions, 0)]
-        for position in np.flatnonzero(positions < 0).tolist():  # names the view does not know
-            keys[position] = node_order_key(node_names[position])
-        order = stable_node_order(node_names, keys)
+        if len(positions) and positions.min() >= 0:
+            order = np.argsort(self._per_row("ranks", _row_ranks)[positions], kind="stable")
+        else:
+            row_keys = self._per_row(
+                "order keys", lambda names: np.fromiter(map(node_order_key, names), dtype=np.uint64, count=len(names))
+            )
+            keys = row_keys[np.maximum(positions, 0)]
+            for position in np.flatnonzero(positions < 0).tolist():  # names the view does not know
+                keys[position] = node_order_key(node_names[position])
+            order = stable_node_order(node_names, keys)
         self._order_cache = (node_names, order)
         return order
 
@@ -526,12 +538,13 @@ class ExtenderService:
             self.metrics.filter_failures.labels(kind).inc(count)
 
     # ------------------------------------------------------------------ prioritize
-    def _priorities(self, body: object) -> tuple[list[str], list[int], list[str] | None]:
-        """(requested names, their 0..10 scores, their `{"Host":..,"Score":` prefixes if all are known)."""
+    def _priorities(self, body: object, encode: bool = False) -> tuple[list[str], np.ndarray, list[str] | None]:
+        """(requested names, their 0..10 scores, with `encode` and a view that knows every name: the
+        answer's entries `{"Host":..,"Score":..}`, else None)."""
         pod, node_names, _ = _parse_args(body, self.args_decoder.known)
         _, demand = self._demand(pod)
         if not demand.containers:
-            return node_names, [0] * len(node_names), None
+            return node_names, np.zeros(len(node_names), dtype=np.int64), None
         view = self.view
         with view.lock:
             view.refresh_schedulable()
@@ -541,18 +554,24 @@ class ExtenderService:
             known = positions >= 0
             requested[known] = scores[positions[known]]
             order = self._node_order(node_names, positions)
-            prefixes = self._row_prefixes(positions) if known.all() else None
-        # the node place() would choose among THESE nodes gets the only 10, the rest 9..0 by rank
-        return node_names, rank_extender_scores(requested, order).tolist(), prefixes
+            # the node place() would choose among THESE nodes gets the only 10, the rest 9..0 by rank
+            ranked = rank_extender_scores(requested, order)
+            entries = self._row_entries(positions, ranked) if encode and known.all() else None
+        return node_names, ranked, entries
 
-    def _row_prefixes(self, positions: np.ndarray) -> list[str]:
-        """The `{"Host":"<name>","Score":` prefix of each requested row (under the view lock).
+    def _row_entries(self, rows: np.ndarray, scores: np.ndarray) -> list[str]:
+        """Each requested row's `{"Host":"<name>","Score":<score>}` (under the view lock).
 
-        Kept per cluster row while the node set is unchanged: indexing by row costs no hashing of
-        the request's freshly decoded name strings, which the per-name cache pays on every pod.
+        Kept per cluster row and score (11 per node) while the node set is unchanged: one
+        fancy-indexing call instead of a name lookup and a string concatenation per node.
         """
-        table = self._per_row("prefixes", lambda names: np.array([_host_prefix(name) for name in names], dtype=object))
-        return table[positions].tolist()  # object-array indexing: ~2.5x faster than itemgetter
+        table = self._per_row(
+            "entries",
+            lambda names: np.array(
+                [_host_prefix(name) + _SCORE_SUFFIX[score] for name in names for score in range(11)], dtype=object
+            ),
+        )
+        return table[rows * 11 + scores].tolist()
 
     def _row_names(self) -> np.ndarray:
         """The view's node names as an object array (under the view lock), rebuilt when the node set
@@ -570,16 +589,16 @@ class ExtenderService:
     def prioritize(self, body: object) -> list[dict]:
         """ExtenderArgs -> HostPriorityList (0..10; 0 for nodes that cannot take the pod)."""
         node_names, scores, _ = self._priorities(body)
-        return [{"Host": name, "Score": score} for name, score in zip(node_names, scores, strict=True)]
+        return [{"Host": name, "Score": score} for name, score in zip(node_names, scores.tolist(), strict=True)]
 
     def prioritize_json(self, body: object) -> bytes:
         """`prioritize` already encoded (`encode_priorities`): json.dumps of 5,000 small dicts costs ~3 ms."""
-        node_names, scores, prefixes = self._priorities(body)
-        if prefixes is not None:
-            return ("[" + ",".join(map(operator.add, prefixes, map(_SCORE_SUFFIX.__getitem__, scores))) + "]").encode()
+        node_names, scores, entries = self._priorities(body, encode=True)
+        if entries is not None:
+            return ("[" + ",".join(entries) + "]").encode()
         if len(self._host_prefixes) > _ENCODE_CACHE_LIMIT:
             self._host_prefixes.clear()
-        return encode_priorities(node_names, scores, self._host_prefixes).encode()
+        return encode_priorities(node_names, scores.tolist(), self._host_prefixes).encode()
 
     # ------------------------------------------------------------------ bind
     def bind(self, body: object) -> dict:

@@ -134,3 +134,27 @@ def test_prioritize_prefers_the_partly_used_gpu_node_like_the_simulator() -> Non
     service = ExtenderService(view, policy="bestfit")
     answer = service.prioritize({"Pod": pod("p", 250), "Nodes": None, "NodeNames": names})
     assert [entry["Host"] for entry in answer if entry["Score"] == 10] == ["gpu-4"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(picks=st.lists(st.integers(0, 11), max_size=14), collide=st.booleans())
+def test_the_extender_orders_any_requested_subset_as_stable_node_order_does(picks: list[int], collide: bool) -> None:
+    """The per-row rank shortcut (all names known) and the per-name path (an unknown name) both give
+    stable_node_order of the requested list: duplicates, any subset, and colliding order keys."""
+    import tensorai.scheduler.core.ranking as ranking_module
+    import tensorai.scheduler.extender as extender_module
+
+    view = _view_with_tied_nodes(10)
+    service = ExtenderService(view)
+    names = [f"gpu-{index}" for index in range(10)] + ["ghost", "gpu-3"]
+    requested = [names[index] for index in picks]
+    positions = np.array([view.row_of.get(name, -1) for name in requested], dtype=np.int64)
+    original = ranking_module.node_order_key
+    if collide:  # every name the same key: the names alone decide
+        extender_module.node_order_key = ranking_module.node_order_key = lambda name: 7
+    try:
+        got = service._node_order(requested, positions)
+    finally:
+        extender_module.node_order_key = ranking_module.node_order_key = original
+    expected_keys = None if not collide else np.full(len(requested), 7, dtype=np.uint64)
+    np.testing.assert_array_equal(got, stable_node_order(requested, expected_keys))
