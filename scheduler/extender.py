@@ -232,7 +232,7 @@ class ExtenderService:
         """
         generation = self.view.node_generation
         for cached in (self._kept_candidates, *self._names_cache):
-            if cached is not None and cached[0] == generation and cached[1] == node_names:
+            if cached is not None and cached[0] == generation and (cached[1] is node_names or cached[1] == node_names):
                 return cached[2], cached[3]
         row_of = self.view.row_of
         rows = map(row_of.get, node_names, itertools.repeat(-1))  # a C loop, no per-name Python frame
