@@ -178,7 +178,7 @@ class ExtenderService:
         self._quoted = _Quoted()
         self._reason_values = _ColonQuoted()
         self._order_cache: tuple[list[str], np.ndarray] | None = None
-        # per-row tables of the view's nodes ("names", "order keys", "ranks", "entries"), each with the node
+        # per-row tables of the view's nodes ("names", "literals", "order keys", "ranks", "entries"), each with the node
         # generation it was built for (see `_per_row`)
         self._row_tables: dict[str, tuple[int, np.ndarray]] = {}
         self._kept_rows: tuple[list[str], np.ndarray] | None = None  # filter's last kept names and their rows
@@ -400,7 +400,9 @@ class ExtenderService:
         if len(self._reason_values) > _ENCODE_CACHE_LIMIT:
             self._reason_values.clear()
         kept = answer["NodeNames"]
-        listed = ",".join(map(quoted.__getitem__, kept))
+        listed = self._kept_literals(kept)
+        if listed is None:
+            listed = ",".join(map(quoted.__getitem__, kept))
         if kept:  # prioritize's NodeNames will be these bytes: let its body skip decoding them
             self.args_decoder.remember(kept, ("[" + listed + "]}").encode())
         return "".join(
@@ -414,6 +416,18 @@ class ExtenderService:
                 '},"Error":""}',
             )
         ).encode()
+
+    def _kept_literals(self, kept: list[str]) -> str | None:
+        """filter's kept names as `"a","b",..` from a per-row table of JSON literals, when `kept` is the
+        list filter just answered (its rows are known) and the node set is unchanged; else None."""
+        candidates = self._kept_candidates
+        if candidates is None or candidates[1] is not kept:
+            return None
+        with self.view.lock:
+            if candidates[0] != self.view.node_generation:
+                return None
+            table = self._per_row("literals", lambda names: np.array(list(map(json.dumps, names)), dtype=object))
+            return ",".join(table[candidates[2]].tolist())
 
     def _encode_reasons(self, failures: dict[str, str]) -> str:
         """`"<node>":"<reason>",...` of a FailedNodes map, from the cached literals."""

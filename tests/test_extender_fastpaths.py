@@ -104,6 +104,8 @@ def test_filter_from_the_score_cache_answers_as_fresh_fit_checks_do_across_binds
         pending = pod(f"p{index}", milli, namespace="bench", uid=f"uid-{index}")
         answers = [service.filter(filter_args(pending, names)) for service in (cached, fresh)]
         assert answers[0] == answers[1]
+        # encoded with the kept rows' literals (the list filter just answered): still exactly json.dumps
+        assert cached.encode_filter(answers[0]) == json.dumps(answers[0], separators=(",", ":")).encode()
         kept = list(answers[0]["NodeNames"] or [])  # as kube-scheduler sends them: a fresh list
         fresh._names_cache, fresh._kept_candidates = [], None  # the fresh side maps names to rows from scratch
         ranked = [service.prioritize_json(filter_args(pending, kept)) for service in (cached, fresh)]
