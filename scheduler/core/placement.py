@@ -168,9 +168,12 @@ class ScoreCache:
     """Per (policy, pod shape) node scores, recomputed only for nodes whose arrays changed.
 
     Every call compares the cluster arrays with a snapshot; a node that differs gets a new epoch and
-    every cached row of it is stale. Policies are node-local (a node's score depends only on that
-    node and the target workload), which is what makes this exact; `test_cache_matches_fresh_scores`
-    checks it.
+    every cached row of it is stale. A caller that versions its arrays (`PolicyContext.cluster_version`)
+    skips the compare while the version is unchanged, and one that also logs placements
+    (`placement_rows_since`, the extender's view) has only the logged rows re-checked. Stale rows of
+    one-GPU pods under fgd / tensorai are re-scored in one compiled call (`policies.onegpu`). Policies
+    are node-local (a node's score depends only on that node and the target workload), which is what
+    makes this exact; `test_cache_matches_fresh_scores` and tests/test_onegpu.py check it.
     """
 
     # what apply_placement / release_placement (and the view's forced apply) write
