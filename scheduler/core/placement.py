@@ -158,12 +158,6 @@ def choose_placement(cluster: ClusterArrays, demand: PodDemand, policy: str | No
     return _placement(cluster, demand, evaluation, 0, int(option[0]), float(node_score[0]))
 
 
-def _one_gpu(demand: PodDemand) -> bool:
-    """One container (not an init container) on one GPU: its placement is a single GPU choice."""
-    containers = demand.containers
-    return len(containers) == 1 and not containers[0].init and containers[0].gpu_count == 1
-
-
 class ScoreCache:
     """Per (policy, pod shape) node scores, recomputed only for nodes whose arrays changed.
 
@@ -256,7 +250,7 @@ class ScoreCache:
         Pods with UUID rules or an anti-affinity group are scored afresh: GPU UUIDs and groups are not
         part of the snapshot.
         """
-        if demand.allowed_uuids is not None or demand.excluded_uuids or demand.anti_affinity_group is not None:
+        if demand.has_gpu_rules:
             evaluation, node_score, option = _score(cluster, demand, policy, None, context)
             self.last = (evaluation, node_score, option)
             self.reasons = evaluation.reason
@@ -282,7 +276,7 @@ class ScoreCache:
             scores[stale] = node_score
             options[stale] = option
             reasons[stale] = evaluation.reason
-            if _one_gpu(demand):  # what _placement would read for the node's best option: bind needs no rescoring
+            if demand.one_gpu:  # what _placement would read for the node's best option: bind needs no rescoring
                 rows = np.arange(len(stale))
                 if evaluation.per_gpu:
                     assert evaluation.slot_memory is not None
@@ -310,8 +304,7 @@ class ScoreCache:
         node_scores kept from the evaluation of the node's best option, and only when the node's
         cached row was computed on its current arrays and the current workload.
         """
-        if (not _one_gpu(demand) or demand.allowed_uuids is not None or demand.excluded_uuids
-                or demand.anti_affinity_group is not None or self._entries.get(self._key(demand, policy)) is None):
+        if not demand.one_gpu or demand.has_gpu_rules or self._entries.get(self._key(demand, policy)) is None:
             return False, None
         self._sync(cluster, context.target(), context)
         entry = self._entries.get(self._key(demand, policy))  # a new workload clears the entries

@@ -79,6 +79,16 @@ class PodDemand:
     anti_affinity_group: str | None = None
     policy: str | None = None  # per-pod override of the cluster policy
 
+    @property
+    def one_gpu(self) -> bool:
+        """One container (not an init container) on one GPU: its placement is a single GPU choice."""
+        return len(self.containers) == 1 and not self.containers[0].init and self.containers[0].gpu_count == 1
+
+    @property
+    def has_gpu_rules(self) -> bool:
+        """Rules on individual GPUs (UUID lists, an anti-affinity group): not part of a node's arrays."""
+        return self.allowed_uuids is not None or bool(self.excluded_uuids) or self.anti_affinity_group is not None
+
 
 @dataclass(frozen=True, slots=True)
 class GPUChoice:

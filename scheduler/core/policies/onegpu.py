@@ -46,10 +46,7 @@ _NO_SHAPES = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros
 
 def covers(demand: PodDemand, policy: str) -> bool:
     """Whether `score_one_gpu` scores this pod: one non-init container on one GPU, no UUID/group rules."""
-    containers = demand.containers
-    return (policy in COMPILED_POLICIES and len(containers) == 1 and not containers[0].init
-            and containers[0].gpu_count == 1 and demand.allowed_uuids is None and not demand.excluded_uuids
-            and demand.anti_affinity_group is None)
+    return policy in COMPILED_POLICIES and demand.one_gpu and not demand.has_gpu_rules
 
 
 @njit(cache=True, nogil=True)
