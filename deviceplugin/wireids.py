@@ -10,7 +10,7 @@ slices, translate, one join, one compare, count) without one Python object per I
 `WireLayout.read` is exact where it answers and answers None whenever the bytes are not exactly that
 layout (another field order, IDs of several lengths, any ID we never advertised); the caller then
 takes the per-ID path (`SliceTable.available`), which names what was wrong. Duplicate IDs are found
-when a GPU's IDs are listed (`AvailableIds.on`), which happens for every GPU the answer is taken from
+when a GPU's IDs are listed (`AvailableIds.ids_on`), which happens for every GPU the answer is taken from
 or a must_include ID names; a duplicate on another GPU only changes how free that GPU looks, and
 never puts a duplicate or unknown ID into an answer. kubelet's candidate set never has duplicates.
 """
