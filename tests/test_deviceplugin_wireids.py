@@ -8,8 +8,6 @@ accepts an ID the reference refuses, except a duplicate, which listing that GPU 
 from __future__ import annotations
 
 import random
-import shutil
-import tempfile
 from typing import ClassVar
 
 import grpc
@@ -165,19 +163,26 @@ class Context:
 
 
 class RecordingServicer(DevicePluginServicer):
-    """The real servicer, remembering what the server handed it."""
+    """The real servicer, remembering what the server handed it and which path read the IDs."""
 
     request_types: ClassVar[list[type]] = []
+    read_from_wire: ClassVar[list[bool]] = []  # per container request: IDs read from the bytes (not per ID)
 
     def GetPreferredAllocation(self, request, context):  # type: ignore[no-untyped-def]
         self.request_types.append(type(request))
         return super().GetPreferredAllocation(request, context)
 
+    def _containers(self, request):  # type: ignore[no-untyped-def]
+        containers = super()._containers(request)
+        self.read_from_wire.extend(available is not None for _, available in containers)
+        return containers
 
-def test_the_plugin_server_hands_getpreferredallocation_its_wire_bytes_and_answers_like_the_per_id_path() -> None:
+
+def test_the_plugin_server_hands_getpreferredallocation_its_wire_bytes_and_answers_like_the_per_id_path(
+    workdir: str,
+) -> None:
     table = table_of([simulated_uuid("node", index) for index in range(4)])
     manager = VGPUManager(table, HealthTracker(table.uuids), SharingPolicy(), AllocationBook())
-    workdir = tempfile.mkdtemp(prefix="dpwire", dir="/tmp")
     server = PluginServer(RecordingServicer(manager), f"{workdir}/plugin.sock").start()
     try:
         with grpc.insecure_channel(f"unix://{workdir}/plugin.sock") as channel:
@@ -205,6 +210,6 @@ def test_the_plugin_server_hands_getpreferredallocation_its_wire_bytes_and_answe
                                                        allocation_size=2)]), timeout=10)
             assert with_must.container_responses[0].deviceIDs[0] == free[0]
         assert RecordingServicer.request_types and set(RecordingServicer.request_types) == {WireRequest}
+        assert RecordingServicer.read_from_wire and all(RecordingServicer.read_from_wire)  # the fast path answered
     finally:
         server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
