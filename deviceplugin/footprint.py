@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
 import os
@@ -32,6 +33,27 @@ M_MMAP_THRESHOLD = -3
 MALLOC_KEEP_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")  # glibc's own variables win
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """glibc, loaded once (find_library runs ldconfig in a subprocess)."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _mallopt(operator_env: tuple[str, ...], *settings: tuple[int, int]) -> bool:
+    """Apply glibc `mallopt(param, value)` settings; False off glibc, when the operator set one of
+    `operator_env` (glibc's own variables win), or when a setting is refused."""
+    if any(os.environ.get(name) for name in operator_env):
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = _libc()
+        return all(bool(libc.mallopt(param, value)) for param, value in settings)
+    except (OSError, AttributeError) as error:
+        log.debug("mallopt unavailable: %s", error)
+        return False
+
+
 def limit_malloc_arenas(arenas: int = 2) -> bool:
     """Cap glibc's malloc arenas for threads started from now on; False where that does not apply.
 
@@ -39,14 +61,7 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     """
     if arenas < 1:
         raise ValueError(f"arenas must be at least 1, got {arenas}")
-    if os.environ.get(ENV_MALLOC_ARENA_MAX) or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return bool(libc.mallopt(M_ARENA_MAX, arenas))
-    except (OSError, AttributeError) as error:
-        log.debug("mallopt(M_ARENA_MAX) unavailable: %s", error)
-        return False
+    return _mallopt((ENV_MALLOC_ARENA_MAX,), (M_ARENA_MAX, arenas))
 
 
 def freeze_startup_objects() -> int:
@@ -66,14 +81,4 @@ def keep_freed_buffers(mmap_threshold: int = 8 << 20, trim_threshold: int = 32 <
     reuse; what stays mapped is bounded by the largest call's buffers (plugin RSS in
     docs/deviceplugin.md). False off glibc or when the operator set glibc's variables.
     """
-    if any(os.environ.get(name) for name in MALLOC_KEEP_ENV):
-        return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
-                                                                                             trim_threshold))
-    except (OSError, AttributeError) as error:
-        log.debug("mallopt unavailable: %s", error)
-        return False
+    return _mallopt(MALLOC_KEEP_ENV, (M_MMAP_THRESHOLD, mmap_threshold), (M_TRIM_THRESHOLD, trim_threshold))
