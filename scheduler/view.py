@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tensorai.proto import contract
+from tensorai.proto.podslots import TERMINAL_PHASES
 from tensorai.proto.quantity import QuantityError, bytes_to_mib, quantity_to_milli
 from tensorai.scheduler.core.cluster import empty_cluster
 from tensorai.scheduler.core.initchain import held_per_gpu
@@ -39,7 +40,6 @@ from tensorai.scheduler.core.types import ClusterArrays, ContainerDemand, GPUCho
 
 log = logging.getLogger(__name__)
 
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 # Plenty for CPU/memory when a node object carries no allocatable (static cluster files).
 UNLIMITED = 1 << 50
 
