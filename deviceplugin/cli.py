@@ -97,11 +97,11 @@ class Plugin:
                                    on_allocated=self._allocated)
         if self.identity is not None and self.core_v1 is not None:
             self.writer = AllocatedAnnotationWriter(self.core_v1, config.node_name, self.book, self.identity,
-                                                    idle_s=self.manager.calls.idle_s)
+                                                    calls=self.manager.calls)
         self.servicer = DevicePluginServicer(self.manager)
         self.podresources = PodResourcesClient(config.pod_resources_socket)
         self.reconciler = Reconciler(self.podresources, self.manager.reconcile, self._annotations_changed,
-                                     interval_s=config.reconcile_interval_s, idle_s=self.manager.calls.idle_s)
+                                     interval_s=config.reconcile_interval_s, calls=self.manager.calls)
         self.runner = PluginRunner(self.servicer, config.device_plugin_dir, socket_name=config.socket_name,
                                    poll_interval_s=config.registration_poll_s)
         self.metrics: Any = None

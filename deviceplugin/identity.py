@@ -32,7 +32,7 @@ from typing import Any
 
 from tensorai.deviceplugin.allocations import AllocationBook
 from tensorai.deviceplugin.kubeapi import RawCoreApi
-from tensorai.deviceplugin.quiet import wait_for_quiet
+from tensorai.deviceplugin.quiet import CallClock
 from tensorai.proto import contract
 from tensorai.proto import tensorai_v1_pb2 as pb
 from tensorai.proto.podslots import GPUPortion, GPUSet, PodState, Slot, SlotKey, parse_pod
@@ -601,19 +601,15 @@ class AllocatedAnnotationWriter:
         book: AllocationBook,
         identity: PodIdentity,
         *,
-        idle_s: Callable[[], float] | None = None,
-        quiet_s: float = 0.05,
-        max_hold_s: float = 1.0,
+        calls: CallClock | None = None,
     ) -> None:
         self._core = core
         self._node = node_name
         self._book = book
         self._identity = identity
-        # Writes wait for kubelet's calls to pause `quiet_s` (at most `max_hold_s`): a PATCH and the
+        # Writes wait for a pause in kubelet's calls (`CallClock.wait_for_pause`): a PATCH and the
         # watch event it causes would otherwise compete with the next admission for the GIL.
-        self._idle_s = idle_s
-        self._quiet_s = quiet_s
-        self._max_hold_s = max_hold_s
+        self._calls = calls
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.written = 0
@@ -644,8 +640,8 @@ class AllocatedAnnotationWriter:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
-            if batch[0] is not None:
-                wait_for_quiet(self._idle_s, quiet_s=self._quiet_s, max_wait_s=self._max_hold_s)
+            if batch[0] is not None and self._calls is not None:
+                self._calls.wait_for_pause()
             while True:  # everything queued meanwhile, each pod once (a pod's write reads its latest state)
                 try:
                     batch.append(self._queue.get_nowait())

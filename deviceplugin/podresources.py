@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 
 import grpc
 
-from tensorai.deviceplugin.quiet import wait_for_quiet
+from tensorai.deviceplugin.quiet import CallClock
 from tensorai.proto import contract
 from tensorai.proto import podresources_v1_pb2 as pr
 from tensorai.proto import podresources_v1_pb2_grpc as pr_grpc
@@ -82,20 +82,16 @@ class Reconciler:
         *,
         interval_s: float = 10.0,
         settle_s: float = 0.2,
-        idle_s: Callable[[], float] | None = None,
-        quiet_s: float = 0.05,
-        max_hold_s: float = 1.0,
+        calls: CallClock | None = None,
     ) -> None:
         self._client = client
         self._reconcile = reconcile
         self._on_changed = on_changed
         self.interval_s = interval_s
         self.settle_s = settle_s
-        # After a kick, also wait for kubelet's calls to pause `quiet_s` (at most `max_hold_s` more):
+        # After a kick, also wait for a pause in kubelet's calls (`CallClock.wait_for_pause`):
         # listing and reconciling mid-burst competes with the next admission for the GIL.
-        self._idle_s = idle_s
-        self.quiet_s = quiet_s
-        self.max_hold_s = max_hold_s
+        self._calls = calls
         self._kick = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -151,4 +147,5 @@ class Reconciler:
             self._kick.clear()
             if kicked:
                 self._stop.wait(self.settle_s)
-                wait_for_quiet(self._idle_s, quiet_s=self.quiet_s, max_wait_s=self.max_hold_s, stop=self._stop)
+                if self._calls is not None:
+                    self._calls.wait_for_pause(stop=self._stop)

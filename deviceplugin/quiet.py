@@ -13,6 +13,9 @@ import threading
 import time
 from collections.abc import Callable
 
+QUIET_S = 0.05  # a pause in kubelet's calls this long is a gap to do background work in
+MAX_HOLD_S = 1.0  # ... and background work is never held back longer than this under a burst
+
 
 class CallClock:
     """When kubelet last called the plugin (monotonic seconds); written on the call path, so one store."""
@@ -26,6 +29,11 @@ class CallClock:
     def idle_s(self) -> float:
         """Seconds since kubelet's last call (inf before the first)."""
         return time.monotonic() - self.last_call_at
+
+    def wait_for_pause(self, stop: threading.Event | None = None) -> None:
+        """What the annotation writer and the reconciler do before their work: wait for a `QUIET_S`
+        pause in kubelet's calls, `MAX_HOLD_S` at most, or until `stop` is set."""
+        wait_for_quiet(self.idle_s, quiet_s=QUIET_S, max_wait_s=MAX_HOLD_S, stop=stop)
 
 
 def wait_for_quiet(
