@@ -14,6 +14,7 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 from tensorai.proto import contract
 
@@ -134,6 +135,20 @@ def set_budget(budget: MemoryBudget) -> MemoryBudget:
 def is_simulator() -> bool:
     """True when Numba runs kernels on its CUDA simulator (no device, no EMM plugins)."""
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1"
+
+
+def inlined_device_function(function: Any) -> Any:
+    """`cuda.jit(device=True)` that is always compiled into its caller on a GPU (`forceinline`).
+
+    The row and GEMM kernels pass their per-thread `cuda.local` arrays to such helpers; inlined, those
+    stay in registers and the PTX is the hand-written loop's (checked for every variant at sm_90).
+    Numba does not inline device functions by default, and the simulator has no such option.
+    """
+    from numba import cuda  # here: this module stays importable before the simulator is chosen
+
+    if is_simulator():
+        return cuda.jit(device=True)(function)
+    return cuda.jit(device=True, forceinline=True)(function)
 
 
 def emm_enforced() -> bool:

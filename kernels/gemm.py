@@ -20,7 +20,7 @@ from numba import cuda
 
 from tensorai.kernels import memory
 from tensorai.kernels.activations import apply_activation
-from tensorai.kernels.budget import is_simulator
+from tensorai.kernels.budget import inlined_device_function, is_simulator
 from tensorai.kernels.errors import TensorError
 
 MAX_GRID_Z = 65535
@@ -103,6 +103,18 @@ def build_gemm_kernel(dtype: np.dtype, config: GemmConfig) -> Any:
     vector_u, a_run_u, b_run_u = u(vector), u(a_run), u(b_run)
     k_tile_u, block_rows_u, block_cols_u = u(k_tile), u(block_rows), u(block_cols)
     alignment = None if is_simulator() else 16  # the simulator refuses an alignment argument
+
+    @inlined_device_function
+    def store_tile(tile, staged, thread, offset, k_fast, loads, elements, extent_u, pitch_u):
+        """Store a thread's staged fetches into a k-major shared tile (rows/columns along `extent`)."""
+        for load in range(loads):
+            element_index = u(thread + load * threads)
+            if element_index < elements:
+                if k_fast:
+                    tile_k, tile_x = element_index % k_tile_u, element_index // k_tile_u
+                else:
+                    tile_k, tile_x = element_index // extent_u, element_index % extent_u
+                tile[offset + tile_k * pitch_u + tile_x] = staged[load]
 
     def gemm(  # type: ignore[no-untyped-def]
         a, b, c, bias, batches, m_size, n_size, k_size,
@@ -191,22 +203,10 @@ def build_gemm_kernel(dtype: np.dtype, config: GemmConfig) -> Any:
                         b_read += b_pitch_u
                 if k_slice < k_slices:
                     stage = u(k_slice % 2)
-                    for load in range(a_loads):
-                        element_index = u(thread + load * threads)
-                        if element_index < a_tile_elements:
-                            if a_k_fast:
-                                tile_k, tile_row = element_index % k_tile_u, element_index // k_tile_u
-                            else:
-                                tile_k, tile_row = element_index // block_rows_u, element_index % block_rows_u
-                            a_tile[stage * u(a_stage) + tile_k * a_pitch_u + tile_row] = a_staged[load]
-                    for load in range(b_loads):
-                        element_index = u(thread + load * threads)
-                        if element_index < b_tile_elements:
-                            if b_k_fast:
-                                tile_k, tile_col = element_index % k_tile_u, element_index // k_tile_u
-                            else:
-                                tile_k, tile_col = element_index // block_cols_u, element_index % block_cols_u
-                            b_tile[stage * u(b_stage) + tile_k * b_pitch_u + tile_col] = b_staged[load]
+                    store_tile(a_tile, a_staged, thread, stage * u(a_stage), a_k_fast, a_loads, a_tile_elements,
+                               block_rows_u, a_pitch_u)
+                    store_tile(b_tile, b_staged, thread, stage * u(b_stage), b_k_fast, b_loads, b_tile_elements,
+                               block_cols_u, b_pitch_u)
                 cuda.syncthreads()
             c_base = batch * c_batch_stride
             for i in range(rows_per_thread):

@@ -29,7 +29,7 @@ import numpy as np
 from numba import cuda
 
 from tensorai.kernels import memory
-from tensorai.kernels.budget import is_simulator
+from tensorai.kernels.budget import inlined_device_function, is_simulator
 from tensorai.kernels.errors import ShapeMismatchError
 from tensorai.kernels.validate import check_array, check_same_dtype, check_same_side, normalise_axis
 
@@ -78,6 +78,32 @@ def row_tile(length: int) -> tuple[int, bool]:
 
 
 @functools.cache
+def _row_helpers(items: int, threads: int, warp: int) -> tuple[Any, Any]:
+    """The row kernels' inlined device functions, with the block shape as compile-time constants:
+
+    - `fetch(x, values, first, start, limit, stride, fill)`: a thread's `items` elements of a tile
+      (every load issued before any value is used; `fill` past the row's end);
+    - `warp_sum(value)`: the sum over a warp by butterfly shuffles.
+    """
+
+    @inlined_device_function
+    def fetch(x, values, first, start, limit, stride, fill):  # type: ignore[no-untyped-def]
+        for k in range(items):
+            o = start + k * threads
+            values[k] = x[u(first + o * stride)] if o < limit else fill
+
+    @inlined_device_function
+    def warp_sum(value):  # type: ignore[no-untyped-def]
+        offset = warp // 2
+        while offset > 0:
+            value += cuda.shfl_xor_sync(_FULL_MASK, value, offset)
+            offset //= 2
+        return value
+
+    return fetch, warp_sum
+
+
+@functools.cache
 def _softmax_kernel(dtype: np.dtype, threads: int, tile: int, resident: bool = True, strided: bool = False) -> Any:
     """Softmax kernel for `threads` per block holding `tile` row elements in registers.
 
@@ -90,6 +116,8 @@ def _softmax_kernel(dtype: np.dtype, threads: int, tile: int, resident: bool = T
     items = tile // threads
     warp = _warp_width()
     warps = threads // warp
+
+    fetch, warp_sum = _row_helpers(items, threads, warp)
 
     @cuda.jit
     def softmax(x, y, rows, length, inner):  # type: ignore[no-untyped-def]
@@ -110,9 +138,7 @@ def _softmax_kernel(dtype: np.dtype, threads: int, tile: int, resident: bool = T
             running_max = negative_infinity
             for start in range(0, stop, tile):
                 if start == 0 or not resident:
-                    for k in range(items):  # every fetch issued before any value is used
-                        o = start + k * threads
-                        values[k] = x[u(first + o * stride)] if o < limit else negative_infinity
+                    fetch(x, values, first, start, limit, stride, negative_infinity)
                 for k in range(items):
                     value = values[k]
                     if value > running_max:
@@ -135,18 +161,13 @@ def _softmax_kernel(dtype: np.dtype, threads: int, tile: int, resident: bool = T
             running_sum = numba_type(0)
             for start in range(0, stop, tile):
                 if not resident:
-                    for k in range(items):
-                        o = start + k * threads
-                        values[k] = x[u(first + o * stride)] if o < limit else negative_infinity
+                    fetch(x, values, first, start, limit, stride, negative_infinity)
                 for k in range(items):
                     exponential = math.exp(values[k] - row_max)
                     if resident:
                         values[k] = exponential
                     running_sum += exponential
-            offset = warp // 2
-            while offset > 0:
-                running_sum += cuda.shfl_xor_sync(_FULL_MASK, running_sum, offset)
-                offset //= 2
+            running_sum = warp_sum(running_sum)
             if lane == 0:
                 sums[thread // warp] = running_sum
             cuda.syncthreads()
@@ -158,9 +179,7 @@ def _softmax_kernel(dtype: np.dtype, threads: int, tile: int, resident: bool = T
             inverse = numba_type(1) / row_sum
             for start in range(0, stop, tile):
                 if not resident:
-                    for k in range(items):
-                        o = start + k * threads
-                        values[k] = x[u(first + o * stride)] if o < limit else negative_infinity
+                    fetch(x, values, first, start, limit, stride, negative_infinity)
                 for k in range(items):
                     o = start + k * threads
                     if o < limit:
@@ -182,6 +201,8 @@ def _layernorm_kernel(dtype: np.dtype, threads: int, tile: int, resident: bool =
     warp = _warp_width()
     warps = threads // warp
 
+    fetch, warp_sum = _row_helpers(items, threads, warp)
+
     @cuda.jit
     def layernorm(x, y, weight, bias, rows, length, epsilon, affine):  # type: ignore[no-untyped-def]
         totals = cuda.shared.array(warps, numba_type)
@@ -198,15 +219,10 @@ def _layernorm_kernel(dtype: np.dtype, threads: int, tile: int, resident: bool =
             running = zero
             for start in range(0, stop, tile):
                 if start == 0 or not resident:
-                    for k in range(items):  # every fetch issued before any value is used
-                        o = start + k * threads
-                        values[k] = x[u(first + o)] if o < limit else zero
+                    fetch(x, values, first, start, limit, 1, zero)
                 for k in range(items):
                     running += values[k]
-            offset = warp // 2
-            while offset > 0:
-                running += cuda.shfl_xor_sync(_FULL_MASK, running, offset)
-                offset //= 2
+            running = warp_sum(running)
             if lane == 0:
                 totals[thread // warp] = running
             cuda.syncthreads()
@@ -217,17 +233,12 @@ def _layernorm_kernel(dtype: np.dtype, threads: int, tile: int, resident: bool =
             running = zero
             for start in range(0, stop, tile):
                 if not resident:
-                    for k in range(items):
-                        o = start + k * threads
-                        values[k] = x[u(first + o)] if o < limit else zero
+                    fetch(x, values, first, start, limit, 1, zero)
                 for k in range(items):
                     if start + k * threads < limit:
                         deviation = values[k] - row_mean
                         running += deviation * deviation
-            offset = warp // 2
-            while offset > 0:
-                running += cuda.shfl_xor_sync(_FULL_MASK, running, offset)
-                offset //= 2
+            running = warp_sum(running)
             if lane == 0:
                 squares[thread // warp] = running
             cuda.syncthreads()
@@ -237,9 +248,7 @@ def _layernorm_kernel(dtype: np.dtype, threads: int, tile: int, resident: bool =
             inverse_std = numba_type(1.0 / math.sqrt(row_square / count + epsilon))
             for start in range(0, stop, tile):
                 if not resident:
-                    for k in range(items):
-                        o = start + k * threads
-                        values[k] = x[u(first + o)] if o < limit else zero
+                    fetch(x, values, first, start, limit, 1, zero)
                 for k in range(items):
                     o = start + k * threads
                     if o < limit:
