@@ -137,8 +137,7 @@ def _softmax_kernel(dtype: np.dtype, threads: int, tile: int, resident: bool = T
             # so the sum and every output are.
             running_max = negative_infinity
             for start in range(0, stop, tile):
-                if start == 0 or not resident:
-                    fetch(x, values, first, start, limit, stride, negative_infinity)
+                fetch(x, values, first, start, limit, stride, negative_infinity)
                 for k in range(items):
                     value = values[k]
                     if value > running_max:
@@ -218,8 +217,7 @@ def _layernorm_kernel(dtype: np.dtype, threads: int, tile: int, resident: bool =
             first = row * length + thread
             running = zero
             for start in range(0, stop, tile):
-                if start == 0 or not resident:
-                    fetch(x, values, first, start, limit, 1, zero)
+                fetch(x, values, first, start, limit, 1, zero)
                 for k in range(items):
                     running += values[k]
             running = warp_sum(running)
