@@ -39,18 +39,11 @@ def baseline_path(checkout: Path, folder: Path) -> str:
 
 
 def start(path: str, pythonpath: str | None) -> tuple[subprocess.Popen, int]:
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
+    """`bench_extender.start_extender` with `tensorai` imported from `pythonpath` (None: this checkout)."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    command = [sys.executable, "-m", "tensorai.scheduler.cli", "--cluster-file", path, "--port", "0",
-               "--address", "127.0.0.1", "--log-level", "WARNING"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
-    line = process.stdout.readline()
-    if "serving on" not in line:
-        process.kill()
-        raise RuntimeError(f"extender did not start: {line!r}")
-    return process, int(line.strip().rsplit(":", 1)[1])
+    return bench.start_extender(path, env)
 
 
 def one_round(path: str, names: list[str], pythonpaths: dict[str, str | None], pods: int, seed: int) -> None:

@@ -221,8 +221,8 @@ def pods_to_schedule(count: int, rng: random.Random, tag: str) -> list[PodReques
     return [PodRequests(f"{tag}-{index}", rng.choice((250, 500, 1000))) for index in range(count)]
 
 
-def start_extender(path: str) -> tuple[subprocess.Popen, int]:
-    """Run the real CLI on a cluster file; returns the process and its port."""
+def start_extender(path: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+    """Run the real CLI on a cluster file (in `env`, default this process's); returns the process and its port."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -239,6 +239,7 @@ def start_extender(path: str) -> tuple[subprocess.Popen, int]:
         ],
         stdout=subprocess.PIPE,
         text=True,
+        env=env,
     )
     line = process.stdout.readline()
     if "serving on" not in line:
