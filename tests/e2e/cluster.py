@@ -96,7 +96,8 @@ class LocalCluster:
     """Every process of the cluster; `stop()` ends them all (also after a failed start)."""
 
     def __init__(self, workdir: Path | None = None, *, sim_gpus: str = SIM_GPUS, with_node: bool = True,
-                 scheduler_config_edit: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 scheduler_config_edit: Callable[[dict[str, Any]], None] | None = None,
+                 scheduler_args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="tensorai-e2e-"))
         self.logs = self.workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -105,6 +106,7 @@ class LocalCluster:
         self._node_lock: Any = None
         self.node_name = NODE_NAME
         self.scheduler_config_edit = scheduler_config_edit
+        self.scheduler_args = tuple(scheduler_args)  # extra flags of the extender's kube-scheduler
         self.processes = ProcessGroup()
         self.identities: dict[str, Identity] = cluster_identities([NODE_NAME])
         self.kubeconfigs: dict[str, Path] = {}
@@ -295,11 +297,23 @@ class LocalCluster:
         path.write_text(yaml.safe_dump(self.scheduler_config()))
         self._start("kube-scheduler", [
             str(self.programs["kube-scheduler"]), f"--config={path}", "--bind-address=127.0.0.1",
-            f"--secure-port={self.ports['scheduler']}", "--v=2"])
+            f"--secure-port={self.ports['scheduler']}", "--v=2", *self.scheduler_args])
         self._start("default-scheduler", [
             str(self.programs["kube-scheduler"]), f"--kubeconfig={self.kubeconfig('kube-scheduler')}",
             "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={self.ports['default-scheduler']}"])
         self._wait_healthy("kube-scheduler", f"https://127.0.0.1:{self.ports['scheduler']}/healthz")
+
+    def start_scheduler(self, name: str, config: dict[str, Any], args: tuple[str, ...] = ()) -> ManagedProcess:
+        """Another kube-scheduler (the same binary) named `name` with this KubeSchedulerConfiguration;
+        its secure port is `self.ports[name]`. For benchmarks that compare configurations side by side."""
+        self.ports[name] = free_port()
+        path = self.workdir / f"{name}-config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        process = self._start(name, [
+            str(self.programs["kube-scheduler"]), f"--config={path}", "--bind-address=127.0.0.1",
+            f"--secure-port={self.ports[name]}", "--v=2", *args])
+        self._wait_healthy(name, f"https://127.0.0.1:{self.ports[name]}/healthz")
+        return process
 
     # ---- node ----------------------------------------------------------------------------------
     def _start_containerd(self) -> None:
