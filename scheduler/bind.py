@@ -192,23 +192,23 @@ class Binder:
         patch = {"metadata": {"annotations": {contract.ANNOTATION_ASSIGNMENT: text}}}
         if request.pod_uid:
             patch["metadata"]["uid"] = request.pod_uid  # a precondition on a real API server
-        core.patch_namespaced_pod(
+        _release(core.patch_namespaced_pod(
             request.pod_name,
             request.pod_namespace,
             patch,
             _content_type="application/merge-patch+json",
             _preload_content=False,
             _request_timeout=API_TIMEOUT_S,
-        )
+        ))
         binding = {
             "apiVersion": "v1",
             "kind": "Binding",
             "metadata": {"name": request.pod_name, "namespace": request.pod_namespace, "uid": request.pod_uid},
             "target": {"apiVersion": "v1", "kind": "Node", "name": request.node},
         }
-        core.create_namespaced_pod_binding(
+        _release(core.create_namespaced_pod_binding(
             request.pod_name, request.pod_namespace, binding, _preload_content=False, _request_timeout=API_TIMEOUT_S
-        )
+        ))
 
     def _track(self, delta: int) -> None:
         with self._in_flight_lock:
@@ -326,6 +326,23 @@ class AssumedReconciler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+
+
+def _release(response: object) -> None:
+    """Read a `_preload_content=False` answer to its end and hand its connection back to the pool.
+
+    Unread, the connection stays checked out: the next call opens a new TLS connection (the pool keeps
+    only `connection_pool_maxsize`), which under kube-scheduler's concurrent binds cost the extender a
+    TLS handshake per API write - most of its CPU - and the API server as much again."""
+    read = getattr(response, "read", None)
+    if read is None:  # a test double's plain return value
+        return
+    try:
+        read()
+    finally:
+        release = getattr(response, "release_conn", None)
+        if release is not None:
+            release()
 
 
 def _short(error: Exception) -> str:

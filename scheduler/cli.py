@@ -17,10 +17,14 @@ import threading
 
 import numpy as np
 
-from tensorai.proto.kubeclient import kube_api_client
+from tensorai.proto.kubeclient import kube_api_client, share_tls_context
 from tensorai.scheduler.core.policies import DEFAULT_POLICY, POLICY_NAMES
 
 log = logging.getLogger("tensorai.extender")
+
+# kube-scheduler runs every bind in its own goroutine, so dozens of binds (two API writes each) can be
+# in flight; with the client's default pool (5 per CPU) each call over it paid a new TLS connection.
+API_POOL_SIZE = 64
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +99,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         log.info("loaded %s from %s", counts, args.cluster_file)
     else:
-        api_client = kube_api_client(args.kubeconfig)
+        api_client = share_tls_context(kube_api_client(args.kubeconfig, pool_size=API_POOL_SIZE))
+        if not api_client.configuration.verify_ssl:  # say it once, not in a warning per API call
+            import urllib3
+
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+            log.warning("the kubeconfig turns TLS verification of the API server off (insecure-skip-tls-verify)")
         source = KubeSource(view, api_client).start()
         reconciler = AssumedReconciler(view, api_client).start()
     # The view's long-lived objects (tens of thousands of pod and node records) need no cyclic GC
