@@ -98,6 +98,9 @@ class _State:
     devices: dict[str, str] = field(default_factory=dict)  # ID -> "Healthy"/"Unhealthy"
     allocated: dict[tuple[str, str, str], tuple[str, ...]] = field(default_factory=dict)  # every container
     init_keys: set[tuple[str, str, str]] = field(default_factory=set)  # non-restartable init containers
+    # kubelet's pod manager: a pod enters just before its admission starts and leaves when it ends or is
+    # rejected. Its app containers and sidecars are listed by pod-resources, with or without devices.
+    pod_manager: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     updates: int = 0
     first_list_bytes: int = 0
 
@@ -115,8 +118,12 @@ class StubKubelet:
         rng: random.Random | None = None,
         dial_timeout_s: float = 10.0,
         observe: Callable[[str, float], None] | None = None,
+        list_admitting: bool = True,
     ) -> None:
         self.plugin_dir = plugin_dir
+        # Real kubelet lists a pod from the moment its admission starts (pod manager first, then the
+        # device manager); False lists only containers holding devices, as a listing read too late would.
+        self.list_admitting = list_admitting
         self.dial_timeout_s = dial_timeout_s  # kubelet's blocking dial-back timeout
         self.observe = observe  # called with (rpc name, seconds) after each admission RPC: benchmarks
         self.pod_resources_socket = pod_resources_socket
@@ -282,6 +289,11 @@ class StubKubelet:
         with self._cond:
             return {key: ids for key, ids in self._state.allocated.items() if key not in self._state.init_keys}
 
+    def pod_manager(self) -> dict[tuple[str, str], tuple[str, ...]]:
+        """(namespace, pod) -> listed container names of every pod admitted or being admitted."""
+        with self._cond:
+            return dict(self._state.pod_manager)
+
     def held_ids(self) -> set[str]:
         """Every device ID a live pod holds, init containers' included (what is not free)."""
         with self._cond:
@@ -324,6 +336,9 @@ class StubKubelet:
         with self._admit_lock:
             admitted: dict[str, AdmittedContainer] = {}
             reusable: set[str] = set()  # kubelet's devicesToReuse for this pod
+            listed = tuple(name for name, _ in init_containers if name in sidecars) + tuple(n for n, _ in containers)
+            with self._cond:
+                self._state.pod_manager[(namespace, pod_name)] = listed  # HandlePodAdditions: AddPod, then admit
             try:
                 for name, size in init_containers:
                     got = admitted[name] = self._admit_container(namespace, pod_name, name, size, reusable)
@@ -338,6 +353,7 @@ class StubKubelet:
                     reusable.difference_update(got.device_ids)
             except AdmissionError:
                 with self._cond:
+                    self._state.pod_manager.pop((namespace, pod_name), None)  # rejected: Failed, not active
                     for name in admitted:
                         self._state.allocated.pop((namespace, pod_name, name), None)
                         self._state.init_keys.discard((namespace, pod_name, name))
@@ -407,6 +423,7 @@ class StubKubelet:
     def remove_pod(self, namespace: str, pod_name: str) -> None:
         """The pod finished or was deleted: its devices are free again."""
         with self._cond:
+            self._state.pod_manager.pop((namespace, pod_name), None)
             for key in [k for k in self._state.allocated if k[:2] == (namespace, pod_name)]:
                 del self._state.allocated[key]
                 self._state.init_keys.discard(key)
@@ -439,7 +456,15 @@ class _PodResources(pr_grpc.PodResourcesListerServicer):
         return pods
 
     def List(self, request: pr.ListPodResourcesRequest, context: grpc.ServicerContext) -> pr.ListPodResourcesResponse:
-        return pr.ListPodResourcesResponse(pod_resources=list(self._pods(self._kubelet.allocations()).values()))
+        pods = self._pods(self._kubelet.allocations())
+        if self._kubelet.list_admitting:
+            for (namespace, pod), containers in self._kubelet.pod_manager().items():
+                entry = pods.setdefault((namespace, pod), pr.PodResources(name=pod, namespace=namespace))
+                have = {c.name for c in entry.containers}
+                for name in containers:
+                    if name not in have:
+                        entry.containers.add(name=name)
+        return pr.ListPodResourcesResponse(pod_resources=list(pods.values()))
 
     def GetAllocatableResources(
         self, request: pr.AllocatableResourcesRequest, context: grpc.ServicerContext

@@ -8,6 +8,7 @@ Precedence: command-line flag > environment (`TENSORAI_DEVICE_PLUGIN_<FLAG>`, e.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -22,7 +23,12 @@ from tensorai.deviceplugin.allocations import AllocationBook, AllocationRecord
 from tensorai.deviceplugin.health import DEFAULT_IGNORED_XIDS, HealthMonitor, HealthTracker, parse_xid_list
 from tensorai.deviceplugin.identity import AllocatedAnnotationWriter, PodIdentity, PodWatch
 from tensorai.deviceplugin.kubeapi import RawCoreApi
-from tensorai.deviceplugin.podresources import DEFAULT_POD_RESOURCES_SOCKET, PodResourcesClient, Reconciler
+from tensorai.deviceplugin.podresources import (
+    DEFAULT_POD_RESOURCES_SOCKET,
+    PodResourcesClient,
+    Reconciler,
+    admitting_pod,
+)
 from tensorai.deviceplugin.registration import DEFAULT_PLUGIN_DIR, DEFAULT_SOCKET_NAME, PluginRunner
 from tensorai.deviceplugin.service import DevicePluginServicer, VGPUManager
 from tensorai.deviceplugin.sharing import DEFAULT_MPS_PIPE_DIR, SharingPolicy
@@ -93,13 +99,14 @@ class Plugin:
             self.core_v1 = RawCoreApi(api_client or kube_api_client(config.kubeconfig))
             self.identity = PodIdentity(config.node_name, self.book, catch_up_s=config.catch_up_s)
             self.watch = PodWatch(self.core_v1, self.identity)
+        self.podresources = PodResourcesClient(config.pod_resources_socket)
         self.manager = VGPUManager(self.table, self.tracker, self.sharing, self.book, self.identity,
-                                   on_allocated=self._allocated)
+                                   on_allocated=self._allocated,
+                                   admitting=functools.partial(admitting_pod, self.podresources))
         if self.identity is not None and self.core_v1 is not None:
             self.writer = AllocatedAnnotationWriter(self.core_v1, config.node_name, self.book, self.identity,
                                                     calls=self.manager.calls)
         self.servicer = DevicePluginServicer(self.manager)
-        self.podresources = PodResourcesClient(config.pod_resources_socket)
         self.reconciler = Reconciler(self.podresources, self.manager.reconcile, self._annotations_changed,
                                      interval_s=config.reconcile_interval_s, calls=self.manager.calls)
         self.runner = PluginRunner(self.servicer, config.device_plugin_dir, socket_name=config.socket_name,

@@ -37,6 +37,8 @@ from tensorai.proto import contract
 from tensorai.proto import tensorai_v1_pb2 as pb
 from tensorai.proto.podslots import GPUPortion, GPUSet, PodState, Slot, SlotKey, parse_pod
 
+PodName = tuple[str, str]  # (namespace, name): how kubelet's pod-resources listing names a pod
+
 log = logging.getLogger(__name__)
 
 class IdentityError(RuntimeError):
@@ -296,12 +298,15 @@ class PodIdentity:
         pending.sort(key=lambda slot: (slot.seen_order, slot.namespace, slot.pod_name, slot.container))
         return pending, free
 
-    def target_gpu_sets(self, size_milli: int, *, wait_s: float = 0.0) -> list[tuple[str, ...]]:
+    def target_gpu_sets(self, size_milli: int, *, wait_s: float = 0.0,
+                        admitting: PodName | None = None) -> list[tuple[str, ...]]:
         """GPU sets the scheduler accounted for pending containers of this size, oldest pod first.
 
         GetPreferredAllocation prefers these; positions of one class are interchangeable. When no
         container of this size is pending yet, waits up to `wait_s` for the watch to catch up with
-        kubelet (which learns of a bound pod from its own watch, possibly before ours).
+        kubelet (which learns of a bound pod from its own watch, possibly before ours). `admitting`,
+        when kubelet's pod-resources listing has named the pod being admitted (`admitting_pod`), puts
+        that pod's own placement first: no other pod's GPU is suggested for it.
         """
         deadline = self._clock() + wait_s
         with self._cond:
@@ -309,6 +314,9 @@ class PodIdentity:
             while not pending and (remaining := deadline - self._clock()) > 0:
                 self._cond.wait(min(remaining, 0.25))
                 pending, free = self._classes(size_milli)
+            own = self._only_admitting(pending, admitting)
+            if own:
+                return [tuple(sorted(self.placement_set(own[0])))]
             # Classes in the order of their oldest pending pod; each class's free positions once.
             targets: dict[tuple[str, ...], None] = {}
             for class_key in dict.fromkeys(slot.class_key for slot in pending):
@@ -321,6 +329,24 @@ class PodIdentity:
         with self._cond:
             return self._classes(size_milli)[0]
 
+    def pending_containers(self, size_milli: int, *, wait_s: float = 0.0) -> dict[PodName, str]:
+        """(namespace, pod) -> the container of that pod an Allocate of this size would be for; waits up
+        to `wait_s` for the watch to show one when none is pending yet."""
+        deadline = self._clock() + wait_s
+        with self._cond:
+            pending = self._classes(size_milli)[0]
+            while not pending and (remaining := deadline - self._clock()) > 0:
+                self._cond.wait(min(remaining, 0.25))
+                pending = self._classes(size_milli)[0]
+            return {(slot.namespace, slot.pod_name): slot.container for slot in pending}
+
+    @staticmethod
+    def _only_admitting(pending: list[Slot], admitting: PodName | None) -> list[Slot]:
+        """The pending slots of the pod kubelet is known to admit ([] when unknown or not pending here)."""
+        if admitting is None:
+            return []
+        return [slot for slot in pending if (slot.namespace, slot.pod_name) == admitting]
+
     # --- claiming --------------------------------------------------------------------------------
     def claim(
         self,
@@ -329,6 +355,7 @@ class PodIdentity:
         *,
         timeout_s: float | None = None,
         reused_from: Iterable[SlotKey] = (),
+        admitting: PodName | None = None,
     ) -> Claim:
         """Match an Allocate of `size_milli` on `gpu_set` to a pending slot; release with `finish`.
 
@@ -337,13 +364,14 @@ class PodIdentity:
         (it reuses only within the pod it is admitting), so the claim is that pod's next pending
         container of this size - no guess among pods. Waits up to `timeout_s` (default `catch_up_s`)
         for the watch to show a pod that makes the choice safe; raises IdentityError with the reason
-        when none does.
+        when none does. `admitting` names the pod kubelet is admitting when its pod-resources listing
+        told (`admitting_pod`): the claim is then that pod's, never an interchangeable neighbour's.
         """
         deadline = self._clock() + (self.catch_up_s if timeout_s is None else timeout_s)
         reused_from = tuple(reused_from)
         with self._cond:
             while True:
-                result = self._try_claim(gpu_set, size_milli, reused_from)
+                result = self._try_claim(gpu_set, size_milli, reused_from, admitting)
                 if isinstance(result, Claim):
                     self._inflight[result.slot.key] = gpu_set
                     return result
@@ -371,9 +399,11 @@ class PodIdentity:
         return None
 
     def _try_claim(
-        self, gpu_set: GPUSet, size_milli: int, reused_from: Iterable[SlotKey] = ()
+        self, gpu_set: GPUSet, size_milli: int, reused_from: Iterable[SlotKey] = (),
+        admitting: PodName | None = None,
     ) -> Claim | str | ReusedDevicesMisplaced:
         pending, free = self._classes(size_milli)
+        pending = self._only_admitting(pending, admitting) or pending
         gpus_text = ",".join(sorted(gpu_set))
         reusing = self._reusing_pod(reused_from)
         if reusing is not None:

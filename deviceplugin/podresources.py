@@ -1,8 +1,14 @@
-"""Client of kubelet's pod-resources v1 API, and the loop that reconciles the book against it.
+"""Client of kubelet's pod-resources v1 API: who kubelet is admitting, and the loop that reconciles.
 
-The listing is the only kubelet-side truth about which container holds which device IDs, but it is
-written only after Allocate returns - so it corrects choices after the fact (pod identity swaps,
-allocations from before a plugin restart, pods that are gone) and is never consulted inside Allocate.
+The listing is the only kubelet-side truth about which container holds which device IDs. It is
+read in two places:
+- after the fact, by the Reconciler: it corrects choices (pod identity swaps, allocations from before
+  a plugin restart, pods that are gone);
+- inside GetPreferredAllocation/Allocate, by `admitting_pod`, when more than one pod waits for the
+  call's size. kubelet (HandlePodAdditions) adds a pod to its pod manager just before admitting it and
+  admits pods one at a time, so the listing holds the pods already admitted plus the one being
+  admitted now - never a pod kubelet has not reached yet. Of the pods waiting for this size, the one
+  the listing shows without devices is the one the call is for (docs/deviceplugin.md).
 """
 
 from __future__ import annotations
@@ -44,13 +50,29 @@ class PodResourcesClient:
     def close(self) -> None:
         self._channel.close()
 
-    def list_resource(self, resource_name: str = contract.RESOURCE_VGPU_MILLI) -> Listing:
-        """(namespace, pod, container) -> the device IDs of `resource_name` kubelet assigned it."""
+    def _list(self, timeout_s: float | None = None) -> pr.ListPodResourcesResponse:
         try:
-            response = self._stub.List(pr.ListPodResourcesRequest(), timeout=self.timeout_s)
+            return self._stub.List(pr.ListPodResourcesRequest(), timeout=timeout_s or self.timeout_s)
         except grpc.RpcError as error:
             raise PodResourcesError(f"pod-resources List at {self.socket_path} failed: {error.code().name}: "
                                     f"{error.details()}") from error
+
+    def pods_and_holders(self, resource_name: str = contract.RESOURCE_VGPU_MILLI,
+                         timeout_s: float | None = None) -> tuple[set[tuple[str, str]], set[tuple[str, str, str]]]:
+        """(namespace, pod) of every pod kubelet lists, and (namespace, pod, container) of each container
+        holding devices of `resource_name`."""
+        pods: set[tuple[str, str]] = set()
+        holders: set[tuple[str, str, str]] = set()
+        for pod in self._list(timeout_s).pod_resources:
+            pods.add((pod.namespace, pod.name))
+            for container in pod.containers:
+                if any(d.resource_name == resource_name and d.device_ids for d in container.devices):
+                    holders.add((pod.namespace, pod.name, container.name))
+        return pods, holders
+
+    def list_resource(self, resource_name: str = contract.RESOURCE_VGPU_MILLI) -> Listing:
+        """(namespace, pod, container) -> the device IDs of `resource_name` kubelet assigned it."""
+        response = self._list()
         listing: Listing = {}
         for pod in response.pod_resources:
             for container in pod.containers:
@@ -69,6 +91,29 @@ class PodResourcesClient:
         except grpc.RpcError as error:
             raise PodResourcesError(f"pod-resources GetAllocatableResources failed: {error.code().name}") from error
         return {d for devices in response.devices if devices.resource_name == resource_name for d in devices.device_ids}
+
+
+ADMITTING_TIMEOUT_S = 1.0  # a kubelet too slow to list within this is not asked: the call goes on without
+
+
+def admitting_pod(client: PodResourcesClient, waiting: Mapping[tuple[str, str], str]) -> tuple[str, str] | None:
+    """Of the pods `waiting` (namespace, pod -> its container next in line for the call's size), the one
+    kubelet is admitting now, or None when the listing cannot tell (then the identity protocol's
+    interchangeable-class rule applies, as without pod-resources).
+
+    kubelet lists a pod from the moment it starts admitting it; a waiting pod it lists whose next
+    container holds no devices is therefore being admitted. Exactly one such pod is an answer.
+    """
+    if len(waiting) < 2:
+        return None  # nothing to tell apart
+    try:
+        listed, holders = client.pods_and_holders(timeout_s=ADMITTING_TIMEOUT_S)
+    except PodResourcesError as error:
+        log.debug("cannot ask kubelet which pod it admits: %s", error)
+        return None
+    here = [pod for pod, container in waiting.items() if pod in listed and (*pod, container) not in holders]
+    log.debug("waiting for this size: %s; kubelet lists without devices: %s", sorted(waiting), here)
+    return here[0] if len(here) == 1 else None
 
 
 class Reconciler:

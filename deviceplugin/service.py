@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tensorai.deviceplugin.allocations import UNKNOWN_OWNER, AllocationBook, AllocationRecord
-from tensorai.deviceplugin.identity import IdentityError, PodIdentity, ReusedDevicesMisplaced
+from tensorai.deviceplugin.identity import IdentityError, PodIdentity, PodName, ReusedDevicesMisplaced
 from tensorai.deviceplugin.quiet import CallClock
 from tensorai.deviceplugin.sharing import SharingPolicy
 from tensorai.deviceplugin.slices import AvailableIds, SliceError, SliceTable, choose_preferred, request_shape
@@ -62,8 +62,11 @@ class VGPUManager:
         identity: PodIdentity | None = None,
         *,
         on_allocated: Callable[[AllocationRecord], None] | None = None,
+        admitting: Callable[[Mapping[PodName, str]], PodName | None] | None = None,
     ) -> None:
         self.table = table
+        # Asks kubelet which of several waiting pods it is admitting (podresources.admitting_pod).
+        self.admitting = admitting
         self.health = health_source
         self.sharing = sharing
         self.book = book
@@ -118,10 +121,21 @@ class VGPUManager:
         request_shape(size, gpu_count=len(self.table.uuids))
         self.sharing.check_request(size)
         healthy = available.without(uuid for uuid in self.table.uuids if not self.health.is_healthy(uuid))
-        targets = (
-            self.identity.target_gpu_sets(size, wait_s=self.identity.catch_up_s) if self.identity is not None else []
-        )
+        targets = []
+        if self.identity is not None:
+            targets = self.identity.target_gpu_sets(size, wait_s=self.identity.catch_up_s,
+                                                    admitting=self._admitting(size))
         return choose_preferred(self.table, healthy, must, size, target_gpus=targets)
+
+    def _admitting(self, size: int) -> PodName | None:
+        """The pod kubelet admits now, when several wait for `size` and kubelet's listing can tell.
+
+        Waits (catch_up_s) for the watch to show a waiting pod first: asked before, the listing would
+        be read against a set of waiting pods that then grows, and the choice fall back to a guess."""
+        if self.admitting is None or self.identity is None:
+            return None
+        waiting = self.identity.pending_containers(size, wait_s=self.identity.catch_up_s)
+        return self.admitting(waiting) if len(waiting) > 1 else None
 
     # --- Allocate --------------------------------------------------------------------------------
     def allocate(self, requests: Sequence[Sequence[str]]) -> list[dp.ContainerAllocateResponse]:
@@ -186,14 +200,18 @@ class VGPUManager:
         # Reused IDs are only possible when kubelet asked no preference, or named them as must_include;
         # after a plain GetPreferredAllocation the IDs are fresh even if a stale record still holds them.
         reused_from = self.book.owners_of(device_ids) if must is None or must else set()
+        admitting = None if reused_from else self._admitting(size)  # asked outside the lock: a kubelet call
         with self._claim_lock:  # a reconciliation must not relabel between the choice and the record
             try:
-                claim = self.identity.claim(gpu_set, size, reused_from=reused_from)
+                claim = self.identity.claim(gpu_set, size, reused_from=reused_from, admitting=admitting)
             except ReusedDevicesMisplaced as error:
                 self.book.release_pod(error.pod_uid)  # kubelet fails the pod's admission and frees its devices
                 raise
             try:
                 portions = self._portions_for(grouped, claim.portions, claim.slot.memory_mib)
+                log.debug("Allocate of %d on %s: %s/%s[%s]%s", size, ",".join(sorted(gpu_set)), claim.slot.namespace,
+                          claim.slot.pod_name, claim.slot.container,
+                          " (kubelet's listing named it)" if admitting else "")
                 return self.book.add(device_ids, portions, claim.slot.owner)
             finally:
                 self.identity.finish(claim)

@@ -328,7 +328,26 @@ def test_no_container_ever_runs_on_a_gpu_the_scheduler_did_not_account_for(node:
     assert wait_until(lambda: len(node.plugin.book.records()) == len(running), 5.0)
 
 
+def test_the_pod_kubelet_admits_gets_its_own_gpu_because_kubelets_listing_names_it(node: Node) -> None:
+    """Real kubelet lists a pod from the moment it starts admitting it (found on the real v1.36 kubelet:
+    it admits in creation-time order with ties unordered, not in bind order, and short pods ended before
+    a swap could be corrected). Two interchangeable pods, the younger admitted first: no guess, no swap."""
+    g0, g1 = node.uuids[:2]
+    node.api.add_pod(make_pod("a", [("main", 250)], assignment={"main": [(g0, 250, 9000)]}))
+    node.api.add_pod(make_pod("b", [("main", 250)], assignment={"main": [(g1, 250, 9000)]}))
+    assert wait_until(lambda: len(node.plugin.identity.pending_slots(250)) == 2, 5.0)
+    b = node.kubelet.admit_pod(node.api.get_object("pods", "b", "default"))
+    assert b["main"].response.envs[contract.ENV_VISIBLE_DEVICES] == g1
+    a = node.kubelet.admit_pod(node.api.get_object("pods", "a", "default"))
+    assert a["main"].response.envs[contract.ENV_VISIBLE_DEVICES] == g0
+    node.settle()
+    pods = node.pods()
+    assert assignment_of(pods["b"]) == allocated_of(pods["b"]) == {"main": [(g1, 250, 9000)]}
+    assert assignment_of(pods["a"]) == allocated_of(pods["a"]) == {"main": [(g0, 250, 9000)]}
+
+
 def test_a_swap_between_interchangeable_pods_is_corrected_on_the_annotations(node: Node) -> None:
+    node.kubelet.list_admitting = False  # kubelet's listing cannot name the pod (e.g. it answered too late)
     g0, g1 = node.uuids[:2]
     node.api.add_pod(make_pod("a", [("main", 250)], assignment={"main": [(g0, 250, 9000)]}))
     node.api.add_pod(make_pod("b", [("main", 250)], assignment={"main": [(g1, 250, 9000)]}))
@@ -349,7 +368,19 @@ def test_a_swap_between_interchangeable_pods_is_corrected_on_the_annotations(nod
     assert allocated_of(node.pods()["a"]) == {"main": [(g1, 250, 9000)]}
 
 
+def test_pods_of_one_size_and_different_limits_get_their_own_when_kubelets_listing_names_them(node: Node) -> None:
+    g0 = node.uuids[0]
+    node.api.add_pod(make_pod("small", [("main", 250)], assignment={"main": [(g0, 250, 4000)]}))
+    node.api.add_pod(make_pod("large", [("main", 250)], assignment={"main": [(g0, 250, 16000)]}))
+    assert wait_until(lambda: len(node.plugin.identity.pending_slots(250)) == 2, 5.0)
+    large = node.kubelet.admit_pod(node.api.get_object("pods", "large", "default"))
+    assert large["main"].response.envs[contract.ENV_VGPU_MEMORY_MIB] == "16000"
+    small = node.kubelet.admit_pod(node.api.get_object("pods", "small", "default"))
+    assert small["main"].response.envs[contract.ENV_VGPU_MEMORY_MIB] == "4000"
+
+
 def test_breaking_the_binding_rule_fails_admission_clearly_instead_of_mixing_limits(node: Node) -> None:
+    node.kubelet.list_admitting = False  # without kubelet naming the pod, the bind rule is what keeps it safe
     g0 = node.uuids[0]
     node.plugin.identity.catch_up_s = 0.3
     node.api.add_pod(make_pod("small", [("main", 250)], assignment={"main": [(g0, 250, 4000)]}))
