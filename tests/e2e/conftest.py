@@ -23,6 +23,16 @@ from . import binaries
 from .pods import NAMESPACE, PodClient
 
 
+E2E_TEST_TIMEOUT_S = 1200  # a churn of 200 real pods on 2 cores takes minutes; the suite-wide 300 s is too short
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.timeout(E2E_TEST_TIMEOUT_S))
+
+
 @dataclass
 class E2E:
     """What a test gets: the cluster, an admin API client and the test namespace's pods."""

@@ -135,10 +135,11 @@ def _churn_pod(index: int, rng: random.Random, size: str) -> dict[str, Any]:
                    sidecar_vgpu=sidecar, labels={"e2e": "churn"})
 
 
-def run_churn(e2e: Any, pods: PodClient, count: int, seed: int,
+def run_churn(e2e: Any, pods: PodClient, count: int, seed: int, *, before_round: Any = None,
               during: Any = None) -> tuple[list[dict[str, Any]], CheckpointSampler]:
     """`count` pods in rounds of ROUND_SIZE created at one instant (half of each round one size), each
-    round's finished pods deleted before the next; `during(round_index)` runs between rounds."""
+    round's finished pods deleted before the next. `before_round(i)` runs before round i is created,
+    `during(i)` right after (its pods then wait for scheduling and admission)."""
     rng = random.Random(seed)
     finished: list[dict[str, Any]] = []
     with CheckpointSampler(e2e, pods) as sampler, ThreadPoolExecutor(ROUND_SIZE) as pool:
@@ -150,6 +151,8 @@ def run_churn(e2e: Any, pods: PodClient, count: int, seed: int,
                 size = same if slot % 2 == 0 else rng.choice(SIZES)
                 batch.append(_churn_pod(index, rng, size))
                 index += 1
+            if before_round is not None:
+                before_round(round_index)
             list(pool.map(pods.create, batch))
             if during is not None:
                 during(round_index)
