@@ -22,7 +22,6 @@ from tensorai.proto.kubeclient import kube_api_client
 from . import binaries
 from .pods import NAMESPACE, PodClient
 
-
 E2E_TEST_TIMEOUT_S = 1200  # a churn of 200 real pods on 2 cores takes minutes; the suite-wide 300 s is too short
 
 
