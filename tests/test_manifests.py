@@ -338,6 +338,14 @@ def test_scheduler_configuration_has_only_fields_kube_scheduler_knows(
 
 
 @pytest.mark.parametrize("overlay", TARGETS)
+def test_scheduler_client_rate_limit_is_raised_above_the_60_pods_per_second_default(
+    rendered: dict[str, list[dict]], overlay: str
+) -> None:
+    connection = _scheduler_configuration(rendered[overlay])["clientConnection"]
+    assert connection["qps"] >= 200 and connection["burst"] >= 2 * connection["qps"], connection
+
+
+@pytest.mark.parametrize("overlay", TARGETS)
 def test_scheduler_configuration_wires_the_extender_as_the_only_binder(
     rendered: dict[str, list[dict]], overlay: str
 ) -> None:
