@@ -113,7 +113,12 @@ class EventRecorder:
             if event is None:
                 return
             try:
-                self._core.create_namespaced_event(event.namespace, self._body(event))  # type: ignore[union-attr]
+                # the answer read raw: building the generated CoreV1Event model cost more CPU than the write
+                response = self._core.create_namespaced_event(  # type: ignore[union-attr]
+                    event.namespace, self._body(event), _preload_content=False
+                )
+                response.read()
+                response.release_conn()
             except Exception as error:  # an event is advice; losing one must not stop the others
                 self.failed += 1
                 log.debug("could not write event for %s/%s: %s", event.namespace, event.pod_name, error)
