@@ -420,6 +420,12 @@ class StubKubelet:
             self._state.allocated[(namespace, pod_name, container)] = tuple(chosen)
         return AdmittedContainer(container, tuple(chosen), response.container_responses[0], preferred)
 
+    def hold_devices(self, namespace: str, pod_name: str, container: str, device_ids: Sequence[str]) -> None:
+        """Mark IDs held without an Allocate: real kubelet keeps a finished or deleted pod's IDs until its
+        next admission's cleanup finds the pod inactive, while the scheduler already counts them free."""
+        with self._cond:
+            self._state.allocated[(namespace, pod_name, container)] = tuple(device_ids)
+
     def remove_pod(self, namespace: str, pod_name: str) -> None:
         """The pod finished or was deleted: its devices are free again."""
         with self._cond:

@@ -316,7 +316,11 @@ class PodIdentity:
                 pending, free = self._classes(size_milli)
             own = self._only_admitting(pending, admitting)
             if own:
-                return [tuple(sorted(self.placement_set(own[0])))]
+                # Its own placement; then its class's other free positions, where it may go if kubelet
+                # lacks free IDs on its own GPU (a swap the Allocate then writes back at once).
+                first = tuple(p.uuid for p in self.placement(own[0]))
+                rest = (tuple(p.uuid for p in portions) for portions in free.get(own[0].class_key, ()) if portions)
+                return list(dict.fromkeys([first, *rest]))
             # Classes in the order of their oldest pending pod; each class's free positions once.
             targets: dict[tuple[str, ...], None] = {}
             for class_key in dict.fromkeys(slot.class_key for slot in pending):

@@ -63,8 +63,11 @@ class VGPUManager:
         *,
         on_allocated: Callable[[AllocationRecord], None] | None = None,
         admitting: Callable[[Mapping[PodName, str]], PodName | None] | None = None,
+        on_moved: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.table = table
+        # Told the pods whose placements an Allocate moved (their annotations must be rewritten).
+        self.on_moved = on_moved
         # Asks kubelet which of several waiting pods it is admitting (podresources.admitting_pod).
         self.admitting = admitting
         self.health = health_source
@@ -122,9 +125,16 @@ class VGPUManager:
         self.sharing.check_request(size)
         healthy = available.without(uuid for uuid in self.table.uuids if not self.health.is_healthy(uuid))
         targets = []
+        admitting = None
         if self.identity is not None:
-            targets = self.identity.target_gpu_sets(size, wait_s=self.identity.catch_up_s,
-                                                    admitting=self._admitting(size))
+            admitting = self._admitting(size)
+            targets = self.identity.target_gpu_sets(size, wait_s=self.identity.catch_up_s, admitting=admitting)
+        if admitting is not None and len(targets) > 1:
+            # The named pod's own placement if kubelet has room there; its class's other positions only if not.
+            own = choose_preferred(self.table, healthy, must, size, target_gpus=targets[:1])
+            if {self.table.gpu_of(device) for device in own} == set(targets[0]):
+                return own
+            targets = targets[1:]
         return choose_preferred(self.table, healthy, must, size, target_gpus=targets)
 
     def _admitting(self, size: int) -> PodName | None:
@@ -212,9 +222,17 @@ class VGPUManager:
                 log.debug("Allocate of %d on %s: %s/%s[%s]%s", size, ",".join(sorted(gpu_set)), claim.slot.namespace,
                           claim.slot.pod_name, claim.slot.container,
                           " (kubelet's listing named it)" if admitting else "")
-                return self.book.add(device_ids, portions, claim.slot.owner)
+                record = self.book.add(device_ids, portions, claim.slot.owner)
             finally:
                 self.identity.finish(claim)
+            if claim.portions and frozenset(p.uuid for p in claim.portions) != self.identity.placement_set(claim.slot):
+                # kubelet put this container on another position of its class (its own GPU lacked free IDs
+                # in kubelet's count, e.g. a deleted pod's not yet released): move the class's placements
+                # now, so the Assignments say where it runs and the displaced pod goes to the freed GPU.
+                moved = self.identity.rebalance({claim.slot.class_key})
+                if moved and self.on_moved is not None:
+                    self.on_moved(moved)
+            return record
 
     def _portions_for(
         self, grouped: Mapping[str, int], assigned: Sequence[GPUPortion], memory_mib: int | None

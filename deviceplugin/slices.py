@@ -238,8 +238,9 @@ def choose_preferred(
     """Pick the device IDs to suggest to kubelet for one container.
 
     `available` are kubelet's candidate IDs, `must_include` the ones already chosen, by GPU (a subset).
-    `target_gpus` are GPU sets the scheduler assigned to containers of this size (from pod Assignments), tried in order;
-    when none fits, fractional requests go to the fullest GPU that fits (binpack) and whole requests
+    `target_gpus` are GPU sets the scheduler assigned to containers of this size (from pod Assignments): the
+    answer lies on one of them when one fits (the fullest such for a fractional request); when none fits,
+    fractional requests go to the fullest GPU that fits (binpack) and whole requests
     to wholly free GPUs, NUMA-local first. A fractional answer always lies on ONE GPU.
     """
     shape = request_shape(size_milli, gpu_count=len(table.uuids))

@@ -346,6 +346,29 @@ def test_the_pod_kubelet_admits_gets_its_own_gpu_because_kubelets_listing_names_
     assert assignment_of(pods["a"]) == allocated_of(pods["a"]) == {"main": [(g0, 250, 9000)]}
 
 
+def test_a_pod_kubelet_puts_on_a_neighbours_gpu_has_both_assignments_moved_at_once(node: Node) -> None:
+    """Seen on the real kubelet: it still counted a deleted pod's IDs on b's GPU, so b went to a's GPU
+    (same class); the plugin must rewrite both Assignments then, not leave b's naming a GPU it is not on."""
+    g0, g1 = node.uuids[:2]
+    node.api.add_pod(make_pod("a", [("main", 250)], assignment={"main": [(g0, 250, 9000)]}))
+    node.api.add_pod(make_pod("b", [("main", 250)], assignment={"main": [(g1, 250, 9000)]}))
+    assert wait_until(lambda: len(node.plugin.identity.pending_slots(250)) == 2, 5.0)
+    # kubelet still holds all of g1 for a pod that is gone
+    node.kubelet.hold_devices("default", "ghost", "main", [contract.device_id(g1, i) for i in range(1000)])
+    b = node.kubelet.admit_pod(node.api.get_object("pods", "b", "default"))
+    assert b["main"].response.envs[contract.ENV_VISIBLE_DEVICES] == g0
+    assert node.plugin.writer is not None and node.plugin.writer.flush(5.0)
+    assert wait_until(lambda: assignment_of(node.pods()["b"]) == {"main": [(g0, 250, 9000)]}, 5.0)
+    assert assignment_of(node.pods()["a"]) == {"main": [(g1, 250, 9000)]}
+    node.kubelet.remove_pod("default", "ghost")
+    a = node.kubelet.admit_pod(node.api.get_object("pods", "a", "default"))
+    assert a["main"].response.envs[contract.ENV_VISIBLE_DEVICES] == g1
+    node.settle()
+    pods = node.pods()
+    assert allocated_of(pods["a"]) == assignment_of(pods["a"]) == {"main": [(g1, 250, 9000)]}
+    assert allocated_of(pods["b"]) == assignment_of(pods["b"]) == {"main": [(g0, 250, 9000)]}
+
+
 def test_a_swap_between_interchangeable_pods_is_corrected_on_the_annotations(node: Node) -> None:
     node.kubelet.list_admitting = False  # kubelet's listing cannot name the pod (e.g. it answered too late)
     g0, g1 = node.uuids[:2]
