@@ -6,9 +6,9 @@ each other's reservations and can never over-commit a GPU or a quota. The API ca
 run outside any lock, many in flight at once. If either call fails the reservation is forgotten,
 so a failed bind leaks no capacity.
 
-Order follows the device plugin's identity protocol: the `tensor.ai/assignment` annotation is on
-the pod BEFORE the Binding exists, so when kubelet calls Allocate the plugin can already read which
-GPUs the extender chose.
+Order follows the device plugin's identity protocol: the `tensor.ai/assignment` annotation arrives
+with the Binding itself (the API server applies a Binding's annotations to the pod in the same write),
+so when kubelet calls Allocate the plugin can already read which GPUs the extender chose.
 
 The device plugin's bind rule (docs/deviceplugin.md, "Pod identity"): kubelet's Allocate names only a
 size, so a pod must not be bound while another pod bound to that node with a container of the same
@@ -184,26 +184,20 @@ class Binder:
             return text, placement
 
     def _write(self, request: BindRequest, record: PodRecord, text: str) -> None:
-        """Annotation first (the device plugin reads it at Allocate), then the Binding."""
+        """One Binding that carries the Assignment: the API server sets spec.nodeName and copies the
+        Binding's annotations onto the pod in the same write, so no watcher - kubelet, the device
+        plugin - ever sees the pod bound without its Assignment, and a bind costs one API write (it
+        was a PATCH then the Binding: half of the extender's API time through kube-scheduler)."""
         core = self._core
         if core is None:
             self.view.confirm_bound(record.uid)
             return
-        patch = {"metadata": {"annotations": {contract.ANNOTATION_ASSIGNMENT: text}}}
-        if request.pod_uid:
-            patch["metadata"]["uid"] = request.pod_uid  # a precondition on a real API server
-        _release(core.patch_namespaced_pod(
-            request.pod_name,
-            request.pod_namespace,
-            patch,
-            _content_type="application/merge-patch+json",
-            _preload_content=False,
-            _request_timeout=API_TIMEOUT_S,
-        ))
         binding = {
             "apiVersion": "v1",
             "kind": "Binding",
-            "metadata": {"name": request.pod_name, "namespace": request.pod_namespace, "uid": request.pod_uid},
+            # metadata.uid is a precondition: a new pod of the same name is never bound by mistake
+            "metadata": {"name": request.pod_name, "namespace": request.pod_namespace, "uid": request.pod_uid,
+                         "annotations": {contract.ANNOTATION_ASSIGNMENT: text}},
             "target": {"apiVersion": "v1", "kind": "Node", "name": request.node},
         }
         _release(core.create_namespaced_pod_binding(

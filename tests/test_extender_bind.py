@@ -38,7 +38,7 @@ def _create(api: KubeStandin, pod_object: dict) -> dict:
     return created
 
 
-def test_bind_writes_assignment_annotation_before_the_binding(api: KubeStandin) -> None:
+def test_bind_writes_the_assignment_with_the_binding_in_one_write(api: KubeStandin) -> None:
     names = _seed_nodes(api)
     with ExtenderStack(api) as stack:
         worker = pod("train-0", 250)
@@ -54,28 +54,22 @@ def test_bind_writes_assignment_annotation_before_the_binding(api: KubeStandin) 
         assignment = contract.decode_assignment(stored["metadata"]["annotations"][contract.ANNOTATION_ASSIGNMENT])
         assert assignment.node_name == "gpu-1" and assignment.pod_uid == created["metadata"]["uid"]
         assert [(c.name, [g.milli for g in c.gpus]) for c in assignment.containers] == [("c0", [250])]
-        writes = [(method, path) for method, path in api.request_log if method in ("PATCH", "POST")]
-        patch_at = next(
-            i for i, (m, p) in enumerate(writes) if m == "PATCH" and p.startswith("/api/v1/namespaces/ml/pods/train-0")
-        )
-        bind_at = next(i for i, (m, p) in enumerate(writes) if m == "POST" and "/binding" in p)
-        assert patch_at < bind_at, writes
+        # One write: the Binding carries the Assignment (never a pod bound without it, as on kube-apiserver)
+        writes = [(method, path) for method, path in api.request_log
+                  if method in ("PATCH", "POST", "PUT") and "/events" not in path]
+        assert writes == [("POST", "/api/v1/namespaces/ml/pods/train-0/binding")], writes
         # an Event explains the decision on the pod
         assert wait_for(
             lambda: any(e.get("reason") == "TensorAIScheduled" for e in api.list_objects("events", "ml")), 5.0
         )
 
 
-@pytest.mark.parametrize("failing", ["binding", "annotation"])
-def test_failed_bind_gives_back_every_milli(api: KubeStandin, failing: str) -> None:
+def test_failed_bind_gives_back_every_milli(api: KubeStandin) -> None:
     names = _seed_nodes(api, 1, 1)
     with ExtenderStack(api) as stack:
         worker = _create(api, pod("w", 700))
         before = stack.view.snapshot()
-        if failing == "binding":
-            api.fail_next("POST", r"/pods/w/binding$", status=500)
-        else:
-            api.fail_next("PATCH", r"/namespaces/ml/pods/w$", status=500)
+        api.fail_next("POST", r"/pods/w/binding$", status=500)
         post(stack.url + "/filter", filter_args(worker, names))
         status, result = post(stack.url + "/bind", bind_args(worker, names[0]))
         assert status == 200 and "failed" in result["Error"]
