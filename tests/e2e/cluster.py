@@ -397,6 +397,9 @@ state = "{root / 'state'}"
             f"--device-plugin-dir={DEVICE_PLUGIN_DIR}", f"--pod-resources-socket={self.pod_resources_socket}",
             f"--node-name={NODE_NAME}", f"--kubeconfig={self.kubeconfig('tensorai-device-plugin')}",
             "--metrics-port=0", "--inventory-interval=30", "--log-level=DEBUG"))
+        # Registered with kubelet: before that kubelet fails every GPU pod's admission ("no healthy
+        # devices"), while the Node's allocatable can still show the previous plugin's devices.
+        process.wait_for_line(r"registered tensor\.ai/vgpu-milli with kubelet", START_TIMEOUT_S)
         wait_until("kubelet to advertise tensor.ai/vgpu-milli", lambda: self.kubectl(
             "get", "node", NODE_NAME, "-o", r"jsonpath={.status.allocatable.tensor\.ai/vgpu-milli}") not in ("", "0"),
             START_TIMEOUT_S, 0.3)

@@ -25,6 +25,18 @@ def _registrations(cluster: Any) -> int:
     return text.count("registered tensor.ai/vgpu-milli with kubelet")
 
 
+def _ready_since(cluster: Any) -> float:
+    """When kubelet last reported the node Ready (epoch seconds), 0 if not Ready."""
+    import json
+    from datetime import datetime
+
+    node = json.loads(cluster.kubectl("get", "node", cluster.node_name, "-o", "json"))
+    for condition in node["status"].get("conditions") or []:
+        if condition["type"] == "Ready" and condition["status"] == "True":
+            return datetime.fromisoformat(condition["lastHeartbeatTime"].replace("Z", "+00:00")).timestamp()
+    return 0.0
+
+
 def _held_ids(cluster: Any, uid: str) -> set[str]:
     entries = cluster.checkpoint().get("PodDeviceEntries") or []
     return {i for e in entries if e["PodUID"] == uid for group in e["DeviceIDs"].values() for i in group}
@@ -64,6 +76,10 @@ def test_a_kubelet_restart_mid_churn_keeps_running_pods_and_the_plugin_re_regist
         started = time.monotonic()
         wait_until("the device plugin to re-register", lambda: _registrations(cluster) > before, 30, 0.05)
         timing["reregister_s"] = time.monotonic() - started
+        # What an operator waits for: the node reported Ready by the new kubelet. Until kubelet has synced
+        # its pod sources it keeps counting deleted pods' device IDs as held (docs/deviceplugin.md).
+        restarted = time.time()
+        wait_until("kubelet to report the node Ready again", lambda: _ready_since(cluster) >= restarted - 1, 60, 0.2)
 
     finished, sampler = run_churn(e2e, pods, RESTART_CHURN_PODS, seed=31, before_round=restart_kubelet)
     print(f"plugin re-registered {timing['reregister_s']:.2f} s after kubelet came back")
