@@ -112,7 +112,8 @@ def admitting_pod(client: PodResourcesClient, waiting: Mapping[tuple[str, str], 
         log.debug("cannot ask kubelet which pod it admits: %s", error)
         return None
     here = [pod for pod, container in waiting.items() if pod in listed and (*pod, container) not in holders]
-    log.debug("waiting for this size: %s; kubelet lists without devices: %s", sorted(waiting), here)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("waiting for this size: %s; kubelet lists without devices: %s", sorted(waiting), here)
     return here[0] if len(here) == 1 else None
 
 
