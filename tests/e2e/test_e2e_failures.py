@@ -223,11 +223,22 @@ def test_pod_over_quota_waits_with_the_reason_and_binds_when_quota_frees(e2e: An
     assert "gpus" in event and "0.5" in event, event
 
     # Polled tightly (not wait_phase's 0.3 s) so the requeue time starts when the API says it ended.
-    phase = lambda: (pods.get("within-quota") or {}).get("status", {}).get("phase")  # noqa: E731
-    assert wait_for("within-quota to end", lambda: phase() in ("Succeeded", "Failed"), 60, 0.02)
+    # Each poll is one LIST: one consistent snapshot of both pods (two GETs would race the requeue,
+    # which can bind over-quota within the 20 ms between them).
+    def snapshot() -> dict[str, dict[str, Any]]:
+        return {p["metadata"]["name"]: p for p in pods.list()}
+
+    def within_ended() -> bool:
+        both = snapshot()
+        within = both["within-quota"]
+        ended = within["status"].get("phase") in ("Succeeded", "Failed")
+        assert ended or not both["over-quota"]["spec"].get("nodeName"), \
+            "over-quota bound while within-quota still held the quota"
+        return ended
+
+    assert wait_for("within-quota to end", within_ended, 60, 0.02)
     freed_at = time.monotonic()
-    assert phase() == "Succeeded", pods.events_for("within-quota")
-    assert not bound(pods, "over-quota"), "over-quota bound while within-quota still held the quota"
+    assert snapshot()["within-quota"]["status"]["phase"] == "Succeeded", pods.events_for("within-quota")
     wait_for("over-quota to bind after within-quota ended", lambda: bound(pods, "over-quota"), 30, 0.05)
     requeue_s = time.monotonic() - freed_at
     print(f"requeue: over-quota bound {requeue_s:.2f} s after within-quota was seen Succeeded")
