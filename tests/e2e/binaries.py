@@ -13,6 +13,7 @@ import hashlib
 import lzma
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import IO
 
@@ -94,3 +95,17 @@ def hold_node_lock(timeout_s: float = 1800.0) -> IO[str]:
                 handle.close()
                 raise TimeoutError(f"another end-to-end cluster held {NODE_LOCK} for {timeout_s:.0f} s") from None
             time.sleep(1.0)
+
+
+class KubectlError(RuntimeError):
+    """kubectl exited non-zero; the message carries its stderr."""
+
+
+def run_kubectl(kubeconfig: Path, *args: str, stdin: str | None = None, timeout: float = 60,
+                check: bool = True) -> str:
+    """kubectl's stdout for `args` against `kubeconfig`; KubectlError with its stderr when `check` and it fails."""
+    result = subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), *args], input=stdin,
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise KubectlError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout

@@ -193,11 +193,7 @@ class LocalCluster:
 
     def kubectl(self, *args: str, who: str = "admin", stdin: str | None = None, timeout: float = 60,
                 check: bool = True) -> str:
-        result = subprocess.run(["kubectl", "--kubeconfig", str(self.kubeconfig(who)), *args], input=stdin,
-                                capture_output=True, text=True, timeout=timeout)
-        if check and result.returncode != 0:
-            raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
-        return result.stdout
+        return binaries.run_kubectl(self.kubeconfig(who), *args, stdin=stdin, timeout=timeout, check=check)
 
     def log_of(self, name: str) -> Path:
         return self.logs / f"{name}.log"

@@ -8,9 +8,10 @@ restart kubelet or our programs, or read kubelet's checkpoint file, skip with th
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
+
+from . import binaries
 
 
 class ExistingCluster:
@@ -32,11 +33,7 @@ class ExistingCluster:
 
     def kubectl(self, *args: str, who: str = "admin", stdin: str | None = None, timeout: float = 60,
                 check: bool = True) -> str:
-        result = subprocess.run(["kubectl", "--kubeconfig", str(self.kubeconfig(who)), *args], input=stdin,
-                                capture_output=True, text=True, timeout=timeout)
-        if check and result.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
-        return result.stdout
+        return binaries.run_kubectl(self.kubeconfig(who), *args, stdin=stdin, timeout=timeout, check=check)
 
     def container_log(self, namespace: str, pod: str, uid: str, container: str) -> str:
         del uid  # the API server finds the pod by name
