@@ -167,6 +167,11 @@ class PodIdentity:
         if known is not None and self.on_pod_gone is not None:
             self.on_pod_gone(uid)
 
+    def wait_changed(self, timeout_s: float) -> None:
+        """Block until the next watch event or book change (or the timeout)."""
+        with self._cond:
+            self._cond.wait(timeout_s)
+
     def notify(self) -> None:
         """Wake waiting claims (the book changed)."""
         with self._cond:

@@ -96,16 +96,20 @@ class PodResourcesClient:
 ADMITTING_TIMEOUT_S = 1.0  # a kubelet too slow to list within this is not asked: the call goes on without
 
 
+NOT_YET_SEEN = ("", "")  # kubelet admits none of the waiting pods: our watch has not shown its pod yet
+
+
 def admitting_pod(client: PodResourcesClient, waiting: Mapping[tuple[str, str], str]) -> tuple[str, str] | None:
     """Of the pods `waiting` (namespace, pod -> its container next in line for the call's size), the one
-    kubelet is admitting now, or None when the listing cannot tell (then the identity protocol's
-    interchangeable-class rule applies, as without pod-resources).
+    kubelet is admitting now; NOT_YET_SEEN when kubelet lists none of them (it admits a pod our watch
+    has not delivered yet: wait for it rather than give its call to a waiting neighbour); None when
+    the listing cannot tell (then the identity protocol's class rule applies, as without pod-resources).
 
     kubelet lists a pod from the moment it starts admitting it; a waiting pod it lists whose next
     container holds no devices is therefore being admitted. Exactly one such pod is an answer.
     """
-    if len(waiting) < 2:
-        return None  # nothing to tell apart
+    if not waiting:
+        return None
     try:
         listed, holders = client.pods_and_holders(timeout_s=ADMITTING_TIMEOUT_S)
     except PodResourcesError as error:
@@ -114,6 +118,8 @@ def admitting_pod(client: PodResourcesClient, waiting: Mapping[tuple[str, str], 
     here = [pod for pod, container in waiting.items() if pod in listed and (*pod, container) not in holders]
     if log.isEnabledFor(logging.DEBUG):
         log.debug("waiting for this size: %s; kubelet lists without devices: %s", sorted(waiting), here)
+    if not here:
+        return NOT_YET_SEEN
     return here[0] if len(here) == 1 else None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from typing import Any, Protocol
@@ -22,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tensorai.deviceplugin.allocations import UNKNOWN_OWNER, AllocationBook, AllocationRecord
 from tensorai.deviceplugin.identity import IdentityError, PodIdentity, PodName, ReusedDevicesMisplaced
+from tensorai.deviceplugin.podresources import NOT_YET_SEEN
 from tensorai.deviceplugin.quiet import CallClock
 from tensorai.deviceplugin.sharing import SharingPolicy
 from tensorai.deviceplugin.slices import AvailableIds, SliceError, SliceTable, choose_preferred, request_shape
@@ -70,6 +72,7 @@ class VGPUManager:
         self.on_moved = on_moved
         # Asks kubelet which of several waiting pods it is admitting (podresources.admitting_pod).
         self.admitting = admitting
+        self._listing_names_pods = False  # learned the first time kubelet's listing names a pod it admits
         self.health = health_source
         self.sharing = sharing
         self.book = book
@@ -138,14 +141,26 @@ class VGPUManager:
         return choose_preferred(self.table, healthy, must, size, target_gpus=targets)
 
     def _admitting(self, size: int) -> PodName | None:
-        """The pod kubelet admits now, when several wait for `size` and kubelet's listing can tell.
+        """The pod kubelet admits now, when kubelet's listing can tell (one List call per kubelet call).
 
-        Waits (catch_up_s) for the watch to show a waiting pod first: asked before, the listing would
-        be read against a set of waiting pods that then grows, and the choice fall back to a guess."""
+        Waits (catch_up_s) for the watch to show a waiting pod first, and again while kubelet admits a pod
+        our watch has not delivered yet (seen on the real kubelet: the only waiting pod was a neighbour,
+        which the class rule would have been given the call)."""
         if self.admitting is None or self.identity is None:
             return None
-        waiting = self.identity.pending_containers(size, wait_s=self.identity.catch_up_s)
-        return self.admitting(waiting) if len(waiting) > 1 else None
+        deadline = time.monotonic() + self.identity.catch_up_s
+        while True:
+            remaining = deadline - time.monotonic()
+            waiting = self.identity.pending_containers(size, wait_s=max(remaining, 0.0))
+            answer = self.admitting(waiting)
+            if answer != NOT_YET_SEEN:
+                self._listing_names_pods = self._listing_names_pods or answer is not None
+                return answer
+            if remaining <= 0 or not self._listing_names_pods:
+                # (a kubelet whose listing never named a pod it admits tells nothing by naming none)
+                return None  # the class rule decides, and the reconciler corrects it after the fact
+            # kubelet admits a pod our watch has not delivered: wait for the watch, then ask again
+            self.identity.wait_changed(min(remaining, 0.25))
 
     # --- Allocate --------------------------------------------------------------------------------
     def allocate(self, requests: Sequence[Sequence[str]]) -> list[dp.ContainerAllocateResponse]:

@@ -346,6 +346,26 @@ def test_the_pod_kubelet_admits_gets_its_own_gpu_because_kubelets_listing_names_
     assert assignment_of(pods["a"]) == allocated_of(pods["a"]) == {"main": [(g0, 250, 9000)]}
 
 
+def test_a_pod_kubelet_admits_before_our_watch_shows_it_is_waited_for_not_given_a_neighbours_gpu(
+        node: Node) -> None:
+    """Seen on the real kubelet: kubelet admitted b while our watch showed only a waiting; the call went to
+    a (its GPU), to be corrected later. kubelet's listing shows b, not a: wait for the watch instead."""
+    g0, g1, g2 = node.uuids[:3]
+    node.api.add_pod(make_pod("warm", [("main", 250)], assignment={"main": [(g2, 250, 9000)]}))
+    assert wait_until(lambda: len(node.plugin.identity.pending_slots(250)) == 1, 5.0)
+    node.kubelet.admit_pod(node.api.get_object("pods", "warm", "default"))  # the plugin learns kubelet lists pods
+    node.api.add_pod(make_pod("a", [("main", 250)], assignment={"main": [(g0, 250, 9000)]}))
+    assert wait_until(lambda: len(node.plugin.identity.pending_slots(250)) == 1, 5.0)
+    b = make_pod("b", [("main", 250)], assignment={"main": [(g1, 250, 9000)]})
+    late = threading.Timer(0.5, node.api.add_pod, args=(b,))  # our watch delivers b after kubelet has it
+    late.start()
+    try:
+        admitted = node.kubelet.admit_pod(b)
+    finally:
+        late.join()
+    assert admitted["main"].response.envs[contract.ENV_VISIBLE_DEVICES] == g1
+
+
 def test_a_pod_kubelet_puts_on_a_neighbours_gpu_has_both_assignments_moved_at_once(node: Node) -> None:
     """Seen on the real kubelet: it still counted a deleted pod's IDs on b's GPU, so b went to a's GPU
     (same class); the plugin must rewrite both Assignments then, not leave b's naming a GPU it is not on."""
