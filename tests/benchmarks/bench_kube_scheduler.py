@@ -185,6 +185,9 @@ def parse_metrics(text: str) -> dict[tuple[str, str], float]:
     return samples
 
 
+BIND_SETTLE_S = 1.0
+
+
 def scrape(url: str, token: str | None = None) -> dict[tuple[str, str], float]:
     import urllib.request
 
@@ -379,6 +382,9 @@ def benchmark(nodes: int, pods: int, rounds: int, qps: float | None, burst: int 
                 cpu_before = {name: process_cpu_s(pid) for name, pid in pids.items()}
                 result = run_round(api, round_id, scheduler, pool, pods, creators, timeout_s)
                 result["cpu_s"] = {name: process_cpu_s(pid) - cpu_before[name] for name, pid in pids.items()}
+                # The watch sees a pod bound when the API write commits, before the extender's bind verb has
+                # answered and counted it: let the last binds finish before reading the counters (off the clock).
+                time.sleep(BIND_SETTLE_S)
                 after = {name: scrape(*endpoint) for name, endpoint in endpoints.items()}
                 result.update(round=number, scheduler=scheduler,
                               where=where_time_goes(before, after, scheduler))
