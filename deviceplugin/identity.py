@@ -311,14 +311,10 @@ class PodIdentity:
         container of this size is pending yet, waits up to `wait_s` for the watch to catch up with
         kubelet (which learns of a bound pod from its own watch, possibly before ours). `admitting`,
         when kubelet's pod-resources listing has named the pod being admitted (`admitting_pod`), puts
-        that pod's own placement first: no other pod's GPU is suggested for it.
+        that pod's own placement first and then only its own class's other free positions.
         """
-        deadline = self._clock() + wait_s
         with self._cond:
-            pending, free = self._classes(size_milli)
-            while not pending and (remaining := deadline - self._clock()) > 0:
-                self._cond.wait(min(remaining, 0.25))
-                pending, free = self._classes(size_milli)
+            pending, free = self._classes_after_wait(size_milli, wait_s)
             own = self._only_admitting(pending, admitting)
             if own:
                 # Its own placement; then its class's other free positions, where it may go if kubelet
@@ -341,13 +337,19 @@ class PodIdentity:
     def pending_containers(self, size_milli: int, *, wait_s: float = 0.0) -> dict[PodName, str]:
         """(namespace, pod) -> the container of that pod an Allocate of this size would be for; waits up
         to `wait_s` for the watch to show one when none is pending yet."""
-        deadline = self._clock() + wait_s
         with self._cond:
-            pending = self._classes(size_milli)[0]
-            while not pending and (remaining := deadline - self._clock()) > 0:
-                self._cond.wait(min(remaining, 0.25))
-                pending = self._classes(size_milli)[0]
+            pending = self._classes_after_wait(size_milli, wait_s)[0]
             return {(slot.namespace, slot.pod_name): slot.container for slot in pending}
+
+    def _classes_after_wait(self, size_milli: int, wait_s: float) -> tuple[list[Slot], dict[tuple[Any, ...],
+                                                                                         list[tuple[GPUPortion, ...]]]]:
+        """`_classes`, after waiting up to `wait_s` for a pending slot of this size (call under the lock)."""
+        deadline = self._clock() + wait_s
+        pending, free = self._classes(size_milli)
+        while not pending and (remaining := deadline - self._clock()) > 0:
+            self._cond.wait(min(remaining, 0.25))
+            pending, free = self._classes(size_milli)
+        return pending, free
 
     @staticmethod
     def _only_admitting(pending: list[Slot], admitting: PodName | None) -> list[Slot]:

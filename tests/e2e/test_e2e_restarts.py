@@ -43,11 +43,10 @@ def _held_ids(cluster: Any, uid: str) -> set[str]:
 
 
 def _long_pod(pods: PodClient) -> dict[str, Any]:
-    created = pods.create(gpu_pod("long-runner", "0.5", seconds=600))
-    done = pods.wait_phase(["long-runner"], phases=("Running",), timeout_s=90)
-    pod = done["long-runner"]
+    pods.create(gpu_pod("long-runner", "0.5", seconds=600))
+    pod = pods.wait_phase(["long-runner"], phases=("Running",), timeout_s=90)["long-runner"]
     assert assignment_of(pod)
-    return {**created, **pod}
+    return pod
 
 
 def _still_running_on_its_gpu(e2e: Any, pods: PodClient, long_pod: dict[str, Any], ids_before: set[str]) -> None:
