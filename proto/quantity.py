@@ -23,8 +23,10 @@ _DECIMAL_SUFFIXES = {
     "P": Decimal("1e15"),
     "E": Decimal("1e18"),
 }
+# ASCII digits only and no surrounding whitespace, like the API server's own parser: `\d` would
+# also take fullwidth or Arabic-Indic digits ("０.５"), and Decimal() would then read them as 0.5.
 _QUANTITY = re.compile(
-    r"^(?P<number>[+-]?(?:\d+\.?\d*|\.\d+))(?:(?P<exp>[eE][+-]?\d+)|(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?)$"
+    r"(?P<number>[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))(?:(?P<exp>[eE][+-]?[0-9]+)|(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?)"
 )
 # Far beyond any GPU count or memory size; bounds Decimal work on hostile input like "1e999999999".
 _MAX_ABS = Decimal("1e30")
@@ -44,11 +46,16 @@ def parse_quantity(value: object) -> Decimal:
         return Decimal(repr(value))
     if not isinstance(value, str):
         raise QuantityError(f"quantity must be a string or number, got {type(value).__name__}")
-    text = value.strip()
-    match = _QUANTITY.match(text)
+    text = value
+    match = _QUANTITY.fullmatch(text) if text.isascii() else None
     if match is None or len(text) > 64:
+        hint = ""
+        if any(character.isspace() for character in text):
+            hint = " (no spaces are allowed around or inside a quantity)"
+        elif not text.isascii():
+            hint = " (only ASCII digits 0-9 and suffixes are allowed; fullwidth or other digits are not)"
         raise QuantityError(
-            f"invalid quantity {value!r}: expected a number with an optional suffix "
+            f"invalid quantity {value!r}{hint}: expected a number with an optional suffix "
             "(m, k, M, G, Ki, Mi, Gi, ...) or exponent, e.g. '250m', '2', '10Gi'"
         )
     try:

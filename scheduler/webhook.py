@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
@@ -47,12 +48,22 @@ TEMPLATE_LOCATIONS: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 
+# Every resource name of ours a container may ask for. A pod naming any of them runs on a GPU node
+# under our isolation rules (the isolation check below), so the matchConditions must send it here too:
+# `tensor.ai/vgpu-milli` written directly skips the rewrite but must not skip the check.
+VGPU_RESOURCES = (contract.RESOURCE_VGPU, contract.RESOURCE_VGPU_MILLI, contract.RESOURCE_VGPU_MEMORY)
+
+
 def _cel_mentions_vgpu(containers: str) -> str:
     resources = "c.resources"
+
+    def names_one(section: str) -> str:
+        keys = " || ".join(f"'{name}' in {resources}.{section}" for name in VGPU_RESOURCES)
+        return f"(has({resources}.{section}) && ({keys}))"
+
     return (
         f"(has({containers}) && {containers}.exists(c, has({resources}) && ("
-        f"(has({resources}.limits) && '{contract.RESOURCE_VGPU}' in {resources}.limits) || "
-        f"(has({resources}.requests) && '{contract.RESOURCE_VGPU}' in {resources}.requests))))"
+        f"{names_one('limits')} || {names_one('requests')})))"
     )
 
 
@@ -77,7 +88,8 @@ def _build_match_condition() -> str:
 
 
 # The MutatingWebhookConfiguration's matchConditions expression: true only for objects that name
-# tensor.ai/vgpu in a container's (or init container's) requests or limits, or carry the annotation
+# tensor.ai/vgpu, tensor.ai/vgpu-milli or tensor.ai/vgpu-memory in a container's (or init container's)
+# requests or limits, or carry the annotation
 # this webhook writes (so UPDATEs that drop the request still reach it). A webhook outage then
 # blocks only vGPU objects. Evaluated by the API server (CEL); tested here with cel-python.
 MATCH_CONDITION_NAME = "names-tensor-ai-vgpu"
@@ -192,6 +204,7 @@ class _Request:
     namespace: str
     obj: dict[str, Any] | None
     old_obj: dict[str, Any] | None
+    sub_resource: str = ""
 
 
 def _parse_review(document: Any) -> _Request:
@@ -214,6 +227,7 @@ def _parse_review(document: Any) -> _Request:
     operation = request.get("operation", "")
     namespace = request.get("namespace") or ""
     obj, old_obj = request.get("object"), request.get("oldObject")
+    sub_resource = request.get("subResource") or ""
     problems = []
     if not isinstance(group, str) or not isinstance(kind_name, str):
         problems.append("request.kind.group and request.kind.kind must be strings")
@@ -225,9 +239,11 @@ def _parse_review(document: Any) -> _Request:
         problems.append("request.object must be an object or null")
     if old_obj is not None and not isinstance(old_obj, dict):
         problems.append("request.oldObject must be an object or null")
+    if not isinstance(sub_resource, str):
+        problems.append("request.subResource must be a string")
     if problems:
         raise _RequestProblem(uid, "; ".join(problems))
-    return _Request(uid, group, kind_name, operation, namespace, obj, old_obj)
+    return _Request(uid, group, kind_name, operation, namespace, obj, old_obj, sub_resource)
 
 
 class _RequestProblem(Exception):
@@ -235,6 +251,99 @@ class _RequestProblem(Exception):
         super().__init__(message)
         self.uid = uid
         self.message = message
+
+
+# --- GPU isolation ---------------------------------------------------------------------------
+
+# Env names the device plugin's Allocate response sets (sharing.py): the GPUs the container toolkit
+# mounts and the share the worker enforces. A user value would either ask the runtime for other GPUs
+# or contradict the share, so a vGPU pod may not set them itself.
+PLUGIN_ENV_NAMES = frozenset({
+    contract.ENV_VISIBLE_DEVICES, contract.ENV_VGPU_MILLI, contract.ENV_VGPU_MEMORY_MIB,
+    contract.ENV_SHARING_MODE, contract.ENV_MPS_PIPE_DIRECTORY, contract.ENV_MPS_PINNED_DEVICE_MEM_LIMIT,
+    contract.ENV_MPS_ACTIVE_THREAD_PERCENTAGE,
+})
+# Capabilities that reach every device node (SYS_ADMIN: mount, device cgroup tricks); ALL includes it.
+FORBIDDEN_CAPABILITIES = frozenset({"SYS_ADMIN", "ALL"})
+ISOLATION_GROUPS = ("containers", "initContainers", "ephemeralContainers")
+
+
+def _names_vgpu_resource(spec: dict[str, Any] | None) -> bool:
+    """True when any container or init container names one of our resources in requests or limits."""
+    if spec is None:
+        return False
+    for group in CONTAINER_GROUPS:
+        containers = spec.get(group)
+        if not isinstance(containers, list):
+            continue
+        for container in containers:
+            if isinstance(container, dict) and any(_names_resource(container, name) for name in VGPU_RESOURCES):
+                return True
+    return False
+
+
+def _reaches_dev(path: str) -> bool:
+    """A host path that is /dev, below it, or above it (`/`): mounting it hands over every GPU's device node."""
+    normalised = "/" + posixpath.normpath("/" + path).lstrip("/")
+    return normalised in ("/", "/dev") or normalised.startswith("/dev/")
+
+
+def _container_violations(container: dict[str, Any], cwhere: str) -> Iterator[str]:
+    security = container.get("securityContext")
+    if isinstance(security, dict):
+        if security.get("privileged") is True:
+            yield f"{cwhere}: securityContext.privileged is true (a privileged container sees every GPU of its node)"
+        capabilities = security.get("capabilities")
+        added = capabilities.get("add") if isinstance(capabilities, dict) else None
+        for capability in added if isinstance(added, list) else []:
+            name = str(capability).upper().removeprefix("CAP_")
+            if name in FORBIDDEN_CAPABILITIES:
+                yield f"{cwhere}: securityContext.capabilities.add has {capability} (it can reach every device node)"
+    env = container.get("env")
+    for entry in env if isinstance(env, list) else []:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if name in PLUGIN_ENV_NAMES:
+            yield (f"{cwhere}: env {name} is set by the device plugin for the GPUs it allocates; a value of "
+                   "your own could select other GPUs or contradict the share (remove it)")
+
+
+def isolation_violations(template: dict[str, Any], where: str) -> list[str]:
+    """Every way this Pod-shaped object would escape the GPU isolation of a vGPU pod, one reason each.
+
+    Empty when the object names none of our resources: other pods are PodSecurity's business, and
+    denying them here would make a webhook outage block unrelated workloads."""
+    spec = _dict_at(template, ("spec",))
+    if not _names_vgpu_resource(spec):
+        return []
+    assert spec is not None
+    violations: list[str] = []
+    for field_name in ("hostPID", "hostIPC"):
+        if spec.get(field_name) is True:
+            violations.append(f"{where}.spec.{field_name} is true (it shares the node's processes or memory "
+                              "with every other GPU pod)")
+    volumes = spec.get("volumes")
+    for index, volume in enumerate(volumes if isinstance(volumes, list) else []):
+        host_path = _dict_at(volume, ("hostPath",))
+        path = host_path.get("path") if host_path else None
+        if isinstance(path, str) and _reaches_dev(path):
+            name = volume.get("name") if isinstance(volume, dict) else None
+            violations.append(f"{where}.spec.volumes[{index}] ({name}): hostPath {path} exposes the node's "
+                              "device nodes, every GPU included")
+    for group in ISOLATION_GROUPS:
+        containers = spec.get(group)
+        for index, container in enumerate(containers if isinstance(containers, list) else []):
+            if isinstance(container, dict):
+                name = container.get("name")
+                key = name if isinstance(name, str) and name else f"#{index}"
+                violations.extend(_container_violations(container, f"{where}.spec.{group}[{index}] ({key})"))
+    return violations
+
+
+def _check_isolation(template: dict[str, Any], where: str) -> None:
+    violations = isolation_violations(template, where)
+    if violations:
+        raise _Denied(f"a pod that asks for {contract.RESOURCE_VGPU} GPUs must stay inside the GPUs it is given, "
+                      f"but: {'; '.join(violations)}", code=403, reason="Forbidden")
 
 
 # --- the per-template rewrite ----------------------------------------------------------------
@@ -479,16 +588,6 @@ def _rewrite_template(template: dict[str, Any], prefix: tuple[str, ...], where: 
                     result.rewrote = True
                     continue
                 milli = _milli_of(gpus, cwhere)
-                security = container.get("securityContext")
-                privileged = isinstance(security, dict) and security.get("privileged") is True
-                if privileged and milli < contract.MILLI_PER_GPU:
-                    raise _Denied(f"{cwhere}: a privileged container sees every GPU of its node, so a "
-                                  f"{contract.RESOURCE_VGPU} share of {format_gpus(gpus)} cannot be enforced; "
-                                  "drop securityContext.privileged or ask for whole GPUs",
-                                  code=403, reason="Forbidden")
-                if privileged:
-                    result.warnings.append(f"{cwhere}: privileged, so it can reach every GPU of its node, "
-                                           f"not only its {format_gpus(gpus)}")
                 existing = _existing_milli(container)
                 if existing is not None and existing != milli and key not in previous.get(group, {}):
                     result.warnings.append(f"{cwhere}: {contract.RESOURCE_VGPU} {format_gpus(gpus)} replaces "
@@ -575,7 +674,14 @@ def admit(document: Any, config: WebhookConfig | None = None, quotas: QuotaSourc
         return decision
     if request.kind == "Pod" and request.operation == "UPDATE":
         # A stored Pod's resources and schedulerName are immutable; any change would fail the update
-        # (every label or status write of a vGPU pod), so Pod updates pass untouched.
+        # (every label or status write of a vGPU pod), so Pod updates pass untouched - except the one
+        # way to add a container to a running pod (`kubectl debug`), which must not add an escape.
+        if request.sub_resource == "ephemeralcontainers":
+            try:
+                _check_isolation(request.obj, request.kind)
+            except _Denied as denial:
+                decision.allowed = False
+                decision.status_code, decision.reason, decision.message = denial.code, denial.reason, denial.message
         return decision
     template = _dict_at(request.obj, location) if location else request.obj
     if template is None:
@@ -585,6 +691,7 @@ def admit(document: Any, config: WebhookConfig | None = None, quotas: QuotaSourc
     update = (_UpdateContext(request.obj, request.old_obj, location)
               if request.operation == "UPDATE" else None)
     try:
+        _check_isolation(template, where)
         result = _rewrite_template(template, location, where, update, old_template, config)
         if result.rewrote and quotas is not None:
             _check_quota(request, result, quotas)

@@ -1107,8 +1107,12 @@ def test_webhook_rules_cover_pods_and_every_workload_template(rendered: dict[str
     plural = {"Pod": "pods", "ReplicationController": "replicationcontrollers", "PodTemplate": "podtemplates",
               "Deployment": "deployments", "ReplicaSet": "replicasets", "StatefulSet": "statefulsets",
               "DaemonSet": "daemonsets", "Job": "jobs", "CronJob": "cronjobs"}
-    assert covered == {(group, plural[kind]) for group, kind in TEMPLATE_LOCATIONS}
+    # pods/ephemeralcontainers (UPDATE only): `kubectl debug` must not add an isolation escape to a vGPU pod.
+    assert covered == {(group, plural[kind]) for group, kind in TEMPLATE_LOCATIONS} | {("", "pods/ephemeralcontainers")}
     for rule in hook["rules"]:
+        if rule["resources"] == ["pods/ephemeralcontainers"]:
+            assert rule["operations"] == ["UPDATE"]
+            continue
         assert "CREATE" in rule["operations"]
         if rule["resources"] != ["pods"]:
             assert "UPDATE" in rule["operations"], f"{rule['resources']}: removing a request must reach the webhook"

@@ -303,11 +303,128 @@ def test_request_different_from_limit_is_denied() -> None:
     assert not decision.allowed and "must equal its limit" in decision.message
 
 
-def test_privileged_container_asking_for_a_share_is_denied_but_whole_gpus_only_warn() -> None:
-    share = admit(make_review(pod({VGPU: "250m"}, security={"privileged": True})))
-    assert not share.allowed and share.status_code == 403 and "privileged" in share.message
-    whole = admit(make_review(pod({VGPU: "1"}, security={"privileged": True})))
-    assert whole.allowed and any("privileged" in warning for warning in whole.warnings)
+def test_privileged_container_is_denied_for_shares_and_whole_gpus_alike() -> None:
+    # A privileged container sees every GPU of its node, not only its own whole GPUs either.
+    for share in ("250m", "1"):
+        decision = admit(make_review(pod({VGPU: share}, security={"privileged": True})))
+        assert not decision.allowed and decision.status_code == 403, share
+        assert "spec.containers[0] (main): securityContext.privileged" in decision.message
+
+
+# --- isolation escapes ------------------------------------------------------------------------
+
+MILLI = "tensor.ai/vgpu-milli"
+MEMORY = "tensor.ai/vgpu-memory"
+
+
+def _escape(obj: dict[str, Any], how: str) -> dict[str, Any]:
+    """`obj` (a Pod) with one isolation escape added to its first container or its spec."""
+    spec = obj["spec"]
+    container = spec["containers"][0]
+    if how == "privileged":
+        container["securityContext"] = {"privileged": True}
+    elif how == "sys_admin":
+        container["securityContext"] = {"capabilities": {"add": ["NET_BIND_SERVICE", "SYS_ADMIN"]}}
+    elif how == "cap_sys_admin":
+        container["securityContext"] = {"capabilities": {"add": ["CAP_SYS_ADMIN"]}}
+    elif how == "all_capabilities":
+        container["securityContext"] = {"capabilities": {"add": ["all"]}}
+    elif how in ("hostPID", "hostIPC"):
+        spec[how] = True
+    elif how.startswith("hostPath:"):
+        spec["volumes"] = [{"name": "host", "hostPath": {"path": how.removeprefix("hostPath:")}}]
+    elif how.startswith("env:"):
+        container["env"] = [{"name": "LANG", "value": "C"}, {"name": how.removeprefix("env:"), "value": "all"}]
+    else:
+        raise AssertionError(how)
+    return obj
+
+
+ESCAPES = [
+    ("privileged", "securityContext.privileged"),
+    ("sys_admin", "capabilities.add has SYS_ADMIN"),
+    ("cap_sys_admin", "capabilities.add has CAP_SYS_ADMIN"),
+    ("all_capabilities", "capabilities.add has all"),
+    ("hostPID", "spec.hostPID is true"),
+    ("hostIPC", "spec.hostIPC is true"),
+    ("hostPath:/dev", "hostPath /dev exposes"),
+    ("hostPath:/dev/nvidia0", "hostPath /dev/nvidia0"),
+    ("hostPath:/dev/../dev/nvidiactl", "hostPath /dev/../dev/nvidiactl"),
+    ("hostPath://dev/", "hostPath //dev/"),
+    ("hostPath:/", "hostPath / exposes"),
+    ("env:NVIDIA_VISIBLE_DEVICES", "env NVIDIA_VISIBLE_DEVICES is set by the device plugin"),
+    ("env:TENSORAI_VGPU_MEMORY_MIB", "env TENSORAI_VGPU_MEMORY_MIB"),
+    ("env:CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "env CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"),
+]
+
+
+@pytest.mark.parametrize("resource", [VGPU, MILLI, MEMORY])
+@pytest.mark.parametrize(("how", "reason"), ESCAPES)
+def test_a_pod_naming_any_vgpu_resource_may_not_escape_its_gpus(resource: str, how: str, reason: str) -> None:
+    value = "1Gi" if resource == MEMORY else "250" if resource == MILLI else "250m"
+    decision = admit(make_review(_escape(pod({resource: value}), how), uid="escape"))
+    assert not decision.allowed, (resource, how)
+    assert decision.status_code == 403 and decision.reason == "Forbidden"
+    assert reason in decision.message and "Pod" in decision.message
+
+
+@pytest.mark.parametrize(("how", "_reason"), ESCAPES)
+def test_pods_without_vgpu_resources_are_not_this_webhooks_business(how: str, _reason: str) -> None:
+    decision = admit(make_review(_escape(pod({"nvidia.com/gpu": "1"}), how)))
+    assert decision.allowed and not decision.patch
+
+
+def test_harmless_neighbours_of_the_escapes_are_admitted() -> None:
+    obj = pod({VGPU: "500m"})
+    spec, container = obj["spec"], obj["spec"]["containers"][0]
+    spec.update(hostPID=False, hostIPC=False, volumes=[
+        {"name": "data", "hostPath": {"path": "/data/devices"}}, {"name": "devx", "hostPath": {"path": "/devx"}},
+        {"name": "scratch", "emptyDir": {}}])
+    container["securityContext"] = {"privileged": False, "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]}}
+    container["env"] = [{"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
+                        {"name": "CUDA_VISIBLE_DEVICES", "value": "0"}]
+    decision = admit(make_review(obj))
+    assert decision.allowed, decision.message
+
+
+def test_every_violation_is_named_once_with_where_it_is() -> None:
+    obj = pod({VGPU: "1"}, security={"privileged": True})
+    obj["spec"]["hostPID"] = True
+    obj["spec"]["initContainers"] = [{"name": "setup", "image": "x", "env": [{"name": "NVIDIA_VISIBLE_DEVICES",
+                                                                            "value": "void"}]}]
+    message = admit(make_review(obj)).message
+    assert "Pod.spec.hostPID" in message
+    assert "Pod.spec.containers[0] (main): securityContext.privileged" in message
+    assert "Pod.spec.initContainers[0] (setup): env NVIDIA_VISIBLE_DEVICES" in message
+
+
+def test_a_workload_template_with_an_escape_is_denied_at_the_template() -> None:
+    obj = deployment({VGPU: "250m"})
+    template_of(obj)["spec"]["containers"][0]["securityContext"] = {"capabilities": {"add": ["SYS_ADMIN"]}}
+    decision = admit_deployment(obj, operation="CREATE")
+    assert not decision.allowed
+    assert "Deployment.spec.template.spec.containers[0] (main): securityContext.capabilities.add" in decision.message
+
+
+def test_an_ephemeral_debug_container_may_not_escape_a_vgpu_pod() -> None:
+    obj = pod({MILLI: "250"})
+    obj["spec"]["ephemeralContainers"] = [{"name": "debugger", "image": "busybox",
+                                           "securityContext": {"privileged": True}}]
+    review = make_review(obj, operation="UPDATE", old=pod({MILLI: "250"}))
+    review["request"]["subResource"] = "ephemeralcontainers"
+    decision = admit(review)
+    assert not decision.allowed and "ephemeralContainers[0] (debugger): securityContext.privileged" in decision.message
+    review["request"]["subResource"] = ""  # any other Pod update passes untouched, as before
+    assert admit(review).allowed
+
+
+@pytest.mark.parametrize("quantity", [" 0.5 ", "0.5 ", "0.5\n", "０.５", "0.５", "٠.5", "1 Gi"])
+def test_quantities_with_whitespace_or_non_ascii_digits_are_denied(quantity: str) -> None:
+    # Kubernetes' quantity grammar is ASCII-only without whitespace; Python's \d and Decimal() are not.
+    decision = admit(make_review(pod({VGPU: quantity})))
+    assert not decision.allowed and decision.status_code == 422
+    assert "invalid quantity" in decision.message
+    assert ("no spaces" in decision.message) or ("only ASCII digits" in decision.message)
 
 
 def test_zero_gpus_is_removed_with_a_warning_not_recorded() -> None:

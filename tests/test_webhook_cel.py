@@ -98,11 +98,21 @@ def test_objects_carrying_the_webhooks_annotation_are_sent_so_removal_is_seen(co
 
 
 def test_gpu_objects_of_other_kinds_are_not_sent(condition: Any) -> None:
-    milli = {"name": "a", "resources": {"limits": {contract.RESOURCE_VGPU_MILLI: "250"}}}
-    milli_only = {"spec": {"containers": [milli]}}
     nvidia = {"spec": {"containers": [{"name": "a", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}
-    assert not matches(condition, milli_only)
     assert not matches(condition, nvidia)
+
+
+@pytest.mark.parametrize("resource", [contract.RESOURCE_VGPU_MILLI, contract.RESOURCE_VGPU_MEMORY])
+@pytest.mark.parametrize("section", ["limits", "requests"])
+@pytest.mark.parametrize("group", ["containers", "initContainers"])
+def test_objects_naming_our_other_resources_are_sent_for_the_isolation_check(
+    condition: Any, resource: str, section: str, group: str,
+) -> None:
+    # A privileged pod writing tensor.ai/vgpu-milli directly must not bypass the webhook.
+    container = {"name": "a", "resources": {section: {resource: "250"}}}
+    assert matches(condition, {"spec": {group: [container]}})
+    assert matches(condition, {"spec": {"template": {"spec": {group: [container]}}}})
+    assert matches(condition, {"spec": {"jobTemplate": {"spec": {"template": {"spec": {group: [container]}}}}}})
 
 
 @pytest.mark.parametrize("obj", [
