@@ -103,7 +103,8 @@ class Plugin:
         self.manager = VGPUManager(self.table, self.tracker, self.sharing, self.book, self.identity,
                                    on_allocated=self._allocated,
                                    admitting=functools.partial(admitting_pod, self.podresources),
-                                   on_moved=self._annotations_changed)
+                                   on_moved=self._annotations_changed,
+                                   kubelet_listing=self.podresources.list_resource)
         if self.identity is not None and self.core_v1 is not None:
             self.writer = AllocatedAnnotationWriter(self.core_v1, config.node_name, self.book, self.identity,
                                                     calls=self.manager.calls)

@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tensorai.deviceplugin.allocations import UNKNOWN_OWNER, AllocationBook, AllocationRecord
 from tensorai.deviceplugin.identity import IdentityError, PodIdentity, PodName, ReusedDevicesMisplaced
-from tensorai.deviceplugin.podresources import NOT_YET_SEEN
+from tensorai.deviceplugin.podresources import NOT_YET_SEEN, PodResourcesError
 from tensorai.deviceplugin.quiet import CallClock
 from tensorai.deviceplugin.sharing import SharingPolicy
 from tensorai.deviceplugin.slices import AvailableIds, SliceError, SliceTable, choose_preferred, request_shape
@@ -66,8 +66,11 @@ class VGPUManager:
         on_allocated: Callable[[AllocationRecord], None] | None = None,
         admitting: Callable[[Mapping[PodName, str]], PodName | None] | None = None,
         on_moved: Callable[[list[str]], None] | None = None,
+        kubelet_listing: Callable[[], Mapping[tuple[str, str, str], frozenset[str]]] | None = None,
     ) -> None:
         self.table = table
+        # kubelet's pod-resources listing, read when an Allocate names IDs our book holds (see _refuse_held).
+        self.kubelet_listing = kubelet_listing
         # Told the pods whose placements an Allocate moved (their annotations must be rewritten).
         self.on_moved = on_moved
         # Asks kubelet which of several waiting pods it is admitting (podresources.admitting_pod).
@@ -176,6 +179,7 @@ class VGPUManager:
             if overlap:
                 raise SliceError(f"device ID {sorted(overlap)[0]!r} is requested by two containers")
             seen.update(ids)
+        self._refuse_held(seen)
         made: list[AllocationRecord] = []
         responses: list[dp.ContainerAllocateResponse] = []
         try:
@@ -191,6 +195,34 @@ class VGPUManager:
             if self.on_allocated is not None:
                 self.on_allocated(record)
         return responses
+
+    def _refuse_held(self, device_ids: set[str]) -> None:
+        """Refuse IDs that a running container holds: handing them out twice breaks the share of both.
+
+        Our book alone cannot tell: kubelet reuses a deleted pod's IDs as soon as it frees them, before
+        our watch or reconciler drops the record (the book then treats it as stale). So when the book
+        holds any of the IDs, kubelet's own listing decides; it never lists the container being
+        allocated yet (kubelet records an allocation after Allocate answers), nor regular init containers
+        whose IDs it hands on to the app containers, nor a container it re-allocates after a restart
+        because its checkpoint lost it. An ID it lists under a container is therefore taken."""
+        if self.kubelet_listing is None or not self.book.knows_any(device_ids):
+            return
+        try:
+            listing = self.kubelet_listing()
+        except PodResourcesError as error:
+            log.warning("Allocate names device IDs the plugin recorded for another container, and kubelet's "
+                        "listing cannot be read to check them (%s): allowing it", error)
+            return
+        for (namespace, pod, container), held in listing.items():
+            taken = held.intersection(device_ids)
+            if taken:
+                more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+                raise SliceError(
+                    f"device ID {sorted(taken)[0]!r}{more} is already allocated to running "
+                    f"container {namespace}/{pod}[{container}], as kubelet's pod-resources listing shows; "
+                    "refusing to hand it out twice",
+                    precondition=True,
+                )
 
     def _allocate_one(self, device_ids: list[str]) -> AllocationRecord:
         available = self.table.available(device_ids, what="devices_ids")

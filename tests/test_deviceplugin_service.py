@@ -310,3 +310,27 @@ def test_stub_kubelet_never_reuses_a_sidecars_devices(node: Standalone) -> None:
     admitted = node.kubelet.admit_pod(pod)
     assert set(admitted["proxy"].device_ids).isdisjoint(admitted["main"].device_ids)
     assert set(node.kubelet.allocations()) == {("ml", "meshed", "proxy"), ("ml", "meshed", "main")}
+
+
+def _allocate(node: Standalone, ids: list[str]) -> dp.AllocateResponse:
+    return node.stub.Allocate(dp.AllocateRequest(container_requests=[dp.ContainerAllocateRequest(devices_ids=ids)]),
+                              timeout=10)
+
+
+def test_allocate_of_ids_a_running_container_holds_is_refused(node: Standalone) -> None:
+    held = list(node.kubelet.admit("ml", "holder", [("main", 250)])["main"].device_ids)
+    before = node.plugin.book.records()
+    with pytest.raises(grpc.RpcError) as caught:
+        _allocate(node, held[:100])  # a caller on the plugin socket asking for the holder's slices again
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "already allocated to running container ml/holder[main]" in caught.value.details()
+    assert node.plugin.book.records() == before  # the holder's record is untouched
+
+
+def test_ids_kubelet_freed_before_our_book_noticed_are_allocated_again(node: Standalone) -> None:
+    # kubelet reuses a deleted pod's IDs at once; the plugin's record of them is stale, not a conflict.
+    held = list(node.kubelet.admit("ml", "gone", [("main", 250)])["main"].device_ids)
+    node.kubelet.remove_pod("ml", "gone")
+    assert node.plugin.book.knows_any(held)
+    response = _allocate(node, held)
+    assert response.container_responses[0].envs[contract.ENV_VGPU_MILLI] == "250"
