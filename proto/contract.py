@@ -38,6 +38,9 @@ ANNOTATION_POLICY = "tensor.ai/policy"  # Pod: scoring policy override
 ANNOTATION_QUOTA_REQUEUE = "tensor.ai/quota-requeue"  # Pod: touched by the extender to requeue a quota waiter
 ANNOTATION_GPU_RECOVER = "tensor.ai/recover-gpus"  # Node: comma list of UUIDs an admin returns to service
 
+# --- the scheduler ----------------------------------------------------------------------------------
+SCHEDULER_NAME = "tensorai-scheduler"  # the kube-scheduler profile that calls the extender; bind takes only its pods
+
 # --- labels --------------------------------------------------------------------------------------
 LABEL_GPU_NODE = "tensor.ai/gpu-node"  # Node label selecting where the device plugin runs
 

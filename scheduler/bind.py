@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tensorai.proto import contract
-from tensorai.proto.podslots import ambiguous_with
+from tensorai.proto.podslots import TERMINAL_PHASES, ambiguous_with
 from tensorai.scheduler.core.context import PolicyContext
 from tensorai.scheduler.core.fit import node_feasibility
 from tensorai.scheduler.core.placement import choose_placement
@@ -97,7 +97,9 @@ class BindRequest:
         values = {}
         for key in ("PodName", "PodNamespace", "PodUID", "Node"):
             value = body.get(key)
-            if not isinstance(value, str) or (key != "PodUID" and not value):
+            # PodUID too: kube-scheduler always sends the pod's metadata.uid, and without it bind could
+            # not tell the pod it checked from another of the same name
+            if not isinstance(value, str) or not value:
                 raise BindError(f"bind body: {key} must be a non-empty string, got {value!r}")
             values[key] = value
         return cls(values["PodName"], values["PodNamespace"], values["PodUID"], values["Node"])
@@ -115,9 +117,11 @@ class Binder:
         api_client: object | None = None,
         events: EventRecorder | None = None,
         metrics: ExtenderMetrics | None = None,
+        scheduler_name: str = contract.SCHEDULER_NAME,
     ) -> None:
         self.view = view
         self.policy = policy
+        self.scheduler_name = scheduler_name  # bind refuses pods whose spec.schedulerName is another's
         self.context = context
         self.events = events or EventRecorder()
         self.metrics = metrics or ExtenderMetrics()
@@ -131,21 +135,61 @@ class Binder:
 
     # ------------------------------------------------------------------ steps
     def _pod_record(self, request: BindRequest) -> PodRecord:
-        uid = request.pod_uid or f"{request.pod_namespace}/{request.pod_name}"
-        record = self.view.pod(uid)
-        if record is None and self._core is not None:
-            response = self._core.read_namespaced_pod(
-                request.pod_name, request.pod_namespace, _preload_content=False, _request_timeout=API_TIMEOUT_S
-            )
-            record = self.view.remember_pending(json.loads(response.data))
-        if record is None:
-            raise BindError(
-                f"pod {request.pod_namespace}/{request.pod_name} (uid {uid}) is unknown to the extender; "
-                "it must pass filter first"
-            )
+        """The pod to bind as the API has it, checked: bind never acts on a pod body someone posted.
+
+        API mode: the watch's copy of the pending pod (the view's record, demand parsed from it), or
+        one GET when the watch has not shown it yet; its uid must be the bind's PodUID, its
+        spec.schedulerName ours, and it must be neither bound nor finished nor being deleted.
+        Cluster-file mode has no API: the filter body's demand is all there is (demos, benchmarks).
+        """
+        uid = request.pod_uid
+        view = self.view
+        record = view.pod(uid)
+        if self._core is None:
+            record = record or view.adopt_pending(uid)
+            if record is None:
+                raise BindError(
+                    f"pod {request.pod_namespace}/{request.pod_name} (uid {uid}) is unknown to the extender; "
+                    "it must pass filter first"
+                )
+        else:
+            api_pod = None if record is None else record.pod
+            if record is None or (api_pod is None and record.node_name is None):
+                response = self._core.read_namespaced_pod(
+                    request.pod_name, request.pod_namespace, _preload_content=False, _request_timeout=API_TIMEOUT_S
+                )
+                api_pod = json.loads(response.data)
+                api_uid = (api_pod.get("metadata") or {}).get("uid")
+                if api_uid != uid:
+                    raise BindError(
+                        f"pod {request.pod_namespace}/{request.pod_name} has uid {api_uid} in the API, not the "
+                        f"bind's PodUID {uid}"
+                    )
+                record = view.adopt_api_pod(api_pod)
+                if record is None:
+                    raise BindError(f"pod {request.pod_namespace}/{request.pod_name}: the API's copy has no name")
+            if api_pod is not None:
+                self._check_bindable(request, api_pod)
         if (record.namespace, record.name) != (request.pod_namespace, request.pod_name):
             raise BindError(f"pod uid {uid} belongs to {record.namespace}/{record.name}, not the pod to bind")
         return record
+
+    def _check_bindable(self, request: BindRequest, pod: dict) -> None:
+        """Refuse an API pod this extender must not bind: another scheduler's, bound, finished or going."""
+        where = f"pod {request.pod_namespace}/{request.pod_name}"
+        spec = pod.get("spec") if isinstance(pod.get("spec"), dict) else {}
+        metadata = pod.get("metadata") if isinstance(pod.get("metadata"), dict) else {}
+        status = pod.get("status") if isinstance(pod.get("status"), dict) else {}
+        scheduler = spec.get("schedulerName") or "default-scheduler"  # the API server's default
+        if scheduler != self.scheduler_name:
+            raise BindError(f"{where} has spec.schedulerName {scheduler!r}; this extender binds only "
+                            f"{self.scheduler_name!r} pods")
+        if spec.get("nodeName"):
+            raise BindError(f"{where} is already bound to {spec['nodeName']}")
+        if status.get("phase") in TERMINAL_PHASES:
+            raise BindError(f"{where} has finished ({status['phase']})")
+        if metadata.get("deletionTimestamp"):
+            raise BindError(f"{where} is being deleted")
 
     def _reserve(self, request: BindRequest, record: PodRecord) -> tuple[str, object]:
         """Fit, choose GPUs, check quota and assume - atomically. Returns (assignment JSON, placement)."""

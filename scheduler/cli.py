@@ -17,6 +17,7 @@ import threading
 
 import numpy as np
 
+from tensorai.proto import contract
 from tensorai.proto.kubeclient import kube_api_client, share_tls_context
 from tensorai.scheduler.core.policies import DEFAULT_POLICY, POLICY_NAMES
 
@@ -62,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=5.0,
         help="safety-net period of the quota requeue and status loop; quota frees trigger it at once (default 5)",
+    )
+    parser.add_argument(
+        "--scheduler-name",
+        default=contract.SCHEDULER_NAME,
+        help="the kube-scheduler profile that calls this extender: bind refuses pods whose spec.schedulerName "
+        f"differs (default {contract.SCHEDULER_NAME})",
     )
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
@@ -116,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     # scored 0.8 points worse than FGD on a small synthetic cluster; the openb mix is a saner prior.
     context = PolicyContext(online=OnlineWorkload(prior=default_workload()), rng=np.random.default_rng(0))
     service = ExtenderService(
-        view, policy=args.policy, api_client=api_client, events=events, metrics=metrics, context=context
+        view, policy=args.policy, api_client=api_client, events=events, metrics=metrics, context=context,
+        scheduler_name=args.scheduler_name,
     )
     log.info("scoring code warmed up in %.1fs", service.warm_up())
     controller = QuotaController(

@@ -47,7 +47,7 @@ from tensorai.scheduler.core.ranking import node_order_key, rank_extender_scores
 from tensorai.scheduler.core.types import ContainerDemand, PodDemand
 from tensorai.scheduler.events import REASON_QUOTA_WAIT, EventRecorder, PodEvent
 from tensorai.scheduler.metrics import ExtenderMetrics
-from tensorai.scheduler.view import ClusterView, PodRecord, assignment_from_placement
+from tensorai.scheduler.view import ClusterView, PendingPod, PodRecord, assignment_from_placement
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ class ExtenderService:
         events: EventRecorder | None = None,
         metrics: ExtenderMetrics | None = None,
         context: PolicyContext | None = None,
+        scheduler_name: str = contract.SCHEDULER_NAME,
     ) -> None:
         self.view = view
         self.policy = policy
@@ -178,6 +179,7 @@ class ExtenderService:
             api_client=api_client,
             events=self.events,
             metrics=self.metrics,
+            scheduler_name=scheduler_name,
         )
         self._observed: dict[str, None] = {}  # pods already counted by the online workload (bounded, FIFO)
         self.args_decoder = ArgsDecoder()  # filter/prioritize bodies: repeated NodeNames lists decoded once
@@ -198,7 +200,10 @@ class ExtenderService:
                 ScoreCache().node_scores(cluster, demand, policy, context)  # the compiled one-GPU path too
         return time.perf_counter() - started
 
-    def _demand(self, pod: dict) -> tuple[PodRecord, PodDemand]:
+    def _demand(self, pod: dict) -> tuple[PodRecord | PendingPod, PodDemand]:
+        """The body's pod demand for scoring this request: the watch's record when it holds this very
+        version, else the view's bounded, expiring `PendingPod` entry. Neither is created from the body
+        as a PodRecord, so nothing posted here changes what bind reserves (it reads the API's pod)."""
         record = self.view.remember_pending(pod)
         if record is None:
             raise BadRequest("ExtenderArgs.Pod needs metadata.name (and metadata.uid)")
@@ -492,7 +497,7 @@ class ExtenderService:
         return kept
 
     def _hold_for_allocate(
-        self, record: PodRecord, pod: dict, demand: PodDemand, kept: list[str], failed: dict[str, str]
+        self, record: PodRecord | PendingPod, pod: dict, demand: PodDemand, kept: list[str], failed: dict[str, str]
     ) -> list[str]:
         """Fail (resolvable) the kept nodes where the device plugin's bind rule says wait (under the lock).
 

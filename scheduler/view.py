@@ -18,6 +18,7 @@ or `load_cluster_file` (a static `kubectl get nodes,pods -o yaml` List).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -87,6 +88,33 @@ class PodRecord:
     applied: tuple[int, Placement] | None = None  # what is subtracted from the arrays now
     usage: Usage = field(default_factory=Usage)  # counted in its namespace's usage now
     awaiting: tuple[dict, frozenset[int]] | None = None  # bound, not yet allocated: (pod, its container sizes)
+
+
+# How many pod bodies filter/prioritize remember, and for how long without a new filter call: kube-scheduler
+# filters a pod again at least every few minutes while it waits, and every entry outside these bounds is
+# one a forged body (anyone who reaches the extender's port can post one) could otherwise keep forever.
+PENDING_LIMIT = 10_000
+PENDING_TTL_S = 300.0
+
+
+@dataclass(slots=True)
+class PendingPod:
+    """What a filter/prioritize body said about a pod: its parsed demand, for scoring that request only.
+
+    Deliberately not a PodRecord: the body comes from whoever reached the extender's port, so bind never
+    trusts it in API mode (it takes the pod from the API: the watch's copy or a GET, uid-checked). Only
+    the parsed demand and the identity are kept, not the body, and the view keeps at most
+    `PENDING_LIMIT` of them for at most `PENDING_TTL_S` after their last filter call.
+    """
+
+    uid: str
+    namespace: str
+    name: str
+    resource_version: str
+    demand: PodDemand | None
+    demand_error: str | None
+    spec_containers: tuple[tuple[str, bool, bool], ...]
+    seen_at: float  # time.monotonic() of the last filter/prioritize call that named it
 
 
 def _empty_arrays(node_capacity: int, gpu_capacity: int) -> ClusterArrays:
@@ -251,6 +279,8 @@ class ClusterView:
         # node -> uid -> (pod, GPU sizes) of bound pods the device plugin has not allocated yet: the
         # bind rule (proto.podslots.ambiguous_with) reads only these, never all pods
         self._awaiting: dict[str, dict[str, tuple[dict, frozenset[int]]]] = {}
+        # uid -> what filter/prioritize bodies said, oldest call first (bounded, expiring; see PendingPod)
+        self._pending: collections.OrderedDict[str, PendingPod] = collections.OrderedDict()
 
     # ------------------------------------------------------------------ readiness
     def mark_synced(self, kind: str) -> None:
@@ -668,10 +698,13 @@ class ClusterView:
         holding = isinstance(node_name, str) and phase not in TERMINAL_PHASES
         with self.lock:
             record = self._pods.get(uid)
+            fresh = record is None
             if record is None:
                 record = PodRecord(uid, namespace, name)
                 self._read_demand(record, pod)
                 self._pods[uid] = record
+            if holding or phase in TERMINAL_PHASES:
+                self._pending.pop(uid, None)  # filter will not ask about it again
             if phase in TERMINAL_PHASES:
                 self._forget_waiting(record)
                 self._unhold(record)
@@ -691,7 +724,7 @@ class ClusterView:
             if not holding:
                 if record.node_name is not None:
                     self._unhold(record)
-                if record.pod is not None and _resource_version(record.pod) != _resource_version(pod):
+                if not fresh and (record.pod is None or _resource_version(record.pod) != _resource_version(pod)):
                     self._read_demand(record, pod)  # annotations may change while pending
                 record.pod = pod
                 return
@@ -740,6 +773,7 @@ class ClusterView:
     def forget_pod_uid(self, uid: str) -> None:
         """Drop a pod record entirely, releasing its capacity and quota usage."""
         with self.lock:
+            self._pending.pop(uid, None)
             record = self._pods.pop(uid, None)
             if record is not None:
                 self._forget_waiting(record)
@@ -749,27 +783,89 @@ class ClusterView:
         """The record of a pod by uid (or by "namespace/name" for pods without uid)."""
         return self._pods.get(uid)
 
-    def remember_pending(self, pod: dict) -> PodRecord | None:
-        """Record a pod seen in a filter/prioritize request, so bind finds it without an API call."""
+    def remember_pending(self, pod: dict) -> PodRecord | PendingPod | None:
+        """The demand of a pod in a filter/prioritize body, parsed once per resourceVersion; None if unnamed.
+
+        When the watch holds this very version of the pending pod, its record is returned (the API's
+        copy, nothing to parse). Otherwise the body's demand is kept as a `PendingPod`, which only
+        scoring reads: it never creates or changes a PodRecord, so a forged body cannot change what
+        bind reserves or what the view accounts.
+        """
         try:
             uid, namespace, name = _pod_key(pod)
         except ValueError:
             return None
+        version = _resource_version(pod)
+        now = time.monotonic()
         with self.lock:
             record = self._pods.get(uid)
-            if record is None:
-                record = PodRecord(uid, namespace, name)
-                self._read_demand(record, pod)
-                self._pods[uid] = record
-            elif record.node_name is None and (
-                record.pod is None
-                or not _resource_version(pod)
-                or _resource_version(record.pod) != _resource_version(pod)
+            if (
+                version
+                and record is not None
+                and record.pod is not None
+                and (record.namespace, record.name) == (namespace, name)
+                and _resource_version(record.pod) == version
             ):
-                record.demand, record.demand_error = self._demand_of(pod)  # the scheduler's copy may be newer
-            if record.node_name is None:
-                record.pod = pod
+                return record
+            entry = self._pending.get(uid)
+            if (
+                version
+                and entry is not None
+                and entry.resource_version == version
+                and (entry.namespace, entry.name) == (namespace, name)
+            ):
+                entry.seen_at = now
+                self._pending.move_to_end(uid)
+                return entry
+        demand, error = self._demand_of(pod)  # outside the lock: a big pod body takes a while to read
+        entry = PendingPod(uid, namespace, name, version, demand, error,
+                           _spec_containers(pod) if demand is None else (), now)
+        with self.lock:
+            self._pending[uid] = entry
+            self._pending.move_to_end(uid)
+            self._trim_pending(now)
+        return entry
+
+    def _trim_pending(self, now: float) -> None:
+        """Drop filter-body entries beyond PENDING_LIMIT or older than PENDING_TTL_S (oldest first; under the lock)."""
+        pending = self._pending
+        while pending and (len(pending) > PENDING_LIMIT or next(iter(pending.values())).seen_at < now - PENDING_TTL_S):
+            pending.popitem(last=False)
+
+    def pending_count(self) -> int:
+        """How many filter-body entries the view holds (bounded by PENDING_LIMIT)."""
+        return len(self._pending)
+
+    def adopt_pending(self, uid: str) -> PodRecord | None:
+        """Cluster-file mode only: turn the filter body's entry into the pod's record, so bind can hold it.
+
+        There is no API to read the pod from (a static file, demos, benchmarks); in API mode bind uses
+        `adopt_api_pod` instead and never this.
+        """
+        with self.lock:
+            record = self._pods.get(uid)
+            if record is not None:
+                return record
+            entry = self._pending.pop(uid, None)
+            if entry is None:
+                return None
+            record = PodRecord(uid, entry.namespace, entry.name, entry.demand, entry.demand_error,
+                               entry.spec_containers)
+            self._pods[uid] = record
             return record
+
+    def adopt_api_pod(self, pod: dict) -> PodRecord | None:
+        """A pod bind read from the API (GET): recorded as a watch event would, unless the watch got there
+        first (the watch's copy is as new or newer). Returns the pod's record."""
+        try:
+            uid, _, _ = _pod_key(pod)
+        except ValueError:
+            return None
+        with self.lock:
+            record = self._pods.get(uid)
+            if record is None or (record.pod is None and record.node_name is None):
+                self.upsert_pod(pod)
+            return self._pods.get(uid)
 
     def assume(self, uid: str, placement: Placement, assignment_text: str) -> None:
         """Hold the placement for a pod being bound (call under the lock, after the fit and quota checks)."""
@@ -877,7 +973,7 @@ class ClusterView:
         with self.lock:
             return self._used.get(namespace, Usage())
 
-    def note_waiting(self, record: PodRecord, reason: str) -> bool:
+    def note_waiting(self, record: PodRecord | PendingPod, reason: str) -> bool:
         """Remember that a pod waits for quota; True if it was not waiting (or for another reason) before."""
         with self.lock:
             waiting = self._waiting.setdefault(record.namespace, {})
@@ -887,7 +983,7 @@ class ClusterView:
                 self._mark_dirty(record.namespace)  # status.waitingPods changes
             return previous is None or previous[1] != reason
 
-    def _forget_waiting(self, record: PodRecord) -> None:
+    def _forget_waiting(self, record: PodRecord | PendingPod) -> None:
         waiting = self._waiting.get(record.namespace)
         if waiting and waiting.pop(record.uid, None) is not None:
             self._mark_dirty(record.namespace)

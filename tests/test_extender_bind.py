@@ -207,3 +207,104 @@ def test_reconciler_settles_binds_whose_outcome_was_never_seen(api: KubeStandin)
     assert AssumedReconciler(view, api.api_client(), max_age_s=0).reconcile() == 2
     assert view.snapshot()["a"][0] == (700,), "the lost bind's 400 milli came back, the real one stayed"
     assert not view.pod(bound["metadata"]["uid"]).assumed
+
+
+# ---------------------------------------------------------------------- who bind trusts (issue 13)
+def _forged(real: dict, milli: int) -> dict:
+    """The same pod (name, namespace, uid) as a body anyone who reaches the extender's port could post."""
+    forged = pod(real["metadata"]["name"], milli, namespace=real["metadata"]["namespace"], uid=real["metadata"]["uid"])
+    forged["metadata"]["resourceVersion"] = "999999"  # "newer" than the watch's copy
+    return forged
+
+
+def test_bind_takes_the_demand_from_the_api_not_from_a_forged_filter_body(api: KubeStandin) -> None:
+    names = _seed_nodes(api, 1, 2)
+    with ExtenderStack(api) as stack:
+        real = _create(api, pod("whole", 1000))
+        assert wait_for(lambda: stack.view.pod(real["metadata"]["uid"]) is not None)
+        post(stack.url + "/filter", filter_args(_forged(real, 1), names))
+        assert post(stack.url + "/bind", bind_args(real, names[0]))[1] == {"Error": ""}
+        stored = api.get_object("pods", "whole", "ml")
+        assignment = contract.decode_assignment(stored["metadata"]["annotations"][contract.ANNOTATION_ASSIGNMENT])
+        assert [g.milli for c in assignment.containers for g in c.gpus] == [1000], "demand came from the forged body"
+        row = stack.view.node_index(names[0])
+        assert sorted(stack.view.cluster.gpu_free_milli[row, :2].tolist()) == [0, 1000]
+
+
+def test_bind_reads_the_pod_from_the_api_when_the_watch_has_not_shown_it(api: KubeStandin) -> None:
+    names = _seed_nodes(api, 1, 1)
+    with ExtenderStack(api) as stack:
+        stack.source.stop()  # the watch falls behind: bind must GET the pod, not use filter's body
+        real = _create(api, pod("late", 600))
+        post(stack.url + "/filter", filter_args(_forged(real, 1), names))
+        assert post(stack.url + "/bind", bind_args(real, names[0]))[1] == {"Error": ""}
+        assert stack.view.snapshot()[names[0]][0] == (400,)
+
+
+def test_bind_refuses_an_empty_or_mismatched_pod_uid(api: KubeStandin) -> None:
+    names = _seed_nodes(api, 1, 1)
+    with ExtenderStack(api) as stack:
+        real = _create(api, pod("p", 250))
+        assert wait_for(lambda: stack.view.pod(real["metadata"]["uid"]) is not None)
+        before = stack.view.snapshot()
+        empty = {**bind_args(real, names[0]), "PodUID": ""}
+        status, result = post(stack.url + "/bind", empty)
+        assert status == 400 and "PodUID must be a non-empty string" in result["Error"], result
+        other = {**bind_args(real, names[0]), "PodUID": "0e1f5c3a-0000-4000-8000-000000000000"}
+        error = post(stack.url + "/bind", other)[1]["Error"]
+        assert "has uid" in error and "not the bind's PodUID" in error, error
+        assert stack.view.snapshot() == before
+        assert not api.get_object("pods", "p", "ml")["spec"].get("nodeName")
+
+
+def test_bind_refuses_pods_of_another_scheduler_and_pods_already_bound(api: KubeStandin) -> None:
+    names = _seed_nodes(api, 1, 2)
+    with ExtenderStack(api) as stack:
+        foreign = pod("theirs", 250, namespace="other")
+        foreign["spec"]["schedulerName"] = "default-scheduler"
+        foreign = _create(api, foreign)
+        unnamed = pod("unnamed", 250, namespace="other")
+        del unnamed["spec"]["schedulerName"]  # the API server's default: default-scheduler
+        unnamed = _create(api, unnamed)
+        placed = _create(api, pod("placed", 250, node_name=names[0]))  # bound by someone else, no Assignment
+        uids = [p["metadata"]["uid"] for p in (foreign, unnamed, placed)]
+        assert wait_for(lambda: all(stack.view.pod(uid) for uid in uids))
+        before = stack.view.snapshot()
+        for victim in (foreign, unnamed):
+            error = post(stack.url + "/bind", bind_args(victim, names[0]))[1]["Error"]
+            assert "spec.schedulerName 'default-scheduler'" in error and "tensorai-scheduler" in error, error
+            assert not api.get_object("pods", victim["metadata"]["name"], "other")["spec"].get("nodeName")
+        error = post(stack.url + "/bind", bind_args(placed, names[0]))[1]["Error"]
+        assert "already" in error, error
+        assert stack.view.snapshot() == before
+
+
+def test_pods_that_exist_only_in_filter_bodies_reserve_nothing(api: KubeStandin) -> None:
+    names = _seed_nodes(api, 2, 2)
+    with ExtenderStack(api) as stack:
+        before = stack.view.snapshot()
+        for index in range(40):  # the attack: whole-GPU bodies posted to /filter, then /bind
+            fake = pod(f"fake-{index}", 1000, namespace="attacker")
+            assert post(stack.url + "/filter", filter_args(fake, names))[0] == 200
+            error = post(stack.url + "/bind", bind_args(fake, names[index % 2]))[1]["Error"]
+            assert error, "a pod that is not in the API was bound"
+        assert stack.view.snapshot() == before
+        assert stack.view.used("attacker").is_zero()
+        assert stack.view.pod_count() == 0, "filter bodies must not become pod records"
+
+
+def test_filter_body_entries_are_bounded_and_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tensorai.scheduler import view as view_module
+
+    view = _file_mode_view(1, 1)
+    monkeypatch.setattr(view_module, "PENDING_LIMIT", 50)
+    for index in range(120):
+        view.remember_pending(pod(f"f{index}", 250))
+    assert view.pending_count() == 50
+    assert view.pod_count() == 0
+    monkeypatch.setattr(view_module, "PENDING_TTL_S", 0.05)
+    import time
+
+    time.sleep(0.1)
+    view.remember_pending(pod("last", 250))
+    assert view.pending_count() == 1, "entries without a filter call for longer than the TTL must go"
