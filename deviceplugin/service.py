@@ -36,6 +36,9 @@ from tensorai.proto.podslots import GPUPortion, Owner
 log = logging.getLogger(__name__)
 
 MAX_CONTAINER_REQUESTS = 16  # kubelet sends exactly one; more is hostile
+# kubelet holds one ListAndWatch stream; two lets a reconnecting kubelet's new stream overlap the old one.
+# With the server's 8 workers this leaves at least 6 for Allocate and GetPreferredAllocation.
+MAX_LIST_AND_WATCH_STREAMS = 2
 SERVICE_NAME = "v1beta1.DevicePlugin"
 
 
@@ -365,11 +368,37 @@ class VGPUManager:
 class DevicePluginServicer(dp_grpc.DevicePluginServicer):
     """kubelet's DevicePlugin service: protobuf in, VGPUManager, protobuf out."""
 
-    def __init__(self, manager: VGPUManager, *, stream_poll_s: float = 0.5) -> None:
+    def __init__(self, manager: VGPUManager, *, stream_poll_s: float = 0.5,
+                 max_streams: int = MAX_LIST_AND_WATCH_STREAMS) -> None:
         self.manager = manager
         self._stream_poll_s = stream_poll_s
         self._stopping = threading.Event()
         self.streams_opened = 0
+        self.max_streams = max_streams
+        self._streams: list[threading.Event] = []  # the open streams' end signals, oldest first
+        self._streams_lock = threading.Lock()
+
+    @property
+    def open_streams(self) -> int:
+        with self._streams_lock:
+            return len(self._streams)
+
+    def _open_stream(self, ended: threading.Event) -> None:
+        """Admit a new stream, ending the oldest ones over `max_streams`: each open stream holds one of
+        the server's workers, so without a cap a few idle streams would leave none for Allocate. kubelet
+        keeps one stream and opens a new one when it reconnects, so the newest is the one to keep."""
+        with self._streams_lock:
+            self._streams.append(ended)
+            while len(self._streams) > self.max_streams:
+                oldest = self._streams.pop(0)
+                log.warning("more than %d ListAndWatch streams open: ending the oldest", self.max_streams)
+                oldest.set()
+        self.manager.health.wake()
+
+    def _close_stream(self, ended: threading.Event) -> None:
+        with self._streams_lock:
+            if ended in self._streams:
+                self._streams.remove(ended)
 
     def stop_streams(self) -> None:
         """End every ListAndWatch stream (server shutdown)."""
@@ -390,13 +419,17 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):
             health.wake()
 
         context.add_callback(on_end)
-        generation = health.generation
-        yield self.manager.device_list()
-        while context.is_active() and not self._stopping.is_set() and not ended.is_set():
-            latest = health.wait_for_change(generation, self._stream_poll_s, stop=ended)
-            if latest != generation:
-                generation = latest
-                yield self.manager.device_list()
+        self._open_stream(ended)
+        try:
+            generation = health.generation
+            yield self.manager.device_list()
+            while context.is_active() and not self._stopping.is_set() and not ended.is_set():
+                latest = health.wait_for_change(generation, self._stream_poll_s, stop=ended)
+                if latest != generation:
+                    generation = latest
+                    yield self.manager.device_list()
+        finally:
+            self._close_stream(ended)
 
     def GetPreferredAllocation(
         self, request: dp.PreferredAllocationRequest | WireRequest, context: grpc.ServicerContext

@@ -334,3 +334,19 @@ def test_ids_kubelet_freed_before_our_book_noticed_are_allocated_again(node: Sta
     assert node.plugin.book.knows_any(held)
     response = _allocate(node, held)
     assert response.container_responses[0].envs[contract.ENV_VGPU_MILLI] == "250"
+
+
+def test_allocate_still_answers_with_more_list_and_watch_streams_than_workers(node: Standalone) -> None:
+    # Each open stream holds one of the server's 8 workers; idle extra streams must not take them all.
+    streams = [node.stub.ListAndWatch(dp.Empty(), timeout=30.0) for _ in range(10)]
+    try:
+        for stream in streams:
+            assert len(next(stream).devices) == 3000
+        response = _allocate(node, node.ids(1, 0, 1000))  # within the call's 10 s timeout
+        assert response.container_responses[0].envs[contract.ENV_VGPU_MILLI] == "1000"
+        assert node.plugin.servicer.open_streams == node.plugin.servicer.max_streams == 2
+        assert all(list(stream) == [] for stream in streams[:-2])  # the oldest were ended cleanly
+        assert streams[-1].running() and streams[-2].running()
+    finally:
+        for stream in streams:
+            stream.cancel()
