@@ -36,9 +36,9 @@ from tensorai.proto.podslots import GPUPortion, Owner
 log = logging.getLogger(__name__)
 
 MAX_CONTAINER_REQUESTS = 16  # kubelet sends exactly one; more is hostile
-# kubelet holds one ListAndWatch stream; two lets a reconnecting kubelet's new stream overlap the old one.
-# With the server's 8 workers this leaves at least 6 for Allocate and GetPreferredAllocation.
-MAX_LIST_AND_WATCH_STREAMS = 2
+# kubelet holds one ListAndWatch stream; room for a reconnecting kubelet's new stream while the old one
+# closes, and one more. With the server's 8 workers this leaves at least 5 for the other calls.
+MAX_LIST_AND_WATCH_STREAMS = 3
 SERVICE_NAME = "v1beta1.DevicePlugin"
 
 
@@ -383,22 +383,20 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):
         with self._streams_lock:
             return len(self._streams)
 
-    def _open_stream(self, ended: threading.Event) -> None:
-        """Admit a new stream, ending the oldest ones over `max_streams`: each open stream holds one of
-        the server's workers, so without a cap a few idle streams would leave none for Allocate. kubelet
-        keeps one stream and opens a new one when it reconnects, so the newest is the one to keep."""
+    def _open_stream(self, ended: threading.Event) -> bool:
+        """Admit a new stream unless `max_streams` are open: each open stream holds one of the server's
+        workers, so without a cap a few idle streams would leave none for Allocate. The newcomer is the
+        one refused, never an open stream: kubelet marks every device unhealthy when its stream ends
+        (deviceplugin-api.md), so ending the oldest would let any extra client knock kubelet off."""
         with self._streams_lock:
+            if len(self._streams) >= self.max_streams:
+                return False
             self._streams.append(ended)
-            while len(self._streams) > self.max_streams:
-                oldest = self._streams.pop(0)
-                log.warning("more than %d ListAndWatch streams open: ending the oldest", self.max_streams)
-                oldest.set()
-        self.manager.health.wake()
+            return True
 
     def _close_stream(self, ended: threading.Event) -> None:
         with self._streams_lock:
-            if ended in self._streams:
-                self._streams.remove(ended)
+            self._streams.remove(ended)
 
     def stop_streams(self) -> None:
         """End every ListAndWatch stream (server shutdown)."""
@@ -419,7 +417,10 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):
             health.wake()
 
         context.add_callback(on_end)
-        self._open_stream(ended)
+        if not self._open_stream(ended):
+            log.warning("refused a ListAndWatch stream: %d are open already (kubelet holds one)", self.max_streams)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{self.max_streams} ListAndWatch streams are open already; kubelet needs only one")
         try:
             generation = health.generation
             yield self.manager.device_list()

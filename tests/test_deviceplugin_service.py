@@ -337,16 +337,26 @@ def test_ids_kubelet_freed_before_our_book_noticed_are_allocated_again(node: Sta
 
 
 def test_allocate_still_answers_with_more_list_and_watch_streams_than_workers(node: Standalone) -> None:
-    # Each open stream holds one of the server's 8 workers; idle extra streams must not take them all.
-    streams = [node.stub.ListAndWatch(dp.Empty(), timeout=30.0) for _ in range(10)]
+    # Each open stream holds one of the server's 8 workers; extra streams must not take them all, and
+    # must not end kubelet's (it marks every device unhealthy when its stream ends).
+    kubelet_updates = node.kubelet.updates
+    extra = [node.stub.ListAndWatch(dp.Empty(), timeout=30.0) for _ in range(10)]
     try:
-        for stream in streams:
-            assert len(next(stream).devices) == 3000
+        admitted, refused = [], []
+        for stream in extra:
+            try:
+                assert len(next(stream).devices) == 3000
+                admitted.append(stream)
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "kubelet needs only one" in error.details()
+                refused.append(stream)
+        assert len(admitted) == node.plugin.servicer.max_streams - 1 == 2 and len(refused) == 8  # kubelet holds one
         response = _allocate(node, node.ids(1, 0, 1000))  # within the call's 10 s timeout
         assert response.container_responses[0].envs[contract.ENV_VGPU_MILLI] == "1000"
-        assert node.plugin.servicer.open_streams == node.plugin.servicer.max_streams == 2
-        assert all(list(stream) == [] for stream in streams[:-2])  # the oldest were ended cleanly
-        assert streams[-1].running() and streams[-2].running()
+        node.plugin.backend.inject_xid(node.uuids[2], 79)  # kubelet's own stream still delivers
+        assert node.kubelet.wait_for_updates(kubelet_updates + 1, 5.0)
     finally:
-        for stream in streams:
+        for stream in extra:
             stream.cancel()
+    assert wait_until(lambda: node.plugin.servicer.open_streams == 1, 2.0)  # closed streams free their slot
