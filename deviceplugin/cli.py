@@ -29,7 +29,7 @@ from tensorai.deviceplugin.podresources import (
     Reconciler,
     admitting_pod,
 )
-from tensorai.deviceplugin.registration import DEFAULT_PLUGIN_DIR, DEFAULT_SOCKET_NAME, PluginRunner
+from tensorai.deviceplugin.registration import DEFAULT_PLUGIN_DIR, DEFAULT_SOCKET_NAME, PluginDirLocked, PluginRunner
 from tensorai.deviceplugin.service import DevicePluginServicer, VGPUManager
 from tensorai.deviceplugin.sharing import DEFAULT_MPS_PIPE_DIR, SharingPolicy
 from tensorai.deviceplugin.slices import SliceTable
@@ -129,6 +129,7 @@ class Plugin:
                 self.writer.enqueue(uid)
 
     def start(self, *, sync_timeout_s: float = 10.0) -> Plugin:
+        self.runner.take_lock()  # before anything else: a second plugin must not publish or watch either
         self.monitor.start()
         if self.watch is not None and self.identity is not None and self.writer is not None:
             self.watch.start()
@@ -257,6 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     try:
         plugin.start()
+    except PluginDirLocked as error:
+        print(f"tensorai-device-plugin: {error}", file=sys.stderr)
+        plugin.backend.close()
+        return 2
     except OSError as error:
         print(f"tensorai-device-plugin: cannot serve in {config.device_plugin_dir}: {error}", file=sys.stderr)
         plugin.stop()

@@ -9,6 +9,8 @@ fresh server and registers again - well inside the 5 s the issue asks for.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 import threading
@@ -31,6 +33,15 @@ DEFAULT_SOCKET_NAME = "tensor-ai-vgpu.sock"
 
 class RegistrationError(RuntimeError):
     """kubelet refused or could not be reached; the message carries kubelet's reason."""
+
+
+class PluginDirLocked(RuntimeError):
+    """Another plugin process already serves this socket name in this device-plugin directory."""
+
+
+def lock_path(plugin_dir: str, socket_name: str) -> str:
+    """The lock file beside our socket. A regular file: kubelet's restart deletes only sockets there."""
+    return os.path.join(plugin_dir, socket_name + ".lock")
 
 
 def register(
@@ -90,6 +101,7 @@ class PluginRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._changed = threading.Condition()
+        self._lock_fd: int | None = None
 
     @property
     def socket_path(self) -> str:
@@ -99,9 +111,39 @@ class PluginRunner:
     def kubelet_socket(self) -> str:
         return os.path.join(self.plugin_dir, KUBELET_SOCKET)
 
-    def start(self) -> PluginRunner:
-        """Serve now (raises if the directory is unusable); register in the background."""
+    def take_lock(self) -> None:
+        """Hold the directory's lock for our socket name until `stop`, or raise PluginDirLocked.
+
+        Two plugins on one directory would each see the other's socket replace its own and serve a
+        fresh one, forever (the `socket_intact` check below is meant for kubelet's restarts). flock
+        is released by the kernel when the holder dies, so a crashed plugin never blocks its successor."""
+        if self._lock_fd is not None:
+            return
         os.makedirs(self.plugin_dir, exist_ok=True)
+        path = lock_path(self.plugin_dir, self.socket_name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            raise PluginDirLocked(f"another device plugin (pid {holder}) already serves {self.socket_name} in "
+                                  f"{self.plugin_dir} (lock {path}); stop it first, or give this one another "
+                                  "--device-plugin-dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the last descriptor releases the flock
+            self._lock_fd = None
+
+    def start(self) -> PluginRunner:
+        """Serve now (raises if the directory is unusable or locked by another plugin); register in the background."""
+        self.take_lock()
         self._server = PluginServer(self.servicer, self.socket_path).start()
         self._thread = threading.Thread(target=self._loop, name="registration", daemon=True)
         self._thread.start()
@@ -156,3 +198,4 @@ class PluginRunner:
         if self._server is not None:
             self._server.stop()
             self._server = None
+        self._release_lock()

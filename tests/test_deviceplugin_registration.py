@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 
 import grpc
 import pytest
@@ -97,3 +100,43 @@ def test_extended_resource_name_rule_matches_kubelets() -> None:
     assert is_extended_resource_name(contract.RESOURCE_VGPU_MILLI)
     for name in ("vgpu", "kubernetes.io/vgpu", "requests.tensor.ai/x", "tensor.ai/vgpu milli", "Tensor.AI/x"):
         assert not is_extended_resource_name(name), name
+
+
+def test_a_second_plugin_on_the_same_directory_is_refused_and_the_first_keeps_its_socket(workdir: str) -> None:
+    from tensorai.deviceplugin.registration import PluginDirLocked
+
+    with StubKubelet(f"{workdir}/dp") as kubelet, make_plugin(workdir) as first:
+        assert kubelet.wait_for_registration(1, 10)
+        inode = os.stat(first.runner.socket_path).st_ino
+        second = make_plugin(workdir)
+        with pytest.raises(PluginDirLocked, match=r"another device plugin \(pid \d+\) already serves"):
+            second.start()
+        second.backend.close()
+        time.sleep(0.5)  # two registration polls: nothing replaced the first plugin's socket
+        assert os.stat(first.runner.socket_path).st_ino == inode
+        assert len(kubelet.registrations) == 1
+    with make_plugin(workdir):  # stop released the lock: a successor starts
+        pass
+
+
+def test_a_second_plugin_process_exits_2_with_one_line_and_a_killed_ones_lock_is_free(workdir: str) -> None:
+    plugin_dir = f"{workdir}/dp"
+    command = [sys.executable, "-m", "tensorai.deviceplugin.cli", "--backend", "sim", "--sim-gpus", "1xT4:15360",
+               "--node-name", "n", "--no-kube", "--device-plugin-dir", plugin_dir, "--metrics-port", "0",
+               "--pod-resources-socket", f"{workdir}/pr.sock"]
+    with StubKubelet(plugin_dir) as kubelet:
+        first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            assert kubelet.wait_for_registration(1, 30)
+            second = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            assert second.returncode == 2
+            (line,) = second.stderr.strip().splitlines()
+            assert f"pid {first.pid}" in line and plugin_dir in line
+            first.kill()  # no clean shutdown: the kernel drops the flock with the process
+            first.wait(timeout=10)
+            with make_plugin(workdir):
+                pass
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait(timeout=10)
