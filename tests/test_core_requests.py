@@ -145,3 +145,24 @@ def test_hostile_pods_raise_only_demand_error(raw):
     for c in demand.containers:  # whatever parses is a valid demand
         assert 1 <= c.milli <= 1000 and c.gpu_count >= 1
         assert c.milli == 1000 or c.gpu_count == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "entry", "says"),
+    [
+        ("vgpu_memory", container(milli="250", vgpu_memory="1e30"), "more memory than any GPU has"),
+        ("cpu", container(milli="250", cpu="1e30"), "cpu request"),
+        ("memory", container(milli="250", memory="1e30"), "memory request"),
+        ("memory", container(milli="250", memory="9e24"), "memory request"),  # 2^63 MiB: past int64
+    ],
+)
+def test_amounts_beyond_any_node_are_demand_errors_not_int64_overflows(field, entry, says):
+    with pytest.raises(DemandError, match=says):
+        pod_demand(pod([entry]))
+
+
+def test_the_largest_accepted_amounts_still_fit_int64():
+    from tensorai.scheduler.core.requests import MAX_AMOUNT
+
+    demand = pod_demand(pod([container(milli="1000", vgpu_memory=f"{MAX_AMOUNT}Mi", memory=f"{MAX_AMOUNT}Mi")]))
+    assert demand.containers[0].memory_mib == demand.memory_mib == MAX_AMOUNT < 2**62

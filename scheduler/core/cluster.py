@@ -121,3 +121,39 @@ def effective_free_milli(cluster: ClusterArrays, nodes: np.ndarray | None = None
         free = cluster.gpu_free_milli[nodes]
         usable = cluster.gpu_healthy[nodes] & ~cluster.gpu_exclusive[nodes]
     return np.where(usable & (free > 0), free, 0).astype(np.int64)
+
+
+def cluster_rows(cluster: ClusterArrays, rows: np.ndarray) -> ClusterArrays:
+    """A copy of only the nodes at `rows` (row i of the result is node rows[i]), for a what-if on a few nodes.
+
+    One fancy-indexing copy per array, so taking 500 rows of a 5,000-node cluster copies 500 rows,
+    not 5,000 (`copy_cluster` per candidate was what made preemption slow). Anti-affinity groups are
+    carried over with their node renumbered; models keep their ids. `rows` must not repeat a node.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    listed = rows.tolist()
+    renumbered = {node: position for position, node in enumerate(listed)}
+    if len(renumbered) != len(listed):
+        raise ValueError("cluster_rows: rows name a node twice")
+    groups = {}
+    for (node, slot), names in cluster.gpu_groups.items():
+        position = renumbered.get(node)
+        if position is not None:
+            groups[(position, slot)] = names
+    return ClusterArrays(
+        node_names=[cluster.node_names[node] for node in listed],
+        models=list(cluster.models),
+        node_model=cluster.node_model[rows],
+        node_cpu_free_milli=cluster.node_cpu_free_milli[rows],
+        node_memory_free_mib=cluster.node_memory_free_mib[rows],
+        node_schedulable=cluster.node_schedulable[rows],
+        gpu_count=cluster.gpu_count[rows],
+        gpu_free_milli=cluster.gpu_free_milli[rows],
+        gpu_free_memory_mib=cluster.gpu_free_memory_mib[rows],
+        gpu_usable_memory_mib=cluster.gpu_usable_memory_mib[rows],
+        gpu_healthy=cluster.gpu_healthy[rows],
+        gpu_numa=cluster.gpu_numa[rows],
+        gpu_uuids=[list(cluster.gpu_uuids[node]) for node in listed],
+        gpu_exclusive=cluster.gpu_exclusive[rows],
+        gpu_groups=groups,
+    )

@@ -408,9 +408,13 @@ def apply_placement(cluster: ClusterArrays, demand: PodDemand, placement: Placem
             cluster.gpu_groups[(node, slot)] = groups | {demand.anti_affinity_group}
 
 
-def release_placement(cluster: ClusterArrays, demand: PodDemand, placement: Placement) -> None:
-    """Give back what apply_placement took (failed bind, pod deleted)."""
-    node = placement.node_index
+def release_placement(cluster: ClusterArrays, demand: PodDemand, placement: Placement, node: int | None = None) -> None:
+    """Give back what apply_placement took (failed bind, pod deleted).
+
+    `node`: the row to give it back on, when `cluster` is a copy of some rows (`cluster.cluster_rows`)
+    and the placement names the node's row in the full cluster; default `placement.node_index`.
+    """
+    node = placement.node_index if node is None else node
     cluster.node_cpu_free_milli[node] += demand.cpu_milli
     cluster.node_memory_free_mib[node] += demand.memory_mib
     for slot, (milli, memory_mib) in held_per_gpu(demand, placement).items():

@@ -20,6 +20,9 @@ from tensorai.scheduler.core.types import ContainerDemand, PodDemand
 _TRUE = {"true", "yes", "1"}
 _FALSE = {"false", "no", "0", ""}
 _MAX_GPUS_PER_CONTAINER = 64
+# CPU milli and memory MiB (per pod, per GPU) above this are refused: far beyond any node (2^50 MiB is
+# 1 ZiB), and it keeps every sum the core and its compiled scorers form inside int64 (a "1e30" would not).
+MAX_AMOUNT = 1 << 50
 
 
 class DemandError(ValueError):
@@ -115,6 +118,11 @@ def _container_demand(container: Any, where: str, *, init: bool) -> tuple[Contai
             ) from error
         if memory_given <= 0:
             raise DemandError(f"{where}: {contract.RESOURCE_VGPU_MEMORY} must be positive, got {raw!r}")
+        if memory_given > MAX_AMOUNT:
+            raise DemandError(
+                f"{where}: {contract.RESOURCE_VGPU_MEMORY}={raw!r} is more memory than any GPU has "
+                f"(at most {MAX_AMOUNT} MiB)"
+            )
     if milli < 0:
         raise DemandError(f"{where}: {contract.RESOURCE_VGPU_MILLI} must not be negative, got {milli}")
     if milli == 0:
@@ -210,13 +218,21 @@ def pod_demand(pod: Any) -> PodDemand:
             f"metadata.annotations[{contract.ANNOTATION_POLICY}]={policy!r} is not a policy; "
             f"expected one of {', '.join(POLICY_NAMES)}"
         )
+    cpu_milli = max(app_cpu + sidecar_cpu, init_cpu) + overhead_cpu
+    memory_mib = max(app_memory + sidecar_memory, init_memory) + overhead_memory
+    for what, amount, unit in (("cpu", cpu_milli, "milli-CPU"), ("memory", memory_mib, "MiB")):
+        if amount > MAX_AMOUNT:
+            raise DemandError(
+                f"the pod's {what} request ({amount} {unit}, spec.overhead included) is more than any node has "
+                f"(at most {MAX_AMOUNT} {unit})"
+            )
     return PodDemand(
         namespace=namespace,
         name=name,
         uid=uid,
         containers=tuple(containers),
-        cpu_milli=max(app_cpu + sidecar_cpu, init_cpu) + overhead_cpu,
-        memory_mib=max(app_memory + sidecar_memory, init_memory) + overhead_memory,
+        cpu_milli=cpu_milli,
+        memory_mib=memory_mib,
         allowed_models=_comma_list(annotations, contract.ANNOTATION_GPU_MODEL) or None,
         excluded_models=_comma_list(annotations, contract.ANNOTATION_GPU_MODEL_EXCLUDE) or frozenset(),
         allowed_uuids=_comma_list(annotations, contract.ANNOTATION_GPU_UUID) or None,
