@@ -26,6 +26,9 @@ _NULL_TAIL = b'"NodeNames":null}'
 _LEARNED_SLOTS = 4  # the full list and a few samples; learned lists are the long, repeating ones
 _OWN_SLOTS = 4  # filter answers awaiting their prioritize (kube-scheduler may interleave a few)
 _PROBE = 64  # bytes at each end of an unknown tail remembered to spot it coming again
+# Longest tail kept (learned or remembered): 15,000 node names of 130 characters. Bodies are external
+# input: with 8 slots this caps what the decoder keeps near 8 x (2 MiB + its decoded list), whatever is sent.
+MAX_TAIL_BYTES = 2 << 20
 
 
 class ArgsDecoder:
@@ -66,6 +69,8 @@ class ArgsDecoder:
 
         `tail` must be exactly `json.dumps(names, separators=(",", ":")).encode() + b"}"` - what Go's
         encoding/json writes for a list of node names - which the caller has from encoding its answer."""
+        if len(tail) > MAX_TAIL_BYTES:
+            return
         with self._lock:
             self._own = [(tail, names), *self._own[: _OWN_SLOTS - 1]]
 
@@ -74,7 +79,7 @@ class ArgsDecoder:
 
         The tail is learned only if it is exactly one JSON list and the closing brace (any spacing):
         decoding it without its last `}` must give the body's NodeNames list."""
-        if not isinstance(names, list) or not names:
+        if not isinstance(names, list) or not names or tail_length > MAX_TAIL_BYTES:
             return
         start = at + len(_KEY)
         probe = (tail_length, raw[start : start + _PROBE], raw[-_PROBE:])

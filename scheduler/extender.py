@@ -51,7 +51,14 @@ from tensorai.scheduler.view import ClusterView, PendingPod, PodRecord, assignme
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 256 << 20  # a NodeList of 5,000 full Node objects is tens of MiB
+# The largest request body read (413 above it). kube-scheduler sends (nodeCacheCapable: true, as our
+# manifests set) one Pod - the API server stores none over etcd's 1.5 MiB request limit and reads no
+# body over 3 MiB (MaxRequestBodyBytes) - plus NodeNames (5,000 names ~100 KiB; 15,000 names of the
+# longest, 253 characters, ~4 MiB); /preempt adds MetaVictims UIDs (~50 bytes each). 16 MiB is four
+# times the worst of those; decoded, a body costs ~5x its size in Python objects, so a few at once
+# stay far under the Deployment's memory limit. Bodies that do not fit: nodeCacheCapable: false at
+# scale (a NodeList of full Node objects, ~5-10 KiB each, passes 16 MiB near 2,000 nodes).
+MAX_BODY_BYTES = 16 << 20
 
 
 class BadRequest(ValueError):
@@ -102,15 +109,42 @@ def _host_prefix(name: str) -> str:
     return '{"Host":' + json.dumps(name) + ',"Score":'
 
 
-class _Literals(dict):
-    """text -> `encode(text)`, computed on first use (node names and reasons repeat on every pod)."""
+# Bytes one cache of JSON literals may hold (text, literal and ~160 bytes of object and dict overhead per
+# entry): 5,000 node names take ~1.1 MB. Past it the cache starts over, so request strings can never grow it.
+LITERAL_CACHE_BYTES = 16 << 20
+_ENTRY_OVERHEAD_BYTES = 160
 
-    def __init__(self, encode: Callable[[str], str]) -> None:
+
+class _Literals(dict):
+    """text -> `encode(text)`, computed on first use (node names and reasons repeat on every pod).
+
+    Texts come from requests, so the cache is bounded by bytes (`max_bytes`, counted as
+    `LITERAL_CACHE_BYTES` describes; it starts over when full) and keeps only the texts `keep`
+    accepts: node names the view does not know are encoded every time, never kept.
+    """
+
+    def __init__(
+        self,
+        encode: Callable[[str], str],
+        keep: Callable[[str], bool] | None = None,
+        max_bytes: int = LITERAL_CACHE_BYTES,
+    ) -> None:
         super().__init__()
         self._encode = encode
+        self._keep = keep
+        self._max_bytes = max_bytes
+        self.bytes = 0  # what the kept entries cost, approximately (threads may race on it; a clear resets it)
 
     def __missing__(self, text: str) -> str:
-        literal = self[text] = self._encode(text)
+        literal = self._encode(text)
+        if self._keep is None or self._keep(text):
+            cost = len(text) + len(literal) + _ENTRY_OVERHEAD_BYTES
+            if self.bytes + cost > self._max_bytes:
+                self.clear()
+                self.bytes = 0
+            if cost <= self._max_bytes:
+                self[text] = literal
+                self.bytes += cost
         return literal
 
 
@@ -136,7 +170,6 @@ def encode_priorities(names: list[str], scores: list[int], prefixes: dict[str, s
     return "[" + ",".join(parts) + "]"
 
 
-_ENCODE_CACHE_LIMIT = 200_000  # names and reasons are external input: bound the caches
 # /preempt works through its candidates this many at a time: the view lock is held only to copy
 # their rows and look up their victims, and between chunks the thread sleeps(0) - gives up the GIL -
 # so a filter waiting for it runs then instead of after Python's 5 ms switch interval, again and
@@ -168,8 +201,9 @@ class ExtenderService:
             self.context.placement_rows_since = view.placement_rows_since  # ... or re-check only bound rows
         self._names_cache: list[tuple[int, list[str], np.ndarray, np.ndarray]] = []
         self._kept_candidates: tuple[int, list[str], np.ndarray, np.ndarray] | None = None  # filter's last answer
-        self._host_prefixes = _Literals(_host_prefix)
-        self._quoted = _Literals(json.dumps)  # a name's or reason's JSON string literal
+        known = self._is_view_node  # node names the view knows; other request names are never cached
+        self._host_prefixes = _Literals(_host_prefix, known)
+        self._quoted = _Literals(json.dumps, known)  # a node name's JSON string literal
         self._reason_values = _Literals(lambda reason: ":" + json.dumps(reason))  # a FailedNodes entry's value half
         self._order_cache: tuple[list[str], np.ndarray] | None = None
         # per-row tables of the view's nodes ("names", "literals", "order keys", "ranks", "entries"), each with the node
@@ -190,6 +224,10 @@ class ExtenderService:
         self.args_decoder = ArgsDecoder()  # filter/prioritize bodies: repeated NodeNames lists decoded once
 
     # ------------------------------------------------------------------ helpers
+    def _is_view_node(self, name: str) -> bool:
+        """Whether the view knows a node of this name (only those names' literals are cached)."""
+        return name in self.view.row_of
+
     def warm_up(self) -> float:
         """Run every policy once on a tiny private cluster so JIT-compiled scoring code is ready
         before kube-scheduler's first call (a first-call compile could outlast its httpTimeout).
@@ -236,8 +274,11 @@ class ExtenderService:
         rows = map(row_of.get, node_names, itertools.repeat(-1))  # a C loop, no per-name Python frame
         positions = np.fromiter(rows, dtype=np.int64, count=len(node_names))
         known = positions[positions >= 0]
-        # filter sends all nodes, prioritize the feasible ones: keep a few lists, newest first
-        self._names_cache = [(generation, node_names, known, positions), *self._names_cache[:3]]
+        # filter sends all nodes, prioritize the feasible ones: keep a few lists, newest first; only lists
+        # no longer than the view's node set (kube-scheduler names each node once), so requests cannot
+        # make the kept lists outgrow the cluster
+        if len(node_names) <= len(self.view.row_of):
+            self._names_cache = [(generation, node_names, known, positions), *self._names_cache[:3]]
         return known, positions
 
     def _remember_kept(self, kept: list[str]) -> None:
@@ -393,10 +434,6 @@ class ExtenderService:
         if answer["Nodes"] is not None or answer["Error"]:
             return json.dumps(answer, separators=(",", ":")).encode()
         quoted = self._quoted
-        if len(quoted) > _ENCODE_CACHE_LIMIT:
-            quoted.clear()
-        if len(self._reason_values) > _ENCODE_CACHE_LIMIT:
-            self._reason_values.clear()
         kept = answer["NodeNames"]
         listed = self._kept_literals(kept)
         if listed is None:
@@ -608,8 +645,6 @@ class ExtenderService:
         node_names, scores, entries = self._priorities(body, encode=True)
         if entries is not None:
             return ("[" + ",".join(entries) + "]").encode()
-        if len(self._host_prefixes) > _ENCODE_CACHE_LIMIT:
-            self._host_prefixes.clear()
         return encode_priorities(node_names, scores.tolist(), self._host_prefixes).encode()
 
     # ------------------------------------------------------------------ bind

@@ -4,11 +4,15 @@ tests/benchmarks/bench_soak.py for the process's memory under attack)."""
 
 from __future__ import annotations
 
+import json
+import socket
+
 import pytest
 from test_extender_support import node, pod, post
 
 from tensorai.proto import contract
-from tensorai.scheduler.extender import ExtenderService, serve
+from tensorai.scheduler.argsdecode import MAX_TAIL_BYTES, ArgsDecoder
+from tensorai.scheduler.extender import MAX_BODY_BYTES, ExtenderService, _Literals, serve
 from tensorai.scheduler.view import ClusterView
 
 
@@ -43,3 +47,70 @@ def test_amounts_past_int64_are_a_pod_error_on_every_verb(served, resource: str,
     assert status == 422 and "more" in answer["Error"], answer
     preempt = {"Pod": huge, "NodeNameToVictims": None, "NodeNameToMetaVictims": {"gpu-a": {"Pods": [{"UID": "x"}]}}}
     assert post(url + "/preempt", preempt) == (200, {"NodeNameToMetaVictims": {}})
+
+
+def _status_of_a_declared_length(url: str, length: int) -> int:
+    """POST /filter announcing `length` body bytes (sending none) on a raw socket; the answer's status."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(
+            b"POST /filter HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {length}\r\n\r\n".encode()
+        )
+        return int(connection.recv(4096).split(b" ", 2)[1])
+
+
+def test_bodies_over_16_mib_are_refused_before_they_are_read(served) -> None:
+    url, _ = served
+    assert MAX_BODY_BYTES == 16 << 20
+    assert _status_of_a_declared_length(url, MAX_BODY_BYTES + 1) == 413
+
+
+def test_a_5000_node_nodecache_body_is_far_under_the_limit() -> None:
+    """What kube-scheduler sends with nodeCacheCapable: true at 5,000 nodes, with a Pod at the API server's
+    3 MiB request limit (an annotation filling it), fits with room to spare."""
+    big_pod = pod("big", 250, annotations={"filler": "x" * (3 << 20)})
+    names = [f"gpu-node-{index:05d}.example.internal" for index in range(5000)]
+    body = json.dumps({"Pod": big_pod, "Nodes": None, "NodeNames": names}, separators=(",", ":")).encode()
+    assert len(body) < MAX_BODY_BYTES / 4
+
+
+def test_node_names_the_view_does_not_know_are_never_cached(served) -> None:
+    url, service = served
+    unknown = [f"not-a-node-{index}-" + "x" * 200 for index in range(3000)]
+    for round_ in range(3):
+        names = ["gpu-a", "gpu-b", *(f"{name}-{round_}" for name in unknown)]
+        args = {"Pod": pod(f"p{round_}", 250), "Nodes": None, "NodeNames": names}
+        status, answer = post(url + "/filter", args)
+        assert status == 200 and answer["NodeNames"] == ["gpu-a", "gpu-b"]
+        assert len(answer["FailedAndUnresolvableNodes"]) == len(unknown)
+        status, scores = post(url + "/prioritize", args)
+        assert status == 200 and len(scores) == len(names)
+    assert set(service._quoted) <= {"gpu-a", "gpu-b"}
+    assert set(service._host_prefixes) <= {"gpu-a", "gpu-b"}
+    assert all(len(cached[1]) <= 2 for cached in service._names_cache)  # lists longer than the cluster: not kept
+
+
+def test_a_literal_cache_starts_over_before_it_passes_its_byte_budget() -> None:
+    cache = _Literals(json.dumps, max_bytes=100_000)
+    for index in range(2_000):
+        assert cache[f"reason {index} " + "y" * 500] == json.dumps(f"reason {index} " + "y" * 500)
+        assert cache.bytes <= 100_000
+        assert sum(len(text) + len(literal) for text, literal in cache.items()) <= 100_000
+    assert 0 < len(cache) < 100
+
+
+def test_the_args_decoder_never_keeps_a_tail_over_its_byte_limit() -> None:
+    decoder = ArgsDecoder()
+    names = [f"n{index:07d}-" + "z" * 100 for index in range(MAX_TAIL_BYTES // 100)]
+    raw = json.dumps({"Pod": {}, "Nodes": None, "NodeNames": names}, separators=(",", ":")).encode()
+    assert len(raw) > MAX_TAIL_BYTES
+    for _ in range(3):  # a tail is learned the second time it comes
+        body = decoder.decode(raw)
+        assert body["NodeNames"] == names and not decoder.known(body["NodeNames"])
+    tail = json.dumps(names, separators=(",", ":")).encode() + b"}"
+    decoder.remember(names, tail)
+    assert not decoder.known(names)
+    small = names[:1000]
+    decoder.remember(small, json.dumps(small, separators=(",", ":")).encode() + b"}")
+    assert decoder.known(small)
