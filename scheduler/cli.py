@@ -26,6 +26,10 @@ log = logging.getLogger("tensorai.extender")
 # kube-scheduler runs every bind in its own goroutine, so dozens of binds (two API writes each) can be
 # in flight; with the client's default pool (5 per CPU) each call over it paid a new TLS connection.
 API_POOL_SIZE = 64
+# the HTTP defaults, here so --help needs no import of the service (numpy, kubernetes)
+VERBS_MAX_CONNECTIONS = 512
+REQUEST_TIMEOUT_S = 10.0
+IDLE_TIMEOUT_S = 120.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,10 +37,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tensorai-extender",
         description="kube-scheduler extender for tensor.ai fractional GPUs: POST /filter, /prioritize, /bind, "
-        "/preempt; GET /healthz, /readyz, /metrics.",
+        "/preempt and GET /healthz, /readyz on the verbs listener; GET /metrics, /healthz, /readyz on the metrics "
+        "listener.",
     )
-    parser.add_argument("--address", default="0.0.0.0", help="listen address (default 0.0.0.0)")
-    parser.add_argument("--port", type=int, default=8888, help="listen port, 0 = any free port (default 8888)")
+    parser.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="verbs listen address (default 127.0.0.1: kube-scheduler is a sidecar in the same pod; anything that "
+        "reaches this port can bind pods)",
+    )
+    parser.add_argument("--port", type=int, default=8888, help="verbs listen port, 0 = any free port (default 8888)")
+    parser.add_argument(
+        "--metrics-address", default="0.0.0.0", help="listen address of /metrics and the probes (default 0.0.0.0)"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="port of /metrics and the probes, 0 = any free port (default: --port + 1, so 8889; 0 with --port 0)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=VERBS_MAX_CONNECTIONS,
+        help=f"connections the verbs listener serves at once; more get 503 (default {VERBS_MAX_CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--request-timeout-seconds",
+        type=float,
+        default=REQUEST_TIMEOUT_S,
+        help=f"a request (line, headers, body) must arrive within this, and its answer be sent within it "
+        f"(default {REQUEST_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--idle-timeout-seconds",
+        type=float,
+        default=IDLE_TIMEOUT_S,
+        help=f"a kept-alive connection with no request for this long is closed (default {IDLE_TIMEOUT_S:g}; keep it "
+        "above the client's own idle timeout, 90 s for Go clients)",
+    )
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config, then ~/.kube/config)")
     parser.add_argument(
         "--cluster-file",
@@ -74,6 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _http_flag_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the listener flags, or None (one clear line instead of a traceback at start)."""
+    for flag in ("port", "metrics_port"):
+        if not 0 <= getattr(args, flag) < 65536:
+            return f"--{flag.replace('_', '-')} must be 0..65535 (0 = any free port), got {getattr(args, flag)}"
+    if args.metrics_port and args.metrics_port == args.port:
+        return f"--metrics-port must differ from --port (both {args.port}): /metrics has its own listener"
+    if args.max_connections < 1:
+        return f"--max-connections must be at least 1, got {args.max_connections}"
+    for flag in ("request_timeout_seconds", "idle_timeout_seconds"):
+        if not getattr(args, flag) > 0:
+            return f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the extender until SIGTERM/SIGINT; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -81,12 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("tensorai-extender: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    if args.metrics_port is None:
+        args.metrics_port = args.port + 1 if args.port else 0
+    problem = _http_flag_problem(args)
+    if problem:
+        print(f"tensorai-extender: {problem}", file=sys.stderr)
+        return 2
 
     from tensorai.scheduler.bind import AssumedReconciler
     from tensorai.scheduler.core.context import PolicyContext
     from tensorai.scheduler.core.shapes import OnlineWorkload, default_workload
     from tensorai.scheduler.events import EventRecorder
-    from tensorai.scheduler.extender import ExtenderService, serve
+    from tensorai.scheduler.extender import ExtenderService
+    from tensorai.scheduler.extender_http import metrics_limits, serve, serve_metrics, verbs_limits
     from tensorai.scheduler.metrics import ExtenderMetrics
     from tensorai.scheduler.quota_controller import QuotaController
     from tensorai.scheduler.view import ClusterFileError, ClusterView, KubeSource, load_cluster_file
@@ -130,19 +191,44 @@ def main(argv: list[str] | None = None) -> int:
     controller = QuotaController(
         view, api_client=api_client, interval_s=args.requeue_interval_seconds, metrics=metrics, events=events
     ).start()
+    tls = {"tls_cert": args.tls_cert, "tls_key": args.tls_key}
+    timeouts = {"request_timeout_s": args.request_timeout_seconds, "idle_timeout_s": args.idle_timeout_seconds}
     try:
-        server, _ = serve(service, args.address, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
+        server, _ = serve(
+            service,
+            args.address,
+            args.port,
+            limits=verbs_limits(args.max_connections, **timeouts),
+            with_metrics=False,
+            **tls,
+        )
     except (OSError, ValueError) as error:
-        print(f"tensorai-extender: cannot serve on {args.address}:{args.port}: {error}", file=sys.stderr)
+        print(f"tensorai-extender: cannot serve the verbs on {args.address}:{args.port}: {error}", file=sys.stderr)
+        return 1
+    try:
+        metrics_server, _ = serve_metrics(
+            service, args.metrics_address, args.metrics_port, limits=metrics_limits(**timeouts), **tls
+        )
+    except (OSError, ValueError) as error:
+        server.shutdown()
+        server.server_close()
+        print(
+            f"tensorai-extender: cannot serve /metrics on {args.metrics_address}:{args.metrics_port}: {error}",
+            file=sys.stderr,
+        )
         return 1
     scheme = "https" if args.tls_cert else "http"
+    # the first line is what scripts wait for (its last word is the verbs' URL)
     print(f"tensorai-extender serving on {scheme}://{args.address}:{server.port}", flush=True)
+    print(f"tensorai-extender /metrics at {scheme}://{args.metrics_address}:{metrics_server.port}", flush=True)
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
-    server.shutdown()
+    for listener in (server, metrics_server):
+        listener.shutdown()
+        listener.server_close()
     controller.stop()
     events.stop()
     if source is not None:

@@ -1,4 +1,4 @@
-"""The kube-scheduler extender v1 HTTP server: POST /filter /prioritize /bind /preempt, GET /healthz /readyz /metrics.
+"""The kube-scheduler extender v1 service: the verbs filter, prioritize, bind and preempt (HTTP: extender_http).
 
 Wire format: ../shared/reference/extender-api.md - capitalised Go field names, `null` for absent
 lists, a bare JSON array for prioritize. Works with `nodeCacheCapable` true (`NodeNames`) and
@@ -19,11 +19,8 @@ import itertools
 import json
 import logging
 import operator
-import ssl
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
@@ -759,176 +756,14 @@ class ExtenderService:
 
 
 # ---------------------------------------------------------------------- HTTP
-_ROUTES: dict[str, str] = {"/filter": "filter", "/prioritize": "prioritize", "/bind": "bind", "/preempt": "preempt"}
-ROUTES = tuple(_ROUTES)  # the verbs' paths; the manifests' KubeSchedulerConfiguration names these
+# The HTTP listeners live in extender_http (which imports this module); these names stay importable
+# from here, resolved on first use so neither module imports the other at load time.
+_HTTP_NAMES = frozenset({"ROUTES", "ExtenderHTTPServer", "serve", "serve_metrics"})
 
 
-class _Headers(dict):
-    """Request headers by lower-cased name (only what the handler reads: Content-Length, Connection, Expect)."""
+def __getattr__(name: str) -> object:
+    if name in _HTTP_NAMES:
+        from tensorai.scheduler import extender_http
 
-    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
-        return dict.get(self, name.lower(), default)
-
-
-_MAX_HEADERS = 100
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """HTTP/1.1 with keep-alive, a lean header parser and one write per response.
-
-    The stdlib's email-based header parsing and multi-write responses cost ~0.3 ms a request, a
-    third of the extender's CPU per pod; requests here are small, fixed-shape JSON POSTs.
-    """
-
-    protocol_version = "HTTP/1.1"  # keep-alive, as kube-scheduler's Go client expects
-    # One write per response; TCP_NODELAY anyway, so nothing ever waits for a delayed ACK (~40 ms).
-    disable_nagle_algorithm = True
-    server: ExtenderHTTPServer
-
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("%s " + format, self.address_string(), *args)
-
-    def parse_request(self) -> bool:
-        self.command = None
-        self.request_version = "HTTP/1.0"
-        self.close_connection = True
-        line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-        self.requestline = line
-        parts = line.split()
-        if len(parts) != 3 or parts[2] not in ("HTTP/1.0", "HTTP/1.1"):
-            self._send(400, {"Error": f"malformed request line {line[:100]!r}"})
-            return False
-        self.command, self.path, self.request_version = parts
-        headers = _Headers()
-        for _ in range(_MAX_HEADERS + 1):
-            raw = self.rfile.readline(65537)
-            if raw in (b"\r\n", b"\n", b""):
-                break
-            name, separator, value = str(raw, "iso-8859-1").partition(":")
-            if not separator or len(raw) > 65536:
-                self._send(400, {"Error": "malformed header line"})
-                return False
-            headers[name.strip().lower()] = value.strip()
-        else:
-            self._send(431, {"Error": f"more than {_MAX_HEADERS} headers"})
-            return False
-        self.headers = headers  # type: ignore[assignment]
-        connection = (headers.get("connection") or "").lower()
-        self.close_connection = connection == "close" or (
-            self.request_version == "HTTP/1.0" and connection != "keep-alive"
-        )
-        if (headers.get("expect") or "").lower() == "100-continue":  # curl asks before bodies > 1 KiB
-            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        return True
-
-    def _send(self, status: int, payload: object, content_type: str = "application/json") -> None:
-        data = payload if isinstance(payload, bytes) else json.dumps(payload, separators=(",", ":")).encode()
-        reason = self.responses.get(status, ("",))[0]
-        head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len(data)}\r\n"
-        if self.close_connection:
-            head += "Connection: close\r\n"
-        self.wfile.write(head.encode("latin-1") + b"\r\n" + data)
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/")
-        service = self.server.service
-        if path == "/healthz":
-            self._send(200, b"ok", "text/plain")
-        elif path == "/readyz":
-            ready = service.view.ready
-            self._send(200 if ready else 503, b"ok" if ready else b"cluster view not synced yet", "text/plain")
-        elif path == "/metrics":
-            self._send(200, service.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8")
-        else:
-            self._send(404, {"Error": f"no such path {path!r}; GET /healthz, /readyz, /metrics"})
-
-    def do_POST(self) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/")
-        verb = _ROUTES.get(path[path.rfind("/") :] if "/" in path else path)
-        if verb is None:
-            self._discard_body()
-            self._send(404, {"Error": f"no such verb {path!r}; POST one of {', '.join(ROUTES)}"})
-            return
-        started = time.perf_counter()
-        service = self.server.service
-        status, payload = self._handle(verb)
-        failed = status != 200 or (isinstance(payload, dict) and payload.get("Error"))
-        if verb == "filter" and status == 200:
-            payload = service.encode_filter(payload)  # type: ignore[arg-type]
-        self._send(status, payload)
-        service.metrics.verb_latency_by_verb[verb].observe(time.perf_counter() - started)
-        if failed:
-            service.metrics.verb_errors.labels(verb).inc()
-
-    def _discard_body(self) -> None:
-        length = self.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) <= MAX_BODY_BYTES:
-            self.rfile.read(int(length))
-        else:
-            self.close_connection = True
-
-    def _handle(self, verb: str) -> tuple[int, object]:
-        length_text = self.headers.get("Content-Length")
-        if length_text is None or not length_text.strip().isdigit():
-            self.close_connection = True
-            return 411, {"Error": "a Content-Length header with the body size is required"}
-        length = int(length_text)
-        if length > MAX_BODY_BYTES:
-            self.close_connection = True
-            return 413, {"Error": f"body of {length} bytes is over the {MAX_BODY_BYTES} byte limit"}
-        raw = self.rfile.read(length)
-        service = self.server.service
-        try:
-            body = service.args_decoder.decode(raw) if verb in ("filter", "prioritize") else json.loads(raw)
-        except (ValueError, RecursionError) as error:
-            return 400, {"Error": f"body is not JSON: {error}"}
-        try:
-            if verb == "prioritize":
-                return 200, service.prioritize_json(body)
-            return 200, getattr(service, verb)(body)
-        except BadRequest as error:
-            return 400, {"Error": str(error)}
-        except PodError as error:
-            return 422, {"Error": str(error)}
-        except Exception as error:  # the server must answer and live on whatever a verb hits
-            log.exception("%s failed", verb)
-            return 500, {"Error": f"{verb} failed: {type(error).__name__}: {error}"}
-
-
-class ExtenderHTTPServer(ThreadingHTTPServer):
-    """Thread-per-connection HTTP(S) server bound to one ExtenderService."""
-
-    daemon_threads = True
-    request_queue_size = 256
-
-    def __init__(self, address: tuple[str, int], service: ExtenderService) -> None:
-        self.service = service
-        super().__init__(address, _Handler)
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        """A client that hangs up mid-request is normal (timeouts, restarts): log it, no traceback on stderr."""
-        log.debug("connection from %s ended abnormally", client_address, exc_info=True)
-
-    @property
-    def port(self) -> int:
-        """The bound port (useful with port 0)."""
-        return self.server_address[1]
-
-
-def serve(
-    service: ExtenderService,
-    address: str = "0.0.0.0",
-    port: int = 8888,
-    *,
-    tls_cert: str | None = None,
-    tls_key: str | None = None,
-) -> tuple[ExtenderHTTPServer, threading.Thread]:
-    """Start serving in a background thread; returns the server (call `shutdown()` to stop) and the thread."""
-    server = ExtenderHTTPServer((address, port), service)
-    if tls_cert:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(tls_cert, tls_key)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, name="extender-http", daemon=True)
-    thread.start()
-    return server, thread
+        return getattr(extender_http, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

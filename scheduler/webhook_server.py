@@ -3,21 +3,20 @@
 Thin on purpose: it reads the body, hands it to `tensorai.scheduler.webhook.admit` and writes the
 answer. It also holds the one piece of I/O the admission logic needs, the GPUQuota lookup through
 the kubernetes client (cached briefly: the API server calls the webhook on every matched write).
-TLS is always on (the API server only calls webhooks over HTTPS); the handshake runs in the
-connection's own thread so a slow or hostile client cannot stall the accept loop.
+TLS is always on (the API server only calls webhooks over HTTPS). The transport - handshake in the
+connection's own thread, deadlines, connection cap, framing - is `httpserver.LimitedHTTPServer`;
+this module adds a memory budget for the reviews being read and decoded at once
+(docs/webhook.md, "Transport security and limits").
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import socket
 import ssl
 import threading
 import time
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from tensorai.proto import contract
 from tensorai.scheduler.core.quota import QuotaError, parse_gpu_quota
+from tensorai.scheduler.httpserver import LimitedHandler, LimitedHTTPServer, Limits, Route, server_tls_context
 from tensorai.scheduler.webhook import (
     TEMPLATE_LOCATIONS,
     PodGpuLimit,
@@ -38,9 +38,24 @@ from tensorai.scheduler.webhook import (
 
 log = logging.getLogger(__name__)
 
-# An AdmissionReview carries object and oldObject; etcd caps an object at ~1.5 MiB, so 8 MiB is ample.
-MAX_BODY_BYTES = 8 << 20
-CONNECTION_TIMEOUT_SECONDS = 15.0
+# The API server refuses request bodies over 3 MiB; an UPDATE's review carries the object twice
+# (object and oldObject) plus a small envelope, so 7 MiB holds any review it can send.
+MAX_BODY_BYTES = 7 << 20
+# The API server's connections; the configuration's timeoutSeconds (5 s) bounds each call anyway.
+MAX_CONNECTIONS = 128
+REQUEST_TIMEOUT_S = 10.0
+HANDSHAKE_TIMEOUT_S = 5.0
+IDLE_TIMEOUT_S = 120.0  # above Go's 90 s idle-connection timeout: the API server closes first
+# Decoding JSON into Python objects costs up to ~9x the text for strings and maps of strings and
+# ~150 bytes more per object or array (measured: 7 MiB of labels -> 53 MiB; 7.6 MiB of `[{},...]` ->
+# 146 MiB). Reviews hold their estimate from a shared budget while read, decoded and decided, so
+# any mix of them stays within it; 96 MiB beside a ~60 MiB process keeps peak RSS under the
+# Deployment's 256 Mi limit. A review waits up to REVIEW_WAIT_S for room (then 503: the API
+# server applies failurePolicy, and its own timeout is 5 s).
+DECODE_BYTES_PER_BODY_BYTE = 9
+DECODE_BYTES_PER_CONTAINER = 150
+REVIEW_BUDGET_BYTES = 96 << 20
+REVIEW_WAIT_S = 3.0
 _KNOWN_KINDS = frozenset(kind for _, kind in TEMPLATE_LOCATIONS)
 _OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
 
@@ -129,16 +144,56 @@ def strictest_pod_limit(items: Any) -> PodGpuLimit | None:
     return best
 
 
-class WebhookServer(ThreadingHTTPServer):
-    """HTTPS server; certificate files are re-read when they change (cert-manager rotates them)."""
+class ReviewBudget:
+    """Estimated bytes of the reviews being read, decoded and decided at once (see REVIEW_BUDGET_BYTES)."""
 
-    daemon_threads = True
-    block_on_close = False  # a kept-alive API server connection must not hold up shutdown
-    allow_reuse_address = True
+    def __init__(self, total_bytes: int) -> None:
+        self.total_bytes = total_bytes
+        self.used_bytes = 0
+        self.peak_bytes = 0
+        self._changed = threading.Condition()
+
+    def acquire(self, amount: int, timeout_s: float) -> bool:
+        """Take `amount` bytes, waiting up to `timeout_s` for room; False if there was none."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while self.used_bytes + amount > self.total_bytes:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            self.used_bytes += amount
+            self.peak_bytes = max(self.peak_bytes, self.used_bytes)
+            return True
+
+    def release(self, amount: int) -> None:
+        with self._changed:
+            self.used_bytes -= amount
+            self._changed.notify_all()
+
+
+def decode_estimate(body: bytes) -> int:
+    """Upper estimate of the memory json.loads(body) takes (counting brackets inside strings too)."""
+    containers = body.count(b"{") + body.count(b"[")
+    return DECODE_BYTES_PER_BODY_BYTE * len(body) + DECODE_BYTES_PER_CONTAINER * containers
+
+
+_STATUS_REASONS = {404: "NotFound", 405: "MethodNotAllowed", 408: "Timeout", 413: "RequestEntityTooLarge",
+                   500: "InternalError", 501: "MethodNotAllowed", 503: "ServiceUnavailable"}
+
+
+def _error_review(status: int, message: str) -> dict[str, Any]:
+    """Every error answer is an AdmissionReview with a Status, reason as metav1.StatusReason names it."""
+    return bad_request_review(message, code=status, reason=_STATUS_REASONS.get(status, "BadRequest"))
+
+
+class WebhookServer(LimitedHTTPServer):
+    """HTTPS server; certificate files are re-read when they change (cert-manager rotates them)."""
 
     def __init__(self, address: tuple[str, int], *, cert_path: Path, key_path: Path,
                  config: WebhookConfig | None = None, quotas: QuotaSource | None = None,
-                 metrics: WebhookMetrics | None = None) -> None:
+                 metrics: WebhookMetrics | None = None, limits: Limits | None = None,
+                 review_budget_bytes: int = REVIEW_BUDGET_BYTES, review_wait_s: float = REVIEW_WAIT_S) -> None:
         self.config = config or WebhookConfig()
         self.quotas = quotas
         self.metrics = metrics or WebhookMetrics()
@@ -148,19 +203,20 @@ class WebhookServer(ThreadingHTTPServer):
         self._tls_context = self._load_tls()  # fail at start, not at the first request, on a bad cert
         self.ready = threading.Event()  # /readyz; the CLI clears it until the caBundle patch succeeded
         self.not_ready_reason = "starting"
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
+        limits = limits or Limits(max_connections=MAX_CONNECTIONS, handshake_timeout_s=HANDSHAKE_TIMEOUT_S,
+                                  request_timeout_s=REQUEST_TIMEOUT_S, idle_timeout_s=IDLE_TIMEOUT_S,
+                                  max_body_bytes=MAX_BODY_BYTES)
+        if DECODE_BYTES_PER_BODY_BYTE * limits.max_body_bytes > review_budget_bytes:
+            raise ValueError(f"a review of {limits.max_body_bytes} bytes could never fit the review budget of "
+                             f"{review_budget_bytes} bytes")
+        self.review_budget = ReviewBudget(review_budget_bytes)
+        self.review_wait_s = review_wait_s
+        super().__init__(address, _Handler, routes=_ROUTES, limits=limits, tls=self.tls_context,
+                         error_document=_error_review, name="webhook")
         self.ready.set()
 
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
     def _load_tls(self) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(str(self.cert_path), str(self.key_path))
+        context = server_tls_context(str(self.cert_path), str(self.key_path))
         self._tls_stamp = (self.cert_path.stat().st_mtime, self.key_path.stat().st_mtime)
         return context
 
@@ -176,85 +232,60 @@ class WebhookServer(ThreadingHTTPServer):
                 log.warning("keeping the previous TLS certificate: %s", error)
             return self._tls_context
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        # Runs in the per-connection thread: the TLS handshake happens here, bounded by a timeout.
-        request.settimeout(CONNECTION_TIMEOUT_SECONDS)
-        # Headers and body go out as separate TLS records: without NODELAY, Nagle's algorithm and the
-        # client's delayed ACK add ~40 ms to every answer.
-        with contextlib.suppress(OSError):
-            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            tls_socket = self.tls_context().wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as error:
-            log.debug("TLS handshake with %s failed: %s", client_address, error)
-            return
-        try:
-            self.RequestHandlerClass(tls_socket, client_address, self)
-        finally:
-            with contextlib.suppress(OSError):
-                tls_socket.close()
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.warning("connection from %s ended with an error", client_address, exc_info=True)
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LimitedHandler):
     server: WebhookServer
-    protocol_version = "HTTP/1.1"  # the API server keeps connections alive
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.client_address[0], *args)
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")  # so a keep-alive client does not reuse the socket
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _send_json(self, status: int, document: dict[str, Any]) -> None:
-        self._send(status, json.dumps(document).encode(), "application/json")
+    def count_error(self, reason: str) -> None:
+        self.server.metrics.bad_requests.labels(reason).inc()
 
     def _bad_request(self, status: int, reason: str, message: str) -> None:
-        self.server.metrics.bad_requests.labels(reason).inc()
-        self._send_json(status, bad_request_review(message, code=status))
+        """A refused review whose body was read to its end: the connection stays usable."""
+        self.send_error_json(status, reason, message, close=False)
 
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/healthz":
-            self._send(200, b"ok\n", "text/plain")
-        elif path == "/readyz":
-            if self.server.ready.is_set():
-                self._send(200, b"ok\n", "text/plain")
-            else:
-                self._send(503, f"not ready: {self.server.not_ready_reason}\n".encode(), "text/plain")
-        elif path == "/metrics":
-            self._send(200, generate_latest(self.server.metrics.registry), CONTENT_TYPE_LATEST)
+    def healthz(self, _length: int | None) -> None:
+        self.send_bytes(200, b"ok\n", "text/plain")
+
+    def readyz(self, _length: int | None) -> None:
+        if self.server.ready.is_set():
+            self.send_bytes(200, b"ok\n", "text/plain")
         else:
-            self._send(404, b"not found: GET /healthz, /readyz, /metrics; POST /mutate\n", "text/plain")
+            self.send_bytes(503, f"not ready: {self.server.not_ready_reason}\n".encode(), "text/plain")
 
-    def do_POST(self) -> None:
-        length_header = self.headers.get("Content-Length")
+    def metrics(self, _length: int | None) -> None:
+        self.send_bytes(200, generate_latest(self.server.metrics.registry), CONTENT_TYPE_LATEST)
+
+    def mutate(self, length: int | None) -> None:
+        """POST /mutate: room in the review budget first (the body is not read before), then decode and decide."""
+        length = length or 0
+        budget, wait_s = self.server.review_budget, self.server.review_wait_s
+        held = DECODE_BYTES_PER_BODY_BYTE * length
+        if not budget.acquire(held, wait_s):
+            self.send_error_json(503, "busy", f"tensorai-webhook is busy: no room for a {length}-byte review "
+                                 f"within {wait_s:g} s; retry")
+            return
         try:
-            length = int(length_header) if length_header is not None else -1
-        except ValueError:
-            length = -1
-        if length < 0:
-            self.close_connection = True
-            self._bad_request(411, "length", "a Content-Length header is required")
-            return
-        if length > MAX_BODY_BYTES:
-            self.close_connection = True
-            self._bad_request(413, "too_large", f"body of {length} bytes exceeds {MAX_BODY_BYTES}")
-            return
-        # Read the body even for a wrong path: closing with unread data would reset the connection
-        # before the client sees the answer, and keeping it would be parsed as the next request.
-        body = self.rfile.read(length)
-        if self.path.split("?", 1)[0] != "/mutate":
-            self._bad_request(404, "not_found", f"no such endpoint {self.path!r}; the API server posts to /mutate")
-            return
+            body = self.read_body(length)
+            if body is None:
+                return
+            needed = decode_estimate(body)
+            if needed > budget.total_bytes:
+                self._bad_request(413, "too_large", f"this review would take about {needed >> 20} MiB to decode, "
+                                  f"over the {budget.total_bytes >> 20} MiB the webhook decodes at once")
+                return
+            if needed > held:  # dense JSON: more than its size says; wait for the rest without holding a part
+                budget.release(held)
+                held = 0
+                if not budget.acquire(needed, wait_s):
+                    self.send_error_json(503, "busy", f"tensorai-webhook is busy: no room to decode this review "
+                                         f"within {wait_s:g} s; retry", close=False)
+                    return
+                held = needed
+            self._review(body)
+        finally:
+            budget.release(held)
+
+    def _review(self, body: bytes) -> None:
         started = time.perf_counter()
         try:
             document = json.loads(body)
@@ -271,9 +302,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         except Exception:  # a bug must cost one request (the API server applies failurePolicy), not the server
             log.exception("internal error while deciding an AdmissionReview")
-            self.server.metrics.bad_requests.labels("internal").inc()
-            self._send_json(500, bad_request_review("internal error in tensorai-webhook; see its log", code=500,
-                                                    reason="InternalError"))
+            self.send_error_json(500, "internal", "internal error in tensorai-webhook; see its log", close=False)
             return
         metrics = self.server.metrics
         metrics.latency.observe(time.perf_counter() - started)
@@ -283,4 +312,12 @@ class _Handler(BaseHTTPRequestHandler):
         metrics.reviews.labels(kind, operation, decision.outcome).inc()
         if not decision.allowed:
             log.info("denied %s %s (uid %s): %s", decision.operation, decision.kind, decision.uid, decision.message)
-        self._send_json(200, decision.to_review())
+        self.send_json(200, decision.to_review())
+
+
+_ROUTES: dict[str, Route] = {
+    "/mutate": {"POST": _Handler.mutate},
+    "/healthz": {"GET": _Handler.healthz},
+    "/readyz": {"GET": _Handler.readyz},
+    "/metrics": {"GET": _Handler.metrics},
+}
