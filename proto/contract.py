@@ -37,6 +37,9 @@ ANNOTATION_ANTI_AFFINITY_GROUP = "tensor.ai/anti-affinity-group"  # Pod: no two 
 ANNOTATION_POLICY = "tensor.ai/policy"  # Pod: scoring policy override
 ANNOTATION_QUOTA_REQUEUE = "tensor.ai/quota-requeue"  # Pod: touched by the extender to requeue a quota waiter
 ANNOTATION_GPU_RECOVER = "tensor.ai/recover-gpus"  # Node: comma list of UUIDs an admin returns to service
+# The scheduler's accounting on a Pod: only the extender's and the device plugin's ServiceAccounts may set,
+# change or remove these (manifests/base/policies/accounting-annotations.yaml; docs/scheduling.md)
+PROTECTED_POD_ANNOTATIONS = (ANNOTATION_ASSIGNMENT, ANNOTATION_ALLOCATED)
 
 # --- the scheduler ----------------------------------------------------------------------------------
 SCHEDULER_NAME = "tensorai-scheduler"  # the kube-scheduler profile that calls the extender; bind takes only its pods

@@ -156,7 +156,7 @@ def test_every_overlay_renders_and_the_default_install_is_production(rendered: d
 
 def test_every_namespaced_object_lands_in_tensorai_system_or_kube_system(rendered: dict[str, list[dict]]) -> None:
     cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
-                      "MutatingWebhookConfiguration"}
+                      "MutatingWebhookConfiguration", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     for overlay in TARGETS:
         for obj in rendered[overlay]:
             namespace = obj["metadata"].get("namespace")
@@ -166,6 +166,101 @@ def test_every_namespaced_object_lands_in_tensorai_system_or_kube_system(rendere
                 assert obj["roleRef"]["name"] == "extension-apiserver-authentication-reader"
             else:
                 assert namespace == "tensorai-system", f"{overlay}: {obj['kind']}/{obj['metadata']['name']}"
+
+
+# --- the accounting policy (issue 13) -------------------------------------------------------------
+
+ACCOUNTING_POLICY = "tensorai-accounting-annotations"
+
+
+def _program_users(objects: list[dict[str, Any]], *workloads: tuple[str, str]) -> set[str]:
+    """The API user names of the ServiceAccounts the given (kind, name) workloads run as."""
+    users = set()
+    for kind, name in workloads:
+        workload = _one(objects, kind, name)
+        account = workload["spec"]["template"]["spec"]["serviceAccountName"]
+        users.add(f"system:serviceaccount:{workload['metadata']['namespace']}:{account}")
+    return users
+
+
+@pytest.mark.parametrize("overlay", TARGETS)
+def test_accounting_policy_guards_the_contracts_keys_and_exempts_only_their_writers(
+    rendered: dict[str, list[dict]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    policy = _one(objects, "ValidatingAdmissionPolicy", ACCOUNTING_POLICY)["spec"]
+    variables = {v["name"]: v["expression"] for v in policy["variables"]}
+    assert variables["protected"] == repr(list(contract.PROTECTED_POD_ANNOTATIONS))
+    (condition,) = policy["matchConditions"]
+    named = set(re.findall(r"'(system:serviceaccount:[^']+)'", condition["expression"]))
+    # the extender (sidecar of the scheduler pod) writes the Assignment, the device plugin `allocated`
+    assert named == _program_users(objects, ("Deployment", "tensorai-scheduler"),
+                                   ("DaemonSet", "tensorai-device-plugin"))
+    assert policy["failurePolicy"] == "Fail"
+    rules = {(op, resource) for rule in policy["matchConstraints"]["resourceRules"]
+             for op in rule["operations"] for resource in rule["resources"]}
+    assert {("CREATE", "pods"), ("UPDATE", "pods"), ("UPDATE", "pods/status"), ("CREATE", "pods/binding"),
+            ("CREATE", "bindings")} <= rules
+    binding = _one(objects, "ValidatingAdmissionPolicyBinding", ACCOUNTING_POLICY)["spec"]
+    assert binding["policyName"] == ACCOUNTING_POLICY and binding["validationActions"] == ["Deny"]
+    assert "matchResources" not in binding and "paramRef" not in binding  # every namespace, no parameters
+
+
+def _accounting_validation(rendered: dict[str, list[dict]]) -> Any:
+    """policy(object, oldObject) -> the validation's verdict, evaluated with cel-python as the API server would
+    (its variables first, then the expression over them)."""
+    celpy = pytest.importorskip("celpy", reason="cel-python is a dev dependency (pip install -e '.[dev]')")
+    policy = _one(rendered["production"], "ValidatingAdmissionPolicy", ACCOUNTING_POLICY)["spec"]
+    environment = celpy.Environment()
+
+    def program(expression: str) -> Any:
+        return environment.program(environment.compile(expression))
+
+    variables = [(v["name"], program(v["expression"])) for v in policy["variables"]]
+    (validation,) = policy["validations"]
+    check = program(validation["expression"])
+
+    def verdict(obj: dict[str, Any], old: dict[str, Any] | None) -> bool:
+        request = {"operation": "CREATE" if old is None else "UPDATE"}
+        activation: dict[str, Any] = {"object": celpy.json_to_cel(obj), "oldObject": celpy.json_to_cel(old),
+                                      "request": celpy.json_to_cel(request)}
+        values = celpy.celtypes.MapType({})
+        for name, compiled in variables:  # each variable may read the ones before it
+            values[celpy.celtypes.StringType(name)] = compiled.evaluate({**activation, "variables": values})
+        return bool(check.evaluate({**activation, "variables": values}))
+
+    return verdict
+
+
+def _annotated(annotations: dict[str, str] | None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": "p", "namespace": "team"}
+    if annotations is not None:
+        metadata["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata}
+
+
+def test_accounting_policy_refuses_exactly_the_writes_that_touch_a_protected_key(
+    rendered: dict[str, list[dict]],
+) -> None:
+    verdict = _accounting_validation(rendered)
+    assignment, allocated = contract.PROTECTED_POD_ANNOTATIONS
+    held = {assignment: "A", allocated: "B", "team/owner": "alice"}
+    allowed = [
+        (_annotated(None), None),  # CREATE without annotations
+        (_annotated({"team/owner": "alice", contract.ANNOTATION_VGPU_REQUESTED: "{}"}), None),
+        (_annotated({**held, "team/owner": "bob", contract.ANNOTATION_POLICY: "binpack"}), _annotated(held)),
+        (_annotated(held), _annotated(held)),  # a status or label write that leaves them alone
+    ]
+    refused = [
+        (_annotated({assignment: "A"}), None),  # CREATE (or a Binding) that carries one
+        (_annotated({allocated: "B"}), None),
+        (_annotated({**held, assignment: "1 milli"}), _annotated(held)),  # change
+        (_annotated({"team/owner": "alice", allocated: "B"}), _annotated(held)),  # removal
+        (_annotated(None), _annotated(held)),  # every annotation removed
+        (_annotated({assignment: "A"}), _annotated(None)),  # added later
+    ]
+    assert [verdict(obj, old) for obj, old in allowed] == [True] * len(allowed)
+    assert [verdict(obj, old) for obj, old in refused] == [False] * len(refused)
 
 
 # --- schema validation ---------------------------------------------------------------------------

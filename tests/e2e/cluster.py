@@ -48,7 +48,8 @@ CHECKPOINT = DEVICE_PLUGIN_DIR / "kubelet_internal_checkpoint"
 START_TIMEOUT_S = 120.0
 # What the harness applies of the rendered install; workloads are replaced by host processes.
 APPLIED_KINDS = {"Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-                 "Role", "RoleBinding", "MutatingWebhookConfiguration"}
+                 "Role", "RoleBinding", "MutatingWebhookConfiguration", "ValidatingAdmissionPolicy",
+                 "ValidatingAdmissionPolicyBinding"}
 
 
 class ClusterError(RuntimeError):
