@@ -50,12 +50,14 @@ log = logging.getLogger(__name__)
 
 # The largest request body read (413 above it). kube-scheduler sends (nodeCacheCapable: true, as our
 # manifests set) one Pod - the API server stores none over etcd's 1.5 MiB request limit and reads no
-# body over 3 MiB (MaxRequestBodyBytes) - plus NodeNames (5,000 names ~100 KiB; 15,000 names of the
-# longest, 253 characters, ~4 MiB); /preempt adds MetaVictims UIDs (~50 bytes each). 16 MiB is four
-# times the worst of those; decoded, a body costs ~5x its size in Python objects, so a few at once
-# stay far under the Deployment's memory limit. Bodies that do not fit: nodeCacheCapable: false at
-# scale (a NodeList of full Node objects, ~5-10 KiB each, passes 16 MiB near 2,000 nodes).
-MAX_BODY_BYTES = 16 << 20
+# body over 3 MiB (MaxRequestBodyBytes) - plus NodeNames (5,000 names ~100 KiB; 15,000 names ~1 MiB,
+# ~4 MiB at the longest, 253 characters); /preempt adds MetaVictims UIDs (~50 bytes each). 8 MiB
+# holds the worst of those (a 3 MiB Pod and 4 MiB of names), typical bodies 50 times over. Decoded,
+# a body costs up to ~27x its size in Python objects (16 MiB of `[{},...]` took 420 MiB,
+# tests/benchmarks/bench_soak.py), so this also bounds one request's memory (~210 MiB). Bodies that
+# do not fit: nodeCacheCapable: false at scale (a NodeList of full Node objects, ~5-10 KiB each,
+# passes 8 MiB near 1,000 nodes).
+MAX_BODY_BYTES = 8 << 20
 
 
 class BadRequest(ValueError):
