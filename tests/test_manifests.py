@@ -467,6 +467,26 @@ def test_extender_url_is_the_sidecar_on_localhost(rendered: dict[str, list[dict]
     (sidecar,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "extender"]
     assert url.scheme == "http" and url.host == "127.0.0.1"
     assert url.port == int(_flag_value(sidecar, "--port"))
+    assert _flag_value(sidecar, "--address") == "127.0.0.1", "whatever reaches the verbs can bind pods: loopback only"
+
+
+@pytest.mark.parametrize("overlay", TARGETS)
+def test_extender_metrics_listener_serves_the_probes_and_prometheus_and_only_it_is_open(
+    rendered: dict[str, list[dict]], overlay: str
+) -> None:
+    """The kubelet's probes and Prometheus dial the pod IP: they use the metrics listener, which is the
+    only extender port declared and the only one the NetworkPolicy opens (the verbs stay on loopback)."""
+    deployment = _one(rendered[overlay], "Deployment", "tensorai-scheduler")
+    (sidecar,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "extender"]
+    metrics_port, verbs_port = int(_flag_value(sidecar, "--metrics-port")), int(_flag_value(sidecar, "--port"))
+    assert metrics_port != verbs_port
+    assert _flag_value(sidecar, "--metrics-address") == "0.0.0.0"
+    assert [(port["name"], port["containerPort"]) for port in sidecar["ports"]] == [("metrics", metrics_port)]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert sidecar[probe]["httpGet"]["port"] == "metrics", probe
+    admitted = {port["port"] for policy in _find(rendered[overlay], "NetworkPolicy")
+                for rule in policy["spec"].get("ingress", []) for port in rule.get("ports", [])}
+    assert metrics_port in admitted and verbs_port not in admitted
 
 
 @pytest.mark.parametrize("overlay", TARGETS)
@@ -611,26 +631,41 @@ def _manifest_argv(container: dict[str, Any], local: dict[str, str], *, drop: tu
 
 
 @pytest.fixture(scope="module")
-def extender(rendered: dict[str, list[dict]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def extender_sidecar(
+    rendered: dict[str, list[dict]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
     """The production extender sidecar's command line on a cluster file (one GPU node, one pending
-    pod, the example GPUQuota) instead of the API, on a loopback port."""
+    pod, the example GPUQuota) instead of the API, on loopback ports: (verbs URL, metrics URL)."""
     folder = tmp_path_factory.mktemp("extender")
     cluster = {"apiVersion": "v1", "kind": "List",
                "items": [_inventory_node("gpu-a"), _pending_quarter_pod(),
                          _one(rendered["examples"], contract.QUOTA_KIND, "team-a")]}
     cluster_file = folder / "cluster.yaml"
     cluster_file.write_text(yaml.safe_dump(cluster), encoding="utf-8")
-    port = _free_port()
+    port, metrics_port = _free_port(), _free_port()
     deployment = _one(rendered["production"], "Deployment", "tensorai-scheduler")
     (sidecar,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "extender"]
-    argv = _manifest_argv(sidecar, {"--address": "127.0.0.1", "--port": str(port), "--cluster-file": str(cluster_file)})
+    argv = _manifest_argv(sidecar, {"--address": "127.0.0.1", "--port": str(port), "--metrics-address": "127.0.0.1",
+                                    "--metrics-port": str(metrics_port), "--cluster-file": str(cluster_file)})
     running = Running(argv, folder / "log")
     try:
         base = f"http://127.0.0.1:{port}"
         running.wait_for(base + "/healthz")
-        yield base
+        yield base, f"http://127.0.0.1:{metrics_port}"
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="module")
+def extender(extender_sidecar: tuple[str, str]) -> str:
+    """The extender sidecar's verbs listener."""
+    return extender_sidecar[0]
+
+
+@pytest.fixture(scope="module")
+def extender_metrics(extender_sidecar: tuple[str, str]) -> str:
+    """The extender sidecar's metrics listener (/metrics and the probes)."""
+    return extender_sidecar[1]
 
 
 @pytest.fixture(scope="module")
@@ -701,13 +736,13 @@ def test_extender_serves_every_verb_the_scheduler_configuration_calls(
 
 @pytest.mark.parametrize("overlay", TARGETS)
 def test_probe_paths_of_the_extender_sidecar_are_served(
-    rendered: dict[str, list[dict]], overlay: str, extender: str
+    rendered: dict[str, list[dict]], overlay: str, extender_metrics: str
 ) -> None:
     deployment = _one(rendered[overlay], "Deployment", "tensorai-scheduler")
     (sidecar,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "extender"]
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         path = sidecar[probe]["httpGet"]["path"]
-        assert requests.get(extender + path, timeout=HTTP_TIMEOUT_S).status_code == 200, f"{probe} {path}"
+        assert requests.get(extender_metrics + path, timeout=HTTP_TIMEOUT_S).status_code == 200, f"{probe} {path}"
 
 
 @pytest.mark.parametrize("overlay", TARGETS)
@@ -868,6 +903,7 @@ def test_device_plugin_and_extender_as_deployed_meet_through_the_node_inventory(
         }), tmp_path / "plugin.log")
         port = _free_port()
         extender = Running(_manifest_argv(sidecar, {"--address": "127.0.0.1", "--port": str(port),
+                                                    "--metrics-address": "127.0.0.1", "--metrics-port": "0",
                                                     "--kubeconfig": api.kubeconfig_path}), tmp_path / "extender.log")
         try:
             inventory = _wait_for_inventory(api, "gpu-a", device_plugin)
@@ -1435,7 +1471,7 @@ def test_dashboard_shows_allocation_per_gpu_per_pod_and_scheduling_latency(rende
 
 
 def test_alerts_and_dashboard_read_only_metrics_the_programs_export(
-    rendered: dict[str, list[dict]], extender: str, device_plugin: str, webhook: str
+    rendered: dict[str, list[dict]], extender_metrics: str, device_plugin: str, webhook: str
 ) -> None:
     from prometheus_client import generate_latest
 
@@ -1446,7 +1482,7 @@ def test_alerts_and_dashboard_read_only_metrics_the_programs_export(
     # kernels); the three servers are scraped as Prometheus would.
     worker = generate_latest(WorkerMetrics(MemoryBudget(1 << 30), share_milli=250).registry).decode()
     exposed = _exposed_metric_names(
-        requests.get(extender + "/metrics", timeout=HTTP_TIMEOUT_S).text,
+        requests.get(extender_metrics + "/metrics", timeout=HTTP_TIMEOUT_S).text,
         requests.get(device_plugin + "/metrics", timeout=HTTP_TIMEOUT_S).text,
         requests.get(webhook + "/metrics", timeout=HTTP_TIMEOUT_S, verify=False).text,
         worker,
