@@ -168,6 +168,91 @@ def test_every_namespaced_object_lands_in_tensorai_system_or_kube_system(rendere
                 assert namespace == "tensorai-system", f"{overlay}: {obj['kind']}/{obj['metadata']['name']}"
 
 
+# --- the device plugin's permissions (issue 13) --------------------------------------------------
+
+PLUGIN_POLICY = "tensorai-device-plugin-own-node"
+# Every call of RawCoreApi, the plugin's only API client, and the (resource, verb) it needs.
+PLUGIN_CALLS = {"list_pods": ("pods", "list"), "watch_pods": ("pods", "watch"),
+                "patch_pod_annotations": ("pods", "patch"), "read_node": ("nodes", "get"),
+                "patch_node": ("nodes", "patch")}
+
+
+def test_device_plugin_role_grants_exactly_the_api_calls_it_makes(rendered: dict[str, list[dict]]) -> None:
+    from tensorai.deviceplugin.kubeapi import RawCoreApi
+
+    assert {name for name in vars(RawCoreApi) if not name.startswith("_")} == set(PLUGIN_CALLS), \
+        "a new API call of the plugin needs its verb in device-plugin/rbac.yaml and in PLUGIN_CALLS"
+    role = _one(rendered["production"], "ClusterRole", "tensorai-device-plugin")
+    granted = {(resource, verb) for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]}
+    assert granted == set(PLUGIN_CALLS.values())
+    assert all(rule["apiGroups"] == [""] and "resourceNames" not in rule for rule in role["rules"])
+
+
+def _plugin_policy(rendered: dict[str, list[dict]]) -> Any:
+    """(object, oldObject, node claim or None) -> the messages of the failed validations, with cel-python."""
+    celpy = pytest.importorskip("celpy", reason="cel-python is a dev dependency (pip install -e '.[dev]')")
+    policy = _one(rendered["production"], "ValidatingAdmissionPolicy", PLUGIN_POLICY)["spec"]
+    environment = celpy.Environment()
+    variables = [(v["name"], environment.program(environment.compile(v["expression"]))) for v in policy["variables"]]
+    checks = [(environment.program(environment.compile(v["expression"])), v.get("message") or v["messageExpression"])
+              for v in policy["validations"]]
+
+    def failures(obj: dict[str, Any], old: dict[str, Any], node: str | None) -> list[str]:
+        extra = {"authentication.kubernetes.io/node-name": [node]} if node else {}
+        request = {"operation": "UPDATE", "resource": {"resource": obj["kind"].lower() + "s"},
+                   "userInfo": {"username": "system:serviceaccount:tensorai-system:tensorai-device-plugin",
+                                "extra": extra}}
+        activation: dict[str, Any] = {"object": celpy.json_to_cel(obj), "oldObject": celpy.json_to_cel(old),
+                                      "request": celpy.json_to_cel(request)}
+        values = celpy.celtypes.MapType({})
+        for name, compiled in variables:
+            values[celpy.celtypes.StringType(name)] = compiled.evaluate({**activation, "variables": values})
+        return [message for check, message in checks if not bool(check.evaluate({**activation, "variables": values}))]
+
+    return failures
+
+
+def _node(name: str, annotations: dict[str, str], **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "annotations": annotations}, "spec": spec}
+
+
+def _bound_pod(node: str | None, annotations: dict[str, str], labels: dict[str, str] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"containers": [{"name": "c", "image": "x"}]}
+    if node:
+        spec["nodeName"] = node
+    return {"apiVersion": "v1", "kind": "Pod", "spec": spec,
+            "metadata": {"name": "p", "namespace": "team", "annotations": annotations, "labels": labels or {}}}
+
+
+def test_device_plugin_policy_is_bound_to_the_plugins_account_only(rendered: dict[str, list[dict]]) -> None:
+    objects = rendered["production"]
+    policy = _one(objects, "ValidatingAdmissionPolicy", PLUGIN_POLICY)["spec"]
+    (condition,) = policy["matchConditions"]
+    assert set(re.findall(r"'(system:serviceaccount:[^']+)'", condition["expression"])) == _program_users(
+        objects, ("DaemonSet", "tensorai-device-plugin"))
+    assert policy["failurePolicy"] == "Fail"
+    assert {(op, resource) for rule in policy["matchConstraints"]["resourceRules"] for op in rule["operations"]
+            for resource in rule["resources"]} == {("UPDATE", "nodes"), ("UPDATE", "pods")}
+    binding = _one(objects, "ValidatingAdmissionPolicyBinding", PLUGIN_POLICY)["spec"]
+    assert binding == {"policyName": PLUGIN_POLICY, "validationActions": ["Deny"]}
+
+
+def test_device_plugin_policy_allows_only_its_own_annotations_on_its_own_node(rendered: dict[str, list[dict]]) -> None:
+    failures = _plugin_policy(rendered)
+    inventory, recover = contract.ANNOTATION_INVENTORY, contract.ANNOTATION_GPU_RECOVER
+    before = _node("gpu-1", {recover: "GPU-1", "admin/note": "x"})
+    assert failures(_node("gpu-1", {inventory: "{}", "admin/note": "x"}), before, "gpu-1") == []
+    assert failures(_node("gpu-2", {inventory: "{}"}), _node("gpu-2", {}), "gpu-1")  # another node
+    assert failures(_node("gpu-1", {inventory: "{}"}), before, "gpu-1")  # removed the admin's note
+    assert failures(_node("gpu-1", {recover: "GPU-1", "admin/note": "x"}, unschedulable=True), before, "gpu-1")
+    assert failures(_node("gpu-1", {inventory: "{}", "admin/note": "x"}), before, None)  # no node claim
+    allocated = contract.ANNOTATION_ALLOCATED
+    assert failures(_bound_pod("gpu-1", {allocated: "x"}), _bound_pod("gpu-1", {}), "gpu-1") == []
+    assert failures(_bound_pod("gpu-2", {allocated: "x"}), _bound_pod("gpu-2", {}), "gpu-1")
+    assert failures(_bound_pod(None, {allocated: "x"}), _bound_pod(None, {}), "gpu-1")
+    assert failures(_bound_pod("gpu-1", {}, {"app": "stolen"}), _bound_pod("gpu-1", {}), "gpu-1")
+
+
 # --- the accounting policy (issue 13) -------------------------------------------------------------
 
 ACCOUNTING_POLICY = "tensorai-accounting-annotations"
