@@ -203,7 +203,9 @@ class ExtenderService:
         known = self._is_view_node  # node names the view knows; other request names are never cached
         self._host_prefixes = _Literals(_host_prefix, known)
         self._quoted = _Literals(json.dumps, known)  # a node name's JSON string literal
-        self._reason_values = _Literals(lambda reason: ":" + json.dumps(reason))  # a FailedNodes entry's value half
+        # a FailedNodes entry's value half; 4 MiB: real reasons are a few per node, but each unknown node
+        # requested brings its own ("node 'x' is unknown ..."), so a flood of them only churns this one
+        self._reason_values = _Literals(lambda reason: ":" + json.dumps(reason), max_bytes=4 << 20)
         self._order_cache: tuple[list[str], np.ndarray] | None = None
         # per-row tables of the view's nodes ("names", "literals", "order keys", "ranks", "entries"), each with the node
         # generation it was built for (see `_per_row`)

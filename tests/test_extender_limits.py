@@ -87,6 +87,7 @@ def test_node_names_the_view_does_not_know_are_never_cached(served) -> None:
         status, scores = post(url + "/prioritize", args)
         assert status == 200 and len(scores) == len(names)
     assert set(service._quoted) <= {"gpu-a", "gpu-b"}
+    assert service._reason_values.bytes <= 4 << 20  # each unknown node's reason names it: a smaller budget
     assert set(service._host_prefixes) <= {"gpu-a", "gpu-b"}
     assert all(len(cached[1]) <= 2 for cached in service._names_cache)  # lists longer than the cluster: not kept
 

@@ -42,12 +42,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from test_extender_support import gpu_uuid, node, pod
+from test_extender_support import H100_MIB, RESERVED_MIB, gpu_uuid, node, pod
 
 from tensorai.proto import contract
 
 # running-pod mix: mostly shares, some whole GPUs; 20,000 of them fill ~75 % of 1,000 x 8 GPUs
 SHAPES_MILLI = (100, 250, 250, 250, 500, 100, 250, 250, 500, 1000)
+USABLE_MIB = H100_MIB - RESERVED_MIB  # a share's memory in an Assignment: its part of the GPU's usable memory
 
 
 def build_cluster(nodes: int, running_pods: int, seed: int) -> dict:
@@ -78,7 +79,7 @@ def build_cluster(nodes: int, running_pods: int, seed: int) -> dict:
         container = assignment.containers.add(name="c0")
         for slot, share in shares:
             free[row, slot] -= share
-            container.gpus.add(uuid=gpu_uuid(name, slot), milli=share, memory_mib=share * 80)
+            container.gpus.add(uuid=gpu_uuid(name, slot), milli=share, memory_mib=USABLE_MIB * share // 1000)
         running["metadata"]["annotations"][contract.ANNOTATION_ASSIGNMENT] = contract.encode_assignment(assignment)
         items.append(running)
         placed += 1
