@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tensorai.scheduler.view import ClusterView
@@ -84,6 +84,15 @@ class _ViewCollector(Collector):
         for namespace in self.view.waiting_namespaces():
             waiting.add_metric([namespace], len(self.view.waiting(namespace)))
         yield waiting
+        distrusted = CounterMetricFamily(
+            "tensorai_extender_assignments_distrusted",
+            "tensor.ai/assignment annotations not counted as written: contradicting the pod's own requests "
+            "(counted as the pod asks) or rewriting a bound pod's accepted one beyond a GPU move (kept)",
+            labels=["reason"],
+        )
+        for reason, count in self.view.distrusted_assignments.items():
+            distrusted.add_metric([reason], count)
+        yield distrusted
 
 
 class ExtenderMetrics:

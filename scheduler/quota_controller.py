@@ -114,12 +114,12 @@ class QuotaController:
         used = view.used(namespace)
         limits = view.quotas(namespace)
         for uid, (name, _reason, _since) in view.waiting(namespace).items():
-            record = view.pod(uid)
-            if record is None or record.node_name is not None or record.demand is None:
+            demand = view.waiting_demand(uid)
+            if demand is None:
                 continue
             if self._requeued_at_usage.get(uid) == used:
                 continue  # nothing changed since we last woke this pod
-            if quota_violations(limits, used, estimate_usage(record.demand, None, None)):
+            if quota_violations(limits, used, estimate_usage(demand, None, None)):
                 continue
             self._requeued_at_usage[uid] = used
             if len(self._requeued_at_usage) > 100_000:

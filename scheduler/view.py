@@ -82,12 +82,20 @@ class PodRecord:
     spec_containers: tuple[tuple[str, bool, bool], ...] = ()  # (name, init, sidecar), kept when demand is None
     pod: dict | None = None  # kept while pending, so bind can re-check without an API call
     node_name: str | None = None  # where it holds capacity (bound or assumed); None = holds nothing
-    shares: tuple[Share, ...] = ()
+    shares: tuple[Share, ...] = ()  # what the view counts: `written`, never below what the pod asks for
     assumed: bool = False  # bound by us, watch has not confirmed yet
     assignment_text: str | None = None
     applied: tuple[int, Placement] | None = None  # what is subtracted from the arrays now
     usage: Usage = field(default_factory=Usage)  # counted in its namespace's usage now
     awaiting: tuple[dict, frozenset[int]] | None = None  # bound, not yet allocated: (pod, its container sizes)
+    written: tuple[Share, ...] = ()  # the accepted Assignment's shares as written (`shares` may count more)
+    refused_text: str | None = None  # an Assignment rewrite not accepted (see `_rewrite_problem`)
+    flagged_text: str | None = None  # the Assignment last logged and counted as distrusted ("" = none; log once)
+
+
+# Why the view did not take an Assignment as written (tensorai_extender_assignments_distrusted_total{reason})
+DISTRUST_CONTRADICTS_POD = "contradicts_pod"  # counted as the pod asks instead: never less
+DISTRUST_REWRITE_REFUSED = "rewrite_refused"  # a bound pod's accepted Assignment changed shape: kept as accepted
 
 
 # How many pod bodies filter/prioritize remember, and for how long without a new filter call: kube-scheduler
@@ -214,6 +222,25 @@ def shares_from_placement(placement: Placement) -> tuple[Share, ...]:
     return tuple(Share(c.container, c.uuid, c.milli, c.memory_mib) for c in placement.choices)
 
 
+def _shares_of(assignment: contract.pb.Assignment) -> tuple[Share, ...]:
+    """The shares an Assignment message gives, in the form the view stores."""
+    return tuple(Share(container.name, gpu.uuid, gpu.milli, gpu.memory_mib)
+                 for container in assignment.containers for gpu in container.gpus)
+
+
+def _shape(shares: tuple[Share, ...]) -> dict[str, list[tuple[int, int]]]:
+    """Per container its per-GPU (milli, memory MiB), GPUs left out: what a GPU swap must keep."""
+    shape: dict[str, list[tuple[int, int]]] = {}
+    for share in shares:
+        shape.setdefault(share.container, []).append((share.milli, share.memory_mib))
+    return {name: sorted(held) for name, held in shape.items()}
+
+
+def _describe(shares: tuple[Share, ...]) -> str:
+    return ", ".join(f"{name}: {' + '.join(f'{milli} milli/{mib} MiB' for milli, mib in held)}"
+                     for name, held in _shape(shares).items()) or "nothing"
+
+
 def _shares_placement(shares: tuple[Share, ...]) -> Placement:
     """The shares as a Placement with one slot per GPU UUID, for counting what they hold (no node needed)."""
     slots: dict[str, int] = {}
@@ -281,6 +308,9 @@ class ClusterView:
         self._awaiting: dict[str, dict[str, tuple[dict, frozenset[int]]]] = {}
         # uid -> what filter/prioritize bodies said, oldest call first (bounded, expiring; see PendingPod)
         self._pending: collections.OrderedDict[str, PendingPod] = collections.OrderedDict()
+        # Assignments not taken as written, per reason (DISTRUST_*), for the metric
+        self.distrusted_assignments: dict[str, int] = dict.fromkeys(
+            (DISTRUST_CONTRADICTS_POD, DISTRUST_REWRITE_REFUSED), 0)
 
     # ------------------------------------------------------------------ readiness
     def mark_synced(self, kind: str) -> None:
@@ -444,6 +474,7 @@ class ClusterView:
         for uid in self._pods_by_node.get(record.name, ()):
             pod = self._pods[uid]
             self._account(pod, -1)
+            pod.shares = self._counted_shares(pod, record.name, pod.written, pod.assignment_text)  # GPUs known now
             self._apply_arrays(pod)
             self._account(pod, +1)
         self._refresh_row(row)
@@ -608,9 +639,11 @@ class ClusterView:
             self._mark_dirty(record.namespace)
             record.usage = Usage()
 
-    def _hold(self, record: PodRecord, node_name: str, shares: tuple[Share, ...]) -> None:
+    def _hold(self, record: PodRecord, node_name: str, shares: tuple[Share, ...], text: str | None) -> None:
+        """Hold `shares` (the Assignment `text` as written) on the node: counted as `_counted_shares` says."""
         self._unhold(record)
-        record.node_name, record.shares = node_name, shares
+        record.node_name, record.written = node_name, shares
+        record.shares = self._counted_shares(record, node_name, shares, text)
         self._pods_by_node.setdefault(node_name, set()).add(record.uid)
         self._apply_arrays(record)
         self._account(record, +1)
@@ -628,6 +661,7 @@ class ClusterView:
                 del self._pods_by_node[record.node_name]
         self._clear_awaiting(record)
         record.node_name, record.shares, record.assumed, record.assignment_text = None, (), False, None
+        record.written, record.refused_text = (), None
         self._assumed_at.pop(record.uid, None)
 
     # ------------------------------------------------------------------ pods awaiting Allocate
@@ -732,12 +766,27 @@ class ClusterView:
             if record.node_name == node_name and record.assignment_text == text:
                 self._track_allocation(record, pod)  # e.g. the device plugin wrote tensor.ai/allocated
                 return
+            if record.node_name == node_name and record.assignment_text is not None:
+                # A rewrite of the Assignment this view accepted for the bound pod. Only the device plugin
+                # rewrites one, and only to move containers between GPUs of the node (a swap of two
+                # interchangeable pods, a relabel): anything else - less milli, no Assignment, another
+                # node - is refused and the accepted one stays counted.
+                if text == record.refused_text:
+                    self._track_allocation(record, pod)
+                    return
+                problem = self._rewrite_problem(record, text, node_name)
+                if problem is not None:
+                    record.refused_text = text
+                    self._distrust(record, text, DISTRUST_REWRITE_REFUSED, [problem],
+                                   "keeping the Assignment accepted before")
+                    self._track_allocation(record, pod)
+                    return
             shares: tuple[Share, ...] = ()
             if text is not None:
                 shares = self._shares_from_annotation(record, text, node_name)
             # a changed Assignment (the device plugin swapping two interchangeable pending pods) is
             # released in full and held again: no double counting, nothing left behind
-            self._hold(record, node_name, shares)
+            self._hold(record, node_name, shares, text)
             record.assignment_text = text
             self._track_allocation(record, pod)
 
@@ -747,20 +796,96 @@ class ClusterView:
         except contract.ContractError as error:
             log.warning("pod %s/%s: ignoring its assignment: %s", record.namespace, record.name, error)
             return ()
+        shares = _shares_of(assignment)
         if assignment.node_name != node_name:
-            log.warning(
-                "pod %s/%s: assignment names node %s but the pod is bound to %s; not counted",
-                record.namespace,
-                record.name,
-                assignment.node_name,
-                node_name,
-            )
-            return ()
-        return tuple(
-            Share(container.name, gpu.uuid, gpu.milli, gpu.memory_mib)
-            for container in assignment.containers
-            for gpu in container.gpus
-        )
+            # its GPUs are still counted where they are on the bound node: a forged node name frees nothing
+            self._distrust(record, text, DISTRUST_CONTRADICTS_POD,
+                           [f"names node {assignment.node_name} but the pod is bound to {node_name}"],
+                           "its GPUs that the bound node has are counted there")
+        return shares
+
+    def _counted_shares(self, record: PodRecord, node_name: str, written: tuple[Share, ...],
+                        text: str | None) -> tuple[Share, ...]:
+        """What the view counts for an Assignment: as written when it matches the pod's own requests, else
+        never less than the pod asks for (call under the lock).
+
+        The extender writes exactly the demand (per container `gpu_count` GPUs of its milli, its explicit
+        memory or its share of the GPU's usable memory), so a mismatch is a forged or stale Assignment:
+        each share is counted with the larger of what it says and what its container asks, and the
+        mismatch is logged once and counted (`distrusted_assignments`). GPUs the node does not have
+        cannot be counted anywhere (the device plugin refuses to allocate them); they are reported too.
+        """
+        demand = record.demand
+        if demand is None or not (written or demand.containers):
+            return written  # an unreadable pod: its Assignment is all there is
+        node = self._nodes.get(node_name)
+        wanted = {container.name: container for container in demand.containers}
+        problems: list[str] = []
+        counted: list[Share] = []
+        for share in written:
+            container = wanted.get(share.container)
+            if container is None:
+                problems.append(f"gives container {share.container!r} a GPU share it does not ask for")
+                counted.append(share)
+                continue
+            if share.milli != container.milli:
+                problems.append(f"gives container {share.container!r} {share.milli} milli on {share.uuid}, "
+                                f"it asks for {container.milli}")
+            memory_mib = container.memory_mib
+            slot = node.uuid_slot.get(share.uuid) if node is not None else None
+            if node is not None and slot is None:
+                problems.append(f"names GPU {share.uuid}, which node {node_name} does not have")
+            elif memory_mib is None and slot is not None:  # the default: its share of this GPU's usable memory
+                usable_mib = int(self.cluster.gpu_usable_memory_mib[node.index, slot])
+                memory_mib = usable_mib if container.milli >= contract.MILLI_PER_GPU else (
+                    usable_mib * container.milli // contract.MILLI_PER_GPU)
+            if memory_mib is not None and share.memory_mib < memory_mib:
+                problems.append(f"gives container {share.container!r} {share.memory_mib} MiB on {share.uuid}, "
+                                f"it asks for {memory_mib}")
+            counted.append(Share(share.container, share.uuid, max(share.milli, container.milli),
+                                 max(share.memory_mib, memory_mib or 0)))
+        for container in demand.containers:
+            given = sum(1 for share in written if share.container == container.name)
+            if given != container.gpu_count:
+                problems.append(f"gives container {container.name!r} {given} GPU(s), it asks for {container.gpu_count}")
+        if problems:
+            self._distrust(record, text, DISTRUST_CONTRADICTS_POD, problems,
+                           "counted as the pod asks, never less than it asks for")
+        return tuple(counted)
+
+    def _rewrite_problem(self, record: PodRecord, text: str | None, node_name: str) -> str | None:
+        """Why a new Assignment text of a bound pod must not replace the accepted one, or None.
+
+        The device plugin may move containers between GPUs of the node (docs/deviceplugin.md: it swaps
+        only interchangeable pods - same size, same per-GPU milli and memory), so the containers and their
+        per-GPU (milli, memory) must stay exactly as accepted and every GPU must be on the node.
+        """
+        if text is None:
+            return "was removed"
+        try:
+            assignment = contract.decode_assignment(text)
+        except contract.ContractError as error:
+            return f"was rewritten unreadably ({error})"
+        if assignment.node_name != node_name:
+            return f"was rewritten to name node {assignment.node_name}, but the pod is bound to {node_name}"
+        shares = _shares_of(assignment)
+        if _shape(shares) != _shape(record.written):
+            return (f"was rewritten from {_describe(record.written)} to {_describe(shares)}: a rewrite may move "
+                    "containers to other GPUs of the node, never change what they hold")
+        node = self._nodes.get(node_name)
+        unknown = sorted({share.uuid for share in shares} - set(node.uuid_slot)) if node is not None else []
+        if unknown:
+            return f"was rewritten to GPU(s) {', '.join(unknown)}, which node {node_name} does not have"
+        return None
+
+    def _distrust(self, record: PodRecord, text: str | None, reason: str, problems: list[str], outcome: str) -> None:
+        """Log (once per Assignment text) and count an Assignment the view does not take as written."""
+        if record.flagged_text == (text or ""):
+            return
+        record.flagged_text = text or ""  # "" = the pod had no Assignment
+        self.distrusted_assignments[reason] = self.distrusted_assignments.get(reason, 0) + 1
+        log.warning("pod %s/%s: its %s %s; %s", record.namespace, record.name, contract.ANNOTATION_ASSIGNMENT,
+                    "; ".join(problems), outcome)
 
     def delete_pod(self, pod: dict) -> None:
         """A Pod is gone: release whatever it held."""
@@ -827,10 +952,26 @@ class ClusterView:
         return entry
 
     def _trim_pending(self, now: float) -> None:
-        """Drop filter-body entries beyond PENDING_LIMIT or older than PENDING_TTL_S (oldest first; under the lock)."""
+        """Drop filter-body entries beyond PENDING_LIMIT or older than PENDING_TTL_S (oldest first; under the lock).
+
+        A quota wait noted for a pod known only from a body goes with its entry: forged bodies must not
+        fill the waiting list (and the GPUQuota status) for ever.
+        """
         pending = self._pending
         while pending and (len(pending) > PENDING_LIMIT or next(iter(pending.values())).seen_at < now - PENDING_TTL_S):
-            pending.popitem(last=False)
+            _, entry = pending.popitem(last=False)
+            if entry.uid not in self._pods:
+                self._forget_waiting(entry)
+
+    def waiting_demand(self, uid: str) -> PodDemand | None:
+        """The demand of a pod waiting for quota, if it still waits (holds nothing): the watch's record, else
+        what its last filter body said (the quota controller only nudges such a pod, it binds nothing)."""
+        with self.lock:
+            record = self._pods.get(uid)
+            if record is not None:
+                return record.demand if record.node_name is None else None
+            entry = self._pending.get(uid)
+            return None if entry is None else entry.demand
 
     def pending_count(self) -> int:
         """How many filter-body entries the view holds (bounded by PENDING_LIMIT)."""
@@ -871,7 +1012,7 @@ class ClusterView:
         """Hold the placement for a pod being bound (call under the lock, after the fit and quota checks)."""
         record = self._pods[uid]
         pending = record.pod
-        self._hold(record, placement.node_name, shares_from_placement(placement))
+        self._hold(record, placement.node_name, shares_from_placement(placement), assignment_text)
         record.assumed = True
         self._assumed_at[uid] = time.monotonic()
         record.assignment_text = assignment_text

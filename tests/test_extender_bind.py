@@ -158,6 +158,7 @@ def test_property_threaded_binds_never_overcommit(sizes: list[int], targets: lis
         for share in record.shares:
             held[share.uuid] = held.get(share.uuid, 0) + share.milli
     assert all(milli <= contract.MILLI_PER_GPU for milli in held.values())
+    assert not any(view.distrusted_assignments.values()), "the extender's own Assignments must be taken as written"
     # the arrays agree with the records: free = 1000 - held on every GPU
     with view.lock:
         for name in ("n0", "n1"):

@@ -109,13 +109,20 @@ def pod(
     }
 
 
+def share_memory_mib(milli: int, memory_mib: int = H100_MIB, reserved_mib: int = RESERVED_MIB) -> int:
+    """The GPU memory the extender writes for a share without an explicit vgpu-memory: its part of the
+    GPU's usable memory, rounded down (the view counts an Assignment giving less as the pod asks)."""
+    usable_mib = memory_mib - reserved_mib
+    return usable_mib if milli >= contract.MILLI_PER_GPU else usable_mib * milli // contract.MILLI_PER_GPU
+
+
 def assigned_pod(name: str, node_name: str, shares: list[tuple[int, int]], **kwargs: object) -> dict:
     """A Running pod bound to node_name with an Assignment of (gpu index, milli) shares, one container each."""
     built = pod(name, [milli for _, milli in shares], node_name=node_name, phase="Running", **kwargs)
     assignment = pb.Assignment(pod_uid=built["metadata"]["uid"], node_name=node_name)
     for position, (index, milli) in enumerate(shares):
         container = assignment.containers.add(name=f"c{position}")
-        container.gpus.add(uuid=gpu_uuid(node_name, index), milli=milli, memory_mib=milli * 80)
+        container.gpus.add(uuid=gpu_uuid(node_name, index), milli=milli, memory_mib=share_memory_mib(milli))
     built["metadata"]["annotations"][contract.ANNOTATION_ASSIGNMENT] = contract.encode_assignment(assignment)
     return built
 

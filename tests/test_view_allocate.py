@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from kubernetes import client
-from test_extender_support import assigned_pod, gpu_uuid, node, wait_for
+from test_extender_support import assigned_pod, gpu_uuid, node, share_memory_mib, wait_for
 
 from tensorai.demo.kube_standin import KubeStandin
 from tensorai.proto import contract
@@ -42,7 +42,8 @@ def _pending_bound(name: str, node_name: str, gpu: int, milli: int) -> dict:
 
 def _assignment(pod_uid: str, node_name: str, gpu: int, milli: int) -> str:
     assignment = pb.Assignment(pod_uid=pod_uid, node_name=node_name)
-    assignment.containers.add(name="c0").gpus.add(uuid=gpu_uuid(node_name, gpu), milli=milli, memory_mib=milli * 80)
+    assignment.containers.add(name="c0").gpus.add(uuid=gpu_uuid(node_name, gpu), milli=milli,
+                                                  memory_mib=share_memory_mib(milli))
     return contract.encode_assignment(assignment)
 
 
@@ -90,6 +91,7 @@ def test_plugin_swap_of_two_pending_assignments_is_reaccounted_without_double_co
     assert wait_for(lambda: _free(watched) == (400, 400), WAIT_S)
     assert _same_as_relist(watched, api)
     assert watched.usage_snapshot()["ml"] == _relisted(api).usage_snapshot()["ml"]
+    assert not any(watched.distrusted_assignments.values()), "a GPU swap must be taken as written"
     # both gone: every milli and every MiB comes back, no record is left indexed
     api.delete_object("pods", "first", "ml")
     api.delete_object("pods", "second", "ml")

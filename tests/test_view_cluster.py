@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_extender_support import bind_args, gpu_uuid, node, pod, quota
+from test_extender_support import bind_args, gpu_uuid, node, pod, quota, share_memory_mib
 
 from tensorai.proto import contract
 from tensorai.scheduler.extender import ExtenderService
@@ -40,7 +40,7 @@ def _assigned(name: str, node_name: str, shares: list[tuple[int, int]], **kwargs
     assignment = contract.pb.Assignment(pod_uid=built["metadata"]["uid"], node_name=node_name)
     for position, (index, milli) in enumerate(shares):
         container = assignment.containers.add(name=f"c{position}")
-        container.gpus.add(uuid=gpu_uuid(node_name, index), milli=milli, memory_mib=milli * 80)
+        container.gpus.add(uuid=gpu_uuid(node_name, index), milli=milli, memory_mib=share_memory_mib(milli))
     built["metadata"]["annotations"][contract.ANNOTATION_ASSIGNMENT] = contract.encode_assignment(assignment)
     return built
 

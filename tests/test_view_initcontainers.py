@@ -10,13 +10,22 @@ from __future__ import annotations
 import copy
 
 import pytest
-from test_extender_support import ExtenderStack, bind_args, filter_args, gpu_uuid, node, pod, post, quota, wait_for
+from test_extender_support import (
+    ExtenderStack,
+    bind_args,
+    filter_args,
+    gpu_uuid,
+    node,
+    pod,
+    post,
+    quota,
+    share_memory_mib,
+    wait_for,
+)
 
 from tensorai.demo.kube_standin import KubeStandin
 from tensorai.proto import contract
 from tensorai.scheduler.view import ClusterView
-
-MIB_PER_MILLI = 80  # the test inventory's GPUs: 80,000 MiB usable per 1000 milli
 
 
 @pytest.fixture
@@ -46,7 +55,7 @@ def _assign(built: dict, node_name: str, shares: list[tuple[str, int, int]]) -> 
     assignment = contract.pb.Assignment(pod_uid=built["metadata"]["uid"], node_name=node_name)
     for container_name, index, milli in shares:
         container = assignment.containers.add(name=container_name)
-        container.gpus.add(uuid=gpu_uuid(node_name, index), milli=milli, memory_mib=milli * MIB_PER_MILLI)
+        container.gpus.add(uuid=gpu_uuid(node_name, index), milli=milli, memory_mib=share_memory_mib(milli))
     built["metadata"]["annotations"][contract.ANNOTATION_ASSIGNMENT] = contract.encode_assignment(assignment)
     return built
 
