@@ -11,6 +11,11 @@ ReplicaSets, StatefulSets, DaemonSets, Jobs and ReplicationControllers (`/spec/t
 (`/spec/jobTemplate/spec/template`) and PodTemplates (`/template`). The user's original request is
 kept in the template's (or Pod's) `tensor.ai/vgpu-requested` annotation as compact JSON, e.g.
 `{"containers":{"main":"0.25"},"initContainers":{"setup":"1"}}`, GPUs as plain decimals.
+
+Before any rewrite, an object whose Pod spec names any of our resources (`tensor.ai/vgpu`, `-milli`,
+`-memory`) is denied if it could reach GPUs it was not given (`isolation_violations`: privileged,
+SYS_ADMIN, hostPID/hostIPC, hostPath /dev, the env names the device plugin sets); so is a
+`kubectl debug` ephemeral container that would add such an escape to a running vGPU pod.
 """
 
 from __future__ import annotations
