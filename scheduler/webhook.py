@@ -273,10 +273,8 @@ FORBIDDEN_CAPABILITIES = frozenset({"SYS_ADMIN", "ALL"})
 ISOLATION_GROUPS = ("containers", "initContainers", "ephemeralContainers")
 
 
-def _names_vgpu_resource(spec: dict[str, Any] | None) -> bool:
+def _names_vgpu_resource(spec: dict[str, Any]) -> bool:
     """True when any container or init container names one of our resources in requests or limits."""
-    if spec is None:
-        return False
     for group in CONTAINER_GROUPS:
         containers = spec.get(group)
         if not isinstance(containers, list):
@@ -318,9 +316,8 @@ def isolation_violations(template: dict[str, Any], where: str) -> list[str]:
     Empty when the object names none of our resources: other pods are PodSecurity's business, and
     denying them here would make a webhook outage block unrelated workloads."""
     spec = _dict_at(template, ("spec",))
-    if not _names_vgpu_resource(spec):
+    if spec is None or not _names_vgpu_resource(spec):
         return []
-    assert spec is not None
     violations: list[str] = []
     for field_name in ("hostPID", "hostIPC"):
         if spec.get(field_name) is True:

@@ -140,3 +140,15 @@ def test_a_second_plugin_process_exits_2_with_one_line_and_a_killed_ones_lock_is
             if first.poll() is None:
                 first.kill()
                 first.wait(timeout=10)
+
+
+def test_repeated_kubelet_restarts_never_fill_the_list_and_watch_cap(workdir: str) -> None:
+    # Each restart ends kubelet's stream; an ended stream must give its slot back, or after a few
+    # restarts the new kubelet's stream would be refused (RESOURCE_EXHAUSTED) and its devices lost.
+    with StubKubelet(f"{workdir}/dp") as kubelet, make_plugin(workdir) as plugin:
+        assert kubelet.wait_for_registration(1, 10)
+        for restart in range(2, 2 + 2 * plugin.servicer.max_streams):
+            kubelet.restart()
+            assert kubelet.wait_for_registration(restart, 5.0), f"no re-registration after restart {restart - 1}"
+            assert kubelet.wait_for(lambda devices: len(devices) == 2000, 5.0)
+        assert wait_until(lambda: plugin.servicer.open_streams == 1, 2.0), plugin.servicer.open_streams
