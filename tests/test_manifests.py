@@ -291,6 +291,17 @@ def test_accounting_policy_guards_the_contracts_keys_and_exempts_only_their_writ
     assert "matchResources" not in binding and "paramRef" not in binding  # every namespace, no parameters
 
 
+@pytest.mark.parametrize("overlay", TARGETS)
+def test_extender_binds_the_pods_of_the_profile_that_calls_it(rendered: dict[str, list[dict]], overlay: str) -> None:
+    """Bind refuses pods of another scheduler (`--scheduler-name`): the one profile must be the name it takes."""
+    objects = rendered[overlay]
+    (profile,) = _scheduler_configuration(objects)["profiles"]
+    deployment = _one(objects, "Deployment", "tensorai-scheduler")
+    (extender,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] != "kube-scheduler"]
+    named = [arg.split("=", 1)[1] for arg in _args(extender) if arg.startswith("--scheduler-name=")]
+    assert (named or [contract.SCHEDULER_NAME]) == [profile["schedulerName"]]
+
+
 def _accounting_validation(rendered: dict[str, list[dict]]) -> Any:
     """policy(object, oldObject) -> the validation's verdict, evaluated with cel-python as the API server would
     (its variables first, then the expression over them)."""
