@@ -6,6 +6,11 @@ plugin's ClusterRole are applied as shipped to a control plane without a kubelet
 TokenRequest token bound to the harness's node, as a DaemonSet pod's projected token is bound to its pod
 (identities.py): the API server puts the node in the user's extra, and the policy holds the plugin to it.
 A stolen plugin token must not rewrite another node's Inventory or another node's pods.
+
+The same control plane runs the webhook with the shipped MutatingWebhookConfiguration, so the last
+tests check the other half of GPU isolation there: a pod that skips the rewrite by writing
+`tensor.ai/vgpu-milli` directly still reaches the webhook (matchConditions) and is refused when it is
+privileged; the check names each violation.
 """
 
 from __future__ import annotations
@@ -167,3 +172,25 @@ def test_a_plugin_token_without_a_node_claim_changes_nothing(cluster: Any) -> No
         binaries.run_kubectl(kubeconfig, "annotate", "node", cluster.node_name, "--overwrite",
                              f"{contract.ANNOTATION_INVENTORY}={{}}")
     assert REFUSAL in str(refused.value) and "carries no node claim" in str(refused.value)
+
+
+def _tenant_pod(name: str, resources: dict[str, str], **container: Any) -> str:
+    return json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NAMESPACE},
+                       "spec": {"schedulerName": "nobody", "containers": [
+                           {"name": "c", "image": "e2e/none", "resources": {"limits": resources}, **container}]}})
+
+
+def test_a_privileged_pod_writing_vgpu_milli_directly_is_refused_by_the_webhook(cluster: Any) -> None:
+    privileged = {"securityContext": {"privileged": True}}
+    with pytest.raises(KubectlError) as refused:
+        cluster.kubectl("create", "-f", "-", who="tenant",
+                        stdin=_tenant_pod("escape", {contract.RESOURCE_VGPU_MILLI: "250"}, **privileged))
+    message = str(refused.value)
+    assert 'admission webhook "vgpu.tensor.ai" denied the request' in message
+    assert "spec.containers[0] (c): securityContext.privileged is true" in message
+    with pytest.raises(KubectlError) as refused:
+        cluster.kubectl("create", "-f", "-", who="tenant", stdin=_tenant_pod(
+            "escape-env", {contract.RESOURCE_VGPU: "0.5"}, env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]))
+    assert "env NVIDIA_VISIBLE_DEVICES is set by the device plugin" in str(refused.value)
+    # not ours to judge: a privileged pod naming none of our resources is left to Pod Security
+    cluster.kubectl("create", "-f", "-", who="tenant", stdin=_tenant_pod("not-ours", {"cpu": "1"}, **privileged))
