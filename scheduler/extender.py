@@ -64,6 +64,23 @@ class BadRequest(ValueError):
     """A body that is not shaped like the extender protocol says (HTTP 400)."""
 
 
+# Kubernetes' own bounds on a pod's identity: a UID is a 36-character UUID (128 leaves room for any
+# format), a name a DNS subdomain (253), a namespace a DNS label (63). The API server sends nothing
+# longer; refusing longer ones keeps request text out of what the view and the workload remember per pod.
+_IDENTITY_LIMITS = (("uid", 128), ("name", 253), ("namespace", 63))
+
+
+def _check_identity(pod: dict) -> None:
+    """BadRequest if the pod's uid, name or namespace is longer than Kubernetes allows."""
+    metadata = pod.get("metadata")
+    if not isinstance(metadata, dict):
+        return  # remember_pending says what is wrong
+    for field, limit in _IDENTITY_LIMITS:
+        value = metadata.get(field)
+        if isinstance(value, str) and len(value) > limit:
+            raise BadRequest(f"ExtenderArgs.Pod metadata.{field} has {len(value)} characters; at most {limit}")
+
+
 class PodError(ValueError):
     """A well-formed request whose pod the core cannot read (filter/bind: `Error`; prioritize: 422)."""
 
@@ -221,7 +238,7 @@ class ExtenderService:
             metrics=self.metrics,
             scheduler_name=scheduler_name,
         )
-        self._observed: dict[str, None] = {}  # pods already counted by the online workload (bounded, FIFO)
+        self._observed: dict[int, None] = {}  # hashes of the uids the online workload counted (bounded, FIFO)
         self.args_decoder = ArgsDecoder()  # filter/prioritize bodies: repeated NodeNames lists decoded once
 
     # ------------------------------------------------------------------ helpers
@@ -248,15 +265,17 @@ class ExtenderService:
         """The body's pod demand for scoring this request: the watch's record when it holds this very
         version, else the view's bounded, expiring `PendingPod` entry. Neither is created from the body
         as a PodRecord, so nothing posted here changes what bind reserves (it reads the API's pod)."""
+        _check_identity(pod)
         record = self.view.remember_pending(pod)
         if record is None:
             raise BadRequest("ExtenderArgs.Pod needs metadata.name (and metadata.uid)")
         if record.demand is None:
             raise PodError(f"pod {record.namespace}/{record.name}: {record.demand_error}")
-        if self.context.online is not None and record.uid not in self._observed:
+        seen = hash(record.uid)  # a fixed-size key: 100,000 of them cost ~8 MB whatever the uids
+        if self.context.online is not None and seen not in self._observed:
             with self.view.lock:
                 self.context.online.observe(record.demand)
-                self._observed[record.uid] = None
+                self._observed[seen] = None
                 if len(self._observed) > 100_000:
                     self._observed.pop(next(iter(self._observed)))
         return record, record.demand

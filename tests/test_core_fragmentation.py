@@ -88,3 +88,14 @@ def test_online_workload_learns_from_seen_pods_on_a_schedule():
         online.observe(simple_demand(1000, 1, 1000, 1))
     learned = online.current()
     assert learned is not first and set(learned.shapes) == {Shape(1000, 500, 1), Shape(1000, 1000, 1)}
+
+
+def test_online_workload_keeps_the_common_shapes_and_never_more_than_twice_its_cap():
+    online = OnlineWorkload(max_shapes=8)
+    common = simple_demand(4000, 1024, 500, 1)
+    for index in range(200):
+        online.observe(common)
+        online.observe(simple_demand(1000 + index, 1024, 250, 1))  # a new made-up shape every time
+        assert len(online.counts) <= 16
+    assert online.counts.most_common(1)[0] == (shape_of(common), 200)
+    assert online.seen == 400

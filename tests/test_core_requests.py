@@ -166,3 +166,18 @@ def test_the_largest_accepted_amounts_still_fit_int64():
 
     demand = pod_demand(pod([container(milli="1000", vgpu_memory=f"{MAX_AMOUNT}Mi", memory=f"{MAX_AMOUNT}Mi")]))
     assert demand.containers[0].memory_mib == demand.memory_mib == MAX_AMOUNT < 2**62
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [",".join(f"model-{index}" for index in range(65)), "H100," + "x" * 129, "," * 20_000],
+)
+def test_gpu_lists_longer_than_any_cluster_needs_are_demand_errors(listed):
+    with pytest.raises(DemandError, match="more than 64 entries or an entry longer than 128"):
+        pod_demand(pod([container(milli="250")], annotations={contract.ANNOTATION_GPU_MODEL: listed}))
+
+
+def test_a_list_of_64_short_entries_with_repeats_is_read_as_its_set():
+    listed = ",".join(["H100", "A100"] * 32)
+    demand = pod_demand(pod([container(milli="250")], annotations={contract.ANNOTATION_GPU_UUID: listed}))
+    assert demand.allowed_uuids == frozenset({"H100", "A100"})

@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import socket
 
+import numpy as np
 import pytest
 from test_extender_support import node, pod, post
 
 from tensorai.proto import contract
 from tensorai.scheduler.argsdecode import MAX_TAIL_BYTES, ArgsDecoder
+from tensorai.scheduler.core.context import PolicyContext
+from tensorai.scheduler.core.shapes import OnlineWorkload
 from tensorai.scheduler.extender import MAX_BODY_BYTES, ExtenderService, _Literals, serve
 from tensorai.scheduler.view import ClusterView
 
@@ -115,3 +118,30 @@ def test_the_args_decoder_never_keeps_a_tail_over_its_byte_limit() -> None:
     small = names[:1000]
     decoder.remember(small, json.dumps(small, separators=(",", ":")).encode() + b"}")
     assert decoder.known(small)
+
+
+@pytest.mark.parametrize(("field", "length"), [("uid", 129), ("name", 254), ("namespace", 64)])
+def test_pod_identities_longer_than_kubernetes_allows_get_400_and_are_not_remembered(served, field, length) -> None:
+    url, service = served
+    long = pod("long", 250)
+    long["metadata"][field] = "a" * length
+    before = service.view.pending_count()
+    for verb in ("/filter", "/prioritize"):
+        status, answer = post(url + verb, {"Pod": long, "Nodes": None, "NodeNames": ["gpu-a"]})
+        assert status == 400 and f"metadata.{field} has {length} characters" in answer["Error"], answer
+    status, _ = post(url + "/preempt", {"Pod": long, "NodeNameToMetaVictims": {"gpu-a": {"Pods": [{"UID": "x"}]}}})
+    assert status == 400
+    assert service.view.pending_count() == before
+
+
+def test_the_online_workload_remembers_uids_by_hash_not_their_text() -> None:
+    view = ClusterView(stale_seconds=0)
+    view.replace("nodes", [node("gpu-a", 1)])
+    view.replace("pods", [])
+    view.replace("gpuquotas", [])
+    service = ExtenderService(view, context=PolicyContext(online=OnlineWorkload(), rng=np.random.default_rng(0)))
+    for index in range(5):
+        args = {"Pod": pod(f"p{index}", 250, uid=f"{index:03d}" + "u" * 125), "Nodes": None, "NodeNames": ["gpu-a"]}
+        assert service.filter(args)["Error"] == ""
+    assert len(service._observed) == 5 and all(isinstance(key, int) for key in service._observed)
+    assert service.context.online.seen == 5

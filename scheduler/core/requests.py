@@ -145,11 +145,23 @@ def _container_demand(container: Any, where: str, *, init: bool) -> tuple[Contai
     return ContainerDemand(name, share, gpu_count, memory_given, init and not sidecar, sidecar), cpu_milli, memory_mib
 
 
+# A GPU model or UUID list names at most this many entries of at most this many characters (a UUID is
+# 40, a model name ~30): the demand is kept per pending pod and per learned shape, so its size is bounded.
+_MAX_LIST_ITEMS = 64
+_MAX_ITEM_CHARS = 128
+
+
 def _comma_list(annotations: Mapping[str, Any], key: str) -> frozenset[str] | None:
     if key not in annotations:
         return None
     text = _text(annotations[key], f"metadata.annotations[{key}]")
-    items = frozenset(item.strip() for item in text.split(",") if item.strip())
+    too_long = len(text) > _MAX_LIST_ITEMS * (_MAX_ITEM_CHARS + 2)  # before splitting a megabyte of commas
+    items = frozenset() if too_long else frozenset(item.strip() for item in text.split(",") if item.strip())
+    if too_long or len(items) > _MAX_LIST_ITEMS or any(len(item) > _MAX_ITEM_CHARS for item in items):
+        raise DemandError(
+            f"metadata.annotations[{key}] lists more than {_MAX_LIST_ITEMS} entries or an entry longer than "
+            f"{_MAX_ITEM_CHARS} characters; expected a short comma list such as 'H100,A100'"
+        )
     return items
 
 

@@ -155,6 +155,10 @@ class OnlineWorkload:
     coverage: float = FGD_COVERAGE
     first_refresh: int = 1000
     refresh_every: int = 1 << 30
+    # Distinct shapes kept: past twice this many, only the most common `max_shapes` stay. Shapes come
+    # from pods (cpu, GPU share, model lists): a flood of made-up ones must not grow the counts forever,
+    # and the target workload needs only the shapes that cover `coverage` of the pods.
+    max_shapes: int = 4096
     counts: Counter = field(default_factory=Counter)
     seen: int = 0
     _next_refresh: int = 0
@@ -168,6 +172,8 @@ class OnlineWorkload:
         """Count one arriving pod (call before scheduling it: its shape is known at arrival)."""
         self.counts[shape_of(demand)] += 1
         self.seen += 1
+        if len(self.counts) > 2 * self.max_shapes:
+            self.counts = Counter(dict(self.counts.most_common(self.max_shapes)))
         due = self.seen >= self._next_refresh
         if due or self._current is None:
             self._current = TargetWorkload.from_shapes(self.counts.elements(), self.coverage)
