@@ -419,11 +419,12 @@ class LimitedHandler(BaseHTTPRequestHandler):
     def _refuse_request(self, status: int, reason: str, message: str, extra: str = "") -> None:
         """An error answer before the body was read: drop a small body so the client sees the answer."""
         length = self._content_length or 0
-        if 0 < length <= _DISCARD_LIMIT_BYTES:
-            if self.read_body(length) is None:
-                return
-        elif length:
+        if length > _DISCARD_LIMIT_BYTES:
             self.close_connection = True
+        elif length and not self.discard_body(length):
+            if self.state.expired:
+                self.send_error_json(408, "timeout", self._late())
+            return
         self.send_error_json(status, reason, message, extra=extra, close=False)
 
     # ------------------------------------------------------------------ body and answers
@@ -437,6 +438,18 @@ class LimitedHandler(BaseHTTPRequestHandler):
             return None
         self.state.deadline = _NEVER  # handling the request has no deadline here; answering it has one
         return raw
+
+    def discard_body(self, length: int) -> bool:
+        """Read and drop a body in small pieces (memory stays flat), so an error answer reaches a client
+        that sends its whole body before reading; False (connection to be closed) if it was cut short."""
+        remaining = length
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 16))
+            if not chunk:
+                self.close_connection = True
+                return False
+            remaining -= len(chunk)
+        return True
 
     def _write(self, data: bytes) -> None:
         state = self.state

@@ -261,8 +261,10 @@ class _Handler(LimitedHandler):
         budget, wait_s = self.server.review_budget, self.server.review_wait_s
         held = DECODE_BYTES_PER_BODY_BYTE * length
         if not budget.acquire(held, wait_s):
-            self.send_error_json(503, "busy", f"tensorai-webhook is busy: no room for a {length}-byte review "
-                                 f"within {wait_s:g} s; retry")
+            # dropped in 64 KiB pieces, not held: the API server writes the whole body before it reads
+            if self.discard_body(length):
+                self.send_error_json(503, "busy", f"tensorai-webhook is busy: no room for a {length}-byte review "
+                                     f"within {wait_s:g} s; retry", close=False)
             return
         try:
             body = self.read_body(length)

@@ -439,7 +439,7 @@ def test_webhook_method_errors_are_admission_reviews(webhook: tuple[WebhookServe
 
 def test_reviews_wait_for_room_in_the_decode_budget_then_get_503(tls_files: tuple[Path, Path, Path]) -> None:
     """One review in flight fills the budget (it waits in its quota lookup): the next one is answered
-    503 after the wait, without its body being read; once the first is done, reviews pass again."""
+    503 after the wait, its body dropped unparsed; once the first is done, reviews pass again."""
     in_lookup, release = threading.Event(), threading.Event()
 
     def slow_quotas(namespace: str) -> None:
@@ -465,7 +465,7 @@ def test_reviews_wait_for_room_in_the_decode_budget_then_get_503(tls_files: tupl
             with _tls_connect(server.port, ca_path) as second:
                 second.sendall(_post("/mutate", _review_bytes(padding=40 << 10)))
                 status, headers, answer = _read_answer(second)
-                assert (status, headers["connection"]) == (503, "close")
+                assert status == 503 and "connection" not in headers  # its body was drained, not held
                 assert "busy" in json.loads(answer)["response"]["status"]["message"]
             release.set()
             answers.append(_read_answer(first)[0])
@@ -499,3 +499,12 @@ def test_webhook_body_limit_holds_any_review_the_api_server_can_send() -> None:
 
     assert 2 * (3 << 20) < webhook_server.MAX_BODY_BYTES < 8 << 20
     assert DECODE_BYTES_PER_BODY_BYTE * webhook_server.MAX_BODY_BYTES <= webhook_server.REVIEW_BUDGET_BYTES
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="glibc's malloc on Linux")
+def test_the_webhook_makes_glibc_return_freed_review_buffers() -> None:
+    """Without a fixed mmap threshold, each connection thread's heap kept its freed review bodies
+    (199 MiB peak for 24 concurrent 6.9 MiB reviews against 117 MiB with it; bench_webhook_memory.py)."""
+    from tensorai.scheduler.webhook_cli import return_large_buffers_to_the_os
+
+    assert return_large_buffers_to_the_os()

@@ -360,7 +360,7 @@ def benchmark(nodes: int, pods: int, rounds: int, qps: float | None, burst: int 
         for pool, names in pools.items():
             create_nodes(api, names, pool)
         out(f"# {2 * nodes} fake nodes created in {time.monotonic() - began:.1f} s")
-        extender_port = cluster.ports["extender"]
+        extender_port = cluster.ports["extender-metrics"]  # /metrics has its own listener
         wait_view(extender_port, 2 * nodes)
         refreshed = time.monotonic()
         pids = {name: cluster.named[name].pid for name in

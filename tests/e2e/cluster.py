@@ -113,7 +113,7 @@ class LocalCluster:
         self.kubeconfigs: dict[str, Path] = {}
         self.ports = {name: free_port() for name in (
             "etcd", "etcd-peer", "apiserver", "kcm", "scheduler", "default-scheduler", "kubelet",
-            "kubelet-healthz", "extender", "webhook")}
+            "kubelet-healthz", "extender", "extender-metrics", "webhook")}
         self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
         self.kubelet_root = self.workdir / "kubelet"
         self.pod_logs = self.workdir / "pod-logs"
@@ -405,6 +405,7 @@ state = "{root / 'state'}"
     def start_extender(self) -> ManagedProcess:
         process = self._start("extender", module_command(
             "tensorai.scheduler.cli", "--address=127.0.0.1", f"--port={self.ports['extender']}",
+            "--metrics-address=127.0.0.1", f"--metrics-port={self.ports['extender-metrics']}",
             f"--kubeconfig={self.kubeconfig('tensorai-scheduler')}", "--policy=tensorai",
             "--node-stale-seconds=120", "--log-level=DEBUG"))
         self._wait_healthy("extender", f"http://127.0.0.1:{self.ports['extender']}/readyz")

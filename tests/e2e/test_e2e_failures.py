@@ -58,7 +58,7 @@ def running_with_its_assignment(e2e: Any, pods: PodClient, name: str, milli: int
 
 
 def extender_metrics(e2e: Any) -> str:
-    url = f"http://127.0.0.1:{e2e.cluster.ports['extender']}/metrics"
+    url = f"http://127.0.0.1:{e2e.cluster.ports['extender-metrics']}/metrics"  # its own listener
     with urllib.request.urlopen(url, timeout=5) as response:
         return response.read().decode()
 
