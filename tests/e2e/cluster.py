@@ -98,7 +98,7 @@ class LocalCluster:
 
     def __init__(self, workdir: Path | None = None, *, sim_gpus: str = SIM_GPUS, with_node: bool = True,
                  scheduler_config_edit: Callable[[dict[str, Any]], None] | None = None,
-                 scheduler_args: tuple[str, ...] = ()) -> None:
+                 scheduler_args: tuple[str, ...] = (), extender_log_level: str = "DEBUG") -> None:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="tensorai-e2e-"))
         self.logs = self.workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -108,6 +108,9 @@ class LocalCluster:
         self.node_name = NODE_NAME
         self.scheduler_config_edit = scheduler_config_edit
         self.scheduler_args = tuple(scheduler_args)  # extra flags of the extender's kube-scheduler
+        # DEBUG for the tests (every API call in the log); benchmarks use the shipped INFO: a DEBUG line
+        # per API request is CPU the extender does not spend in production
+        self.extender_log_level = extender_log_level
         self.processes = ProcessGroup()
         self.identities: dict[str, Identity] = cluster_identities([NODE_NAME])
         self.kubeconfigs: dict[str, Path] = {}
@@ -407,7 +410,7 @@ state = "{root / 'state'}"
             "tensorai.scheduler.cli", "--address=127.0.0.1", f"--port={self.ports['extender']}",
             "--metrics-address=127.0.0.1", f"--metrics-port={self.ports['extender-metrics']}",
             f"--kubeconfig={self.kubeconfig('tensorai-scheduler')}", "--policy=tensorai",
-            "--node-stale-seconds=120", "--log-level=DEBUG"))
+            "--node-stale-seconds=120", f"--log-level={self.extender_log_level}"))
         self._wait_healthy("extender", f"http://127.0.0.1:{self.ports['extender']}/readyz")
         return process
 
