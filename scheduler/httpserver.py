@@ -149,6 +149,7 @@ class LimitedHTTPServer(HTTPServer):
         self._connections: dict[_Connection, None] = {}
         self._connections_lock = threading.Lock()
         self._stopped = threading.Event()
+        self.closing = False  # set by server_close: kept-alive connections end after their current request
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
@@ -251,9 +252,15 @@ class LimitedHTTPServer(HTTPServer):
                     connection.expire()
 
     def server_close(self) -> None:
-        """Stop the reaper and close the listening socket; connections still open end at their deadline."""
+        """Stop the reaper, close the listening socket and end the connections still open (their
+        threads see end-of-file and finish; a request being handled still gets its answer out)."""
+        self.closing = True
         self._stopped.set()
         super().server_close()
+        for connection in list(self._connections):
+            if connection.deadline != _NEVER:  # not in the middle of handling a request
+                connection.reading = False
+                connection.expire()
 
 
 class LimitedHandler(BaseHTTPRequestHandler):
@@ -288,8 +295,11 @@ class LimitedHandler(BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         self.close_connection = True
         self.head_only = False
+        self.requestline = ""
         state, limits = self.state, self.server.limits
         if self.served:  # kept alive: the next request may take the idle timeout to begin
+            if self.server.closing:
+                return
             state.reading = False  # nothing to answer when an idle connection expires
             state.deadline = time.monotonic() + limits.idle_timeout_s
             if not self.rfile.peek(1):

@@ -8,6 +8,7 @@ import json
 import ssl
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -210,6 +211,11 @@ def test_cli_help_lists_every_flag_the_manifests_use() -> None:
     for flag in (
         "--address",
         "--port",
+        "--metrics-address",
+        "--metrics-port",
+        "--max-connections",
+        "--request-timeout-seconds",
+        "--idle-timeout-seconds",
         "--kubeconfig",
         "--cluster-file",
         "--policy",
@@ -220,6 +226,25 @@ def test_cli_help_lists_every_flag_the_manifests_use() -> None:
         "--log-level",
     ):
         assert flag in result.stdout, flag
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--port", "9000", "--metrics-port", "9000"], "--metrics-port must differ from --port"),
+        (["--metrics-port", "70000"], "--metrics-port must be 0..65535"),
+        (["--max-connections", "0"], "--max-connections must be at least 1"),
+        (["--request-timeout-seconds", "0"], "--request-timeout-seconds must be positive"),
+    ],
+)
+def test_cli_refuses_bad_listener_flags_with_one_line(flags: list[str], fragment: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tensorai.scheduler.cli", "--cluster-file", "/nonexistent", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and fragment in result.stderr, result.stderr
 
 
 def test_cli_serves_a_cluster_file_and_stops_on_sigterm(tmp_path) -> None:
@@ -249,6 +274,13 @@ def test_cli_serves_a_cluster_file_and_stops_on_sigterm(tmp_path) -> None:
         line = process.stdout.readline()  # "tensorai-extender serving on http://127.0.0.1:PORT"
         assert "serving on" in line, process.stderr.read() if process.poll() is not None else line
         url = line.strip().rsplit(" ", 1)[1]
+        metrics_line = process.stdout.readline()  # "tensorai-extender /metrics at http://0.0.0.0:PORT"
+        metrics_port = int(metrics_line.strip().rsplit(":", 1)[1])
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            assert b"tensorai_extender_request_seconds" in response.read()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url + "/metrics", timeout=5)
+        assert refused.value.code == 404, "the verbs listener serves no /metrics"
         worker = pod("w", 500)
         _, answer = post(url + "/filter", {"Pod": worker, "Nodes": None, "NodeNames": ["gpu-a"]})
         assert answer["NodeNames"] == ["gpu-a"]

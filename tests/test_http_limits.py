@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import ssl
 import threading
@@ -271,6 +272,26 @@ def test_a_connection_that_sends_nothing_is_closed_silently_at_the_request_deadl
     with _connect(extender[0]) as sock:
         sock.settimeout(FAST.request_timeout_s + SLACK_S)
         assert sock.recv(4096) == b""  # no 408 on a connection that never asked anything
+
+
+def test_closing_the_server_ends_its_open_connections() -> None:
+    server, _ = serve(ExtenderService(_view()), "127.0.0.1", 0, limits=FAST)
+    with _connect(server.port) as idle, _connect(server.port) as kept:
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_answer(kept)[0] == 200
+        server.shutdown()
+        server.server_close()
+        assert _closed(idle, 0.5) and _closed(kept, 0.5)
+
+
+def test_an_overlong_request_line_is_answered_414_with_debug_logging(
+    extender: tuple[int, ClusterView], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="tensorai.scheduler.httpserver")
+    status, _, body = _request(extender[0], b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n")
+    assert status == 414 and json.loads(body)["Error"]
+    time.sleep(0.2)  # the handler logs after its answer went out
+    assert not [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
 
 
 # --- the connection cap --------------------------------------------------------------------------
