@@ -51,6 +51,7 @@ _MAX_HEADER_BYTES = 65536
 _DISCARD_LIMIT_BYTES = 1 << 20  # an error answer reads (and drops) a body up to this size, so the client sees it
 _STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 _NEVER = math.inf
+_REFUSAL_LOG_INTERVAL_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +151,8 @@ class LimitedHTTPServer(HTTPServer):
         self._connections_lock = threading.Lock()
         self._stopped = threading.Event()
         self.closing = False  # set by server_close: kept-alive connections end after their current request
+        self.refused_connections = 0
+        self._refusal_logged_at = -math.inf
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
@@ -200,12 +203,17 @@ class LimitedHTTPServer(HTTPServer):
             self.shutdown_request(request)
 
     def _refuse(self, request: socket.socket, client_address: Any) -> None:
-        log.warning(
-            "%s: refusing a connection from %s: %d connections already",
-            self.name,
-            client_address[0],
-            self.limits.max_connections,
-        )
+        self.refused_connections += 1
+        now = time.monotonic()
+        if now - self._refusal_logged_at >= _REFUSAL_LOG_INTERVAL_S:  # a flood must not flood the log too
+            self._refusal_logged_at = now
+            log.warning(
+                "%s: refusing connections over the cap of %d (latest from %s; %d refused so far)",
+                self.name,
+                self.limits.max_connections,
+                client_address[0],
+                self.refused_connections,
+            )
         with contextlib.suppress(OSError):
             if self.tls is None:  # a fresh socket's send buffer takes these few hundred bytes without blocking
                 request.send(self._overflow_answer, socket.MSG_DONTWAIT)
@@ -243,8 +251,8 @@ class LimitedHTTPServer(HTTPServer):
 
     # ------------------------------------------------------------------ deadlines
     def _reap(self) -> None:
-        """Shut down connections past their deadline (a few checks per second; the request path only
-        writes each connection's deadline)."""
+        """Shut down connections past their deadline (ten checks a second over at most max_connections
+        entries; the request path only writes each connection's deadline)."""
         while not self._stopped.wait(self._REAPER_TICK_S):
             now = time.monotonic()
             for connection in list(self._connections):

@@ -297,7 +297,11 @@ def test_an_overlong_request_line_is_answered_414_with_debug_logging(
 # --- the connection cap --------------------------------------------------------------------------
 
 
-def test_connections_over_the_cap_get_a_quick_503_and_no_thread(extender: tuple[int, ClusterView]) -> None:
+def test_connections_over_the_cap_get_a_quick_503_and_no_thread(
+    extender: tuple[int, ClusterView], caplog: pytest.LogCaptureFixture
+) -> None:
+    """...and one log line for the five refusals, not one each."""
+    caplog.set_level(logging.WARNING, logger="tensorai.scheduler.httpserver")
     port = extender[0]
     held = [_connect(port) for _ in range(FAST.max_connections)]
     try:
@@ -310,6 +314,7 @@ def test_connections_over_the_cap_get_a_quick_503_and_no_thread(extender: tuple[
             assert "connections at once" in json.loads(body)["Error"]
             assert time.monotonic() - started < 0.4
         assert threading.active_count() == threads
+        assert [record for record in caplog.records if "refusing" in record.getMessage()] == caplog.records[:1]
     finally:
         for sock in held:
             sock.close()
