@@ -65,9 +65,10 @@ class BadRequest(ValueError):
 
 
 # Kubernetes' own bounds on a pod's identity: a UID is a 36-character UUID (128 leaves room for any
-# format), a name a DNS subdomain (253), a namespace a DNS label (63). The API server sends nothing
-# longer; refusing longer ones keeps request text out of what the view and the workload remember per pod.
-_IDENTITY_LIMITS = (("uid", 128), ("name", 253), ("namespace", 63))
+# format), a name a DNS subdomain (253), a namespace a DNS label (63), a resourceVersion an etcd revision
+# (20 digits). The API server sends nothing longer; refusing longer ones keeps request text out of what
+# the view and the workload remember per pod.
+_IDENTITY_LIMITS = (("uid", 128), ("name", 253), ("namespace", 63), ("resourceVersion", 64))
 
 
 def _check_identity(pod: dict) -> None:

@@ -181,3 +181,10 @@ def test_a_list_of_64_short_entries_with_repeats_is_read_as_its_set():
     listed = ",".join(["H100", "A100"] * 32)
     demand = pod_demand(pod([container(milli="250")], annotations={contract.ANNOTATION_GPU_UUID: listed}))
     assert demand.allowed_uuids == frozenset({"H100", "A100"})
+
+
+def test_more_than_64_gpu_containers_in_one_pod_is_a_demand_error():
+    many = [container(name=f"c{index}", milli="10") for index in range(65)]
+    with pytest.raises(DemandError, match="more than 64 containers"):
+        pod_demand(pod(many))
+    assert len(pod_demand(pod(many[:64])).containers) == 64

@@ -120,7 +120,7 @@ def test_the_args_decoder_never_keeps_a_tail_over_its_byte_limit() -> None:
     assert decoder.known(small)
 
 
-@pytest.mark.parametrize(("field", "length"), [("uid", 129), ("name", 254), ("namespace", 64)])
+@pytest.mark.parametrize(("field", "length"), [("uid", 129), ("name", 254), ("namespace", 64), ("resourceVersion", 65)])
 def test_pod_identities_longer_than_kubernetes_allows_get_400_and_are_not_remembered(served, field, length) -> None:
     url, service = served
     long = pod("long", 250)

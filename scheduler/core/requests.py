@@ -20,6 +20,9 @@ from tensorai.scheduler.core.types import ContainerDemand, PodDemand
 _TRUE = {"true", "yes", "1"}
 _FALSE = {"false", "no", "0", ""}
 _MAX_GPUS_PER_CONTAINER = 64
+# GPU containers per pod (init containers and sidecars included): no node has more GPUs than this, and
+# the demand is kept per pending pod, so a pod of thousands of tiny GPU containers is refused, not kept.
+_MAX_GPU_CONTAINERS = 64
 # CPU milli and memory MiB (per pod, per GPU) above this are refused: far beyond any node (2^50 MiB is
 # 1 ZiB), and it keeps every sum the core and its compiled scorers form inside int64 (a "1e30" would not).
 MAX_AMOUNT = 1 << 50
@@ -211,6 +214,11 @@ def pod_demand(pod: Any) -> PodDemand:
                 app_cpu, app_memory = app_cpu + cpu_milli, app_memory + memory_mib
             if demand is not None:
                 containers.append(demand)
+                if len(containers) > _MAX_GPU_CONTAINERS:
+                    raise DemandError(
+                        f"spec.{field}[{position}]: more than {_MAX_GPU_CONTAINERS} containers of the pod ask for a "
+                        f"GPU; no node has GPUs for that many (init containers and sidecars count)"
+                    )
     overhead = _mapping(spec.get("overhead"), "spec.overhead")
     try:
         overhead_cpu = quantity_to_milli(overhead["cpu"]) if "cpu" in overhead else 0
