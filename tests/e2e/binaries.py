@@ -1,7 +1,8 @@
 """The real Kubernetes programs for the end-to-end suite, and whether this machine can run them.
 
 `$TENSORAI_K8S_BIN` (default `../shared/k8s/bin` beside the checkout) holds kube-apiserver,
-kube-controller-manager, kube-scheduler and kubelet, plain or xz-compressed. Compressed ones are
+kube-controller-manager, kube-scheduler and kubelet, plain or xz-compressed (and `helm`, for the chart's
+tests: tests/test_chart.py, test_e2e_helm.py). Compressed ones are
 unpacked once into a cache folder keyed by their checksums, so later runs start at once. Debian
 provides the rest (etcd-server, containerd, runc, containernetworking-plugins, busybox-static).
 """
@@ -52,25 +53,49 @@ def missing_for_local_cluster() -> str | None:
 def unpacked_programs(cache_root: Path | None = None) -> dict[str, Path]:
     """Path of each Kubernetes program, unpacking `NAME.xz` into the cache when needed."""
     source = kube_bin_dir()
-    cache_root = cache_root or Path(os.environ.get("TENSORAI_E2E_CACHE", Path.home() / ".cache" / "tensorai-e2e"))
-    programs: dict[str, Path] = {}
-    for name in KUBE_PROGRAMS:
-        plain = source / name
-        if plain.exists():
-            programs[name] = plain
-            continue
-        packed = source / f"{name}.xz"
-        digest = hashlib.sha256(packed.read_bytes()).hexdigest()[:16]
-        target = cache_root / f"{name}-{digest}"
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_suffix(".partial")
-            with lzma.open(packed) as compressed, open(partial, "wb") as out:
-                shutil.copyfileobj(compressed, out, 1 << 20)
-            partial.chmod(0o755)
-            partial.rename(target)  # atomic: a half-written binary is never taken for a whole one
-        programs[name] = target
-    return programs
+    cache_root = cache_root or _default_cache()
+    return {name: _unpacked(source, name, cache_root) for name in KUBE_PROGRAMS}
+
+
+def _default_cache() -> Path:
+    return Path(os.environ.get("TENSORAI_E2E_CACHE", Path.home() / ".cache" / "tensorai-e2e"))
+
+
+def _unpacked(source: Path, name: str, cache_root: Path) -> Path:
+    """`source/name` itself, or `source/name.xz` unpacked once into `cache_root` (keyed by its checksum)."""
+    plain = source / name
+    if plain.exists():
+        return plain
+    packed = source / f"{name}.xz"
+    digest = hashlib.sha256(packed.read_bytes()).hexdigest()[:16]
+    target = cache_root / f"{name}-{digest}"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(f".partial-{os.getpid()}")  # two sessions may unpack at once
+        with lzma.open(packed) as compressed, open(partial, "wb") as out:
+            shutil.copyfileobj(compressed, out, 1 << 20)
+        partial.chmod(0o755)
+        partial.rename(target)  # atomic: a half-written binary is never taken for a whole one
+    return target
+
+
+def missing_helm() -> str | None:
+    """Why there is no helm CLI here (one line), or None: `helm` in the binaries folder (plain or .xz), or on PATH."""
+    source = kube_bin_dir()
+    if (source / "helm").exists() or (source / "helm.xz").exists() or shutil.which("helm"):
+        return None
+    return f"no helm CLI: neither helm nor helm.xz in {source} (set TENSORAI_K8S_BIN) nor helm on PATH"
+
+
+def helm_program(cache_root: Path | None = None) -> Path:
+    """The helm CLI: the binaries folder's (`helm.xz` unpacked once into the cache), else the one on PATH."""
+    source = kube_bin_dir()
+    if (source / "helm").exists() or (source / "helm.xz").exists():
+        return _unpacked(source, "helm", cache_root or _default_cache())
+    found = shutil.which("helm")
+    if found is None:
+        raise FileNotFoundError(missing_helm())
+    return Path(found)
 
 
 NODE_LOCK = Path("/run/lock" if Path("/run/lock").is_dir() else "/tmp") / "tensorai-e2e-node.lock"
