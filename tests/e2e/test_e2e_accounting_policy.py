@@ -6,13 +6,15 @@ node lock). A tenant with the `edit` role in its namespace cannot add, change or
 `tensor.ai/assignment` or `tensor.ai/allocated` on its own pods - not at CREATE, not by patch - and
 can still edit every other annotation and label; the extender's and the device plugin's
 ServiceAccounts can write them; a Binding that carries them is refused unless ours makes it; the
-webhook's own annotation (`tensor.ai/vgpu-requested`, added during the tenant's CREATE) still passes.
+webhook's own annotation (`tensor.ai/vgpu-requested`, added during the tenant's CREATE) still passes;
+a workload template that carries them gets no pods.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -155,3 +157,24 @@ def test_the_webhooks_own_annotation_still_passes_a_tenants_create(cluster: Any)
     _create(cluster, worker, "tenant")
     annotations = _annotations(cluster, "vgpu-worker")
     assert contract.ANNOTATION_VGPU_REQUESTED in annotations, annotations  # written by the webhook, not refused
+
+
+def test_a_workload_template_cannot_smuggle_accounting_into_its_pods(cluster: Any) -> None:
+    """The controller that creates the pods is not one of our programs either: its creates are refused."""
+    template = _pod("ignored", {contract.ANNOTATION_ASSIGNMENT: "forged"})
+    replicas = {"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "metadata": {"name": "smuggler", "namespace": TENANT_NAMESPACE},
+                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "smuggler"}},
+                         "template": {"metadata": {"labels": {"app": "smuggler"},
+                                                   "annotations": template["metadata"]["annotations"]},
+                                      "spec": template["spec"]}}}
+    _create(cluster, replicas, "tenant")  # the template itself is the tenant's to write
+    deadline = time.monotonic() + 60
+    events = ""
+    while REFUSAL not in events and time.monotonic() < deadline:
+        time.sleep(0.5)
+        events = cluster.kubectl("get", "events", "-n", TENANT_NAMESPACE, "--field-selector",
+                                 "involvedObject.name=smuggler", "-o", "jsonpath={.items[*].message}")
+    assert REFUSAL in events, events
+    pods = cluster.kubectl("get", "pods", "-n", TENANT_NAMESPACE, "-l", "app=smuggler", "-o", "name")
+    assert pods == "", pods
