@@ -20,6 +20,7 @@ import numpy as np
 from tensorai.proto import contract
 from tensorai.proto.kubeclient import kube_api_client, share_tls_context
 from tensorai.scheduler.core.policies import DEFAULT_POLICY, POLICY_NAMES
+from tensorai.scheduler.leader import parse_lease_ref
 
 log = logging.getLogger("tensorai.extender")
 
@@ -109,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="the kube-scheduler profile that calls this extender: bind refuses pods whose spec.schedulerName "
         f"differs (default {contract.SCHEDULER_NAME})",
     )
+    parser.add_argument(
+        "--leader-lease",
+        type=parse_lease_ref,
+        default="tensorai-system/tensorai-scheduler",
+        help="NAMESPACE/NAME of the Lease this pod's kube-scheduler elects its leader with: quota status, requeue "
+        "patches and their Events are written only while it holds it (default tensorai-system/tensorai-scheduler)",
+    )
+    parser.add_argument(
+        "--no-leader-lease",
+        action="store_true",
+        help="always write (one replica whose kube-scheduler runs without leader election); implied by --cluster-file",
+    )
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
 
@@ -188,8 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         scheduler_name=args.scheduler_name,
     )
     log.info("scoring code warmed up in %.1fs", service.warm_up())
+    from tensorai.scheduler.leader import AlwaysLeader, LeaseLeader
+
+    leader: AlwaysLeader | LeaseLeader = AlwaysLeader()
+    if api_client is not None and not args.no_leader_lease:
+        lease_namespace, lease_name = args.leader_lease
+        leader = LeaseLeader(api_client, namespace=lease_namespace, name=lease_name).start()
     controller = QuotaController(
-        view, api_client=api_client, interval_s=args.requeue_interval_seconds, metrics=metrics, events=events
+        view, api_client=api_client, interval_s=args.requeue_interval_seconds, metrics=metrics, events=events,
+        leader=leader,
     ).start()
     tls = {"tls_cert": args.tls_cert, "tls_key": args.tls_key}
     timeouts = {"request_timeout_s": args.request_timeout_seconds, "idle_timeout_s": args.idle_timeout_seconds}

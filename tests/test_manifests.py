@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import datetime
 import json
 import os
 import random
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -474,7 +476,18 @@ def test_extender_quota_status_fits_the_crd_status_schema(rendered: dict[str, li
     from tensorai.scheduler.core.quota import Usage, status_used
 
     quota = _quota({"gpus": "2"})
-    quota["status"] = {"used": status_used(Usage(1250, 20480, {"H100": 1000, "A100": 250})), "waitingPods": 3}
+    from tensorai.scheduler.quota_controller import quota_conditions
+
+    quota["status"] = {"used": status_used(Usage(1250, 20480, {"H100": 1000, "A100": 250})), "waitingPods": 3,
+                       "observedGeneration": 2}
+    waiting = {"u1": ("p1", "GPUQuota ml/q: gpus used 2 + 1 > hard 2", 1.0)}
+    for pods in ({}, waiting):
+        quota["status"]["conditions"] = quota_conditions("ml", "q", pods, 2, None, "2026-12-08T00:00:00Z")
+        assert not [error.message for error in _crd_validator(_gpuquota_crd(rendered)).iter_errors(quota)]
+    quota["status"]["conditions"][0]["reason"] = "not a reason"
+    assert [error.message for error in _crd_validator(_gpuquota_crd(rendered)).iter_errors(quota)], \
+        "the CRD checks the condition shape"
+    del quota["status"]["conditions"]
     assert not [error.message for error in _crd_validator(_gpuquota_crd(rendered)).iter_errors(quota)]
 
 
@@ -593,6 +606,26 @@ def test_leader_election_lease_is_granted_to_the_scheduler(rendered: dict[str, l
     named = [rule for rule in role["rules"] if rule.get("resourceNames")]
     assert named and named[0]["resourceNames"] == [config["leaderElection"]["resourceName"]]
     assert {"get", "update"} <= set(named[0]["verbs"])
+
+
+@pytest.mark.parametrize("overlay", TARGETS)
+def test_extender_follows_the_lease_its_kube_scheduler_elects_with_and_may_only_read_it(
+        rendered: dict[str, list[dict]], overlay: str) -> None:
+    from tensorai.scheduler.cli import build_parser
+
+    config = _scheduler_configuration(rendered[overlay])["leaderElection"]
+    scheduler = _one(rendered[overlay], "Deployment", "tensorai-scheduler")["spec"]["template"]["spec"]
+    (sidecar,) = [c for c in scheduler["containers"] if c["name"] == "extender"]
+    args = build_parser().parse_args(sidecar.get("args", []))
+    assert not args.no_leader_lease, "with two replicas the standby's extender would overwrite the leader's status"
+    assert args.leader_lease == (config["resourceNamespace"], config["resourceName"])
+    role = _one(rendered[overlay], "Role", "tensorai-extender-leader-lease")
+    assert role["metadata"]["namespace"] == config["resourceNamespace"]
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                              "resourceNames": [config["resourceName"]], "verbs": ["get", "list", "watch"]}]
+    binding = _one(rendered[overlay], "RoleBinding", "tensorai-extender-leader-lease")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert [subject["name"] for subject in binding["subjects"]] == [scheduler["serviceAccountName"]]
 
 
 def test_production_scheduler_has_two_replicas_and_a_disruption_budget(rendered: dict[str, list[dict]]) -> None:
@@ -1043,6 +1076,10 @@ def _api_calls(request_log: list[tuple[str, str]]) -> set[tuple[str, str, str, s
         resource, name, sub = rest[0], rest[1] if len(rest) > 1 else "", rest[2] if len(rest) > 2 else ""
         if method == "GET":
             verb = "watch" if re.search(r"(^|&)watch=(true|True|1)", query) else ("get" if name else "list")
+            if not name:  # kube-apiserver authorizes a list/watch selecting metadata.name=X as a request for X
+                selector = urllib.parse.parse_qs(query).get("fieldSelector", [""])[0]
+                name = selector.removeprefix("metadata.name=") if re.fullmatch(r"metadata\.name=[^,]+",
+                                                                                selector) else ""
         else:
             verb = _VERB_OF_METHOD[method]
         calls.add((group, f"{resource}/{sub}" if sub else resource, name, verb))
@@ -1065,7 +1102,7 @@ def _allowed(rules: list[dict[str, Any]], call: tuple[str, str, str, str]) -> bo
     group, resource, name, verb = call
     return any(
         group in rule.get("apiGroups", []) and resource in rule.get("resources", []) and verb in rule["verbs"]
-        and (not rule.get("resourceNames") or (name in rule["resourceNames"] and verb not in {"list", "watch"}))
+        and (not rule.get("resourceNames") or name in rule["resourceNames"])
         for rule in rules
     )
 
@@ -1131,7 +1168,12 @@ def test_each_programs_role_grants_every_api_call_it_makes(rendered: dict[str, l
             running.stop()
         check(api, _one(objects, "Deployment", "tensorai-webhook")["spec"]["template"]["spec"]["serviceAccountName"])
 
-    with KubeStandin() as api:  # the extender: watches, then a bind (Assignment patch, Binding, Event)
+    with KubeStandin() as api:  # the extender: watches, the leader Lease, a bind (Binding, Event), quota status
+        config = _scheduler_configuration(objects)["leaderElection"]
+        api.add_object("leases", {  # held by this host's kube-scheduler, as in the pod: the extender leads
+            "metadata": {"name": config["resourceName"], "namespace": config["resourceNamespace"]},
+            "spec": {"holderIdentity": f"{socket.gethostname()}_0d1c5e2a", "leaseDurationSeconds": 3600,
+                     "renewTime": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}})
         node = _inventory_node("gpu-a")
         api.add_node("gpu-a", labels=node["metadata"]["labels"], annotations=node["metadata"]["annotations"],
                      allocatable=node["status"]["allocatable"])
@@ -1154,6 +1196,8 @@ def test_each_programs_role_grants_every_api_call_it_makes(rendered: dict[str, l
             running.stop()
         assert (api.get_object("pods", pod["metadata"]["name"], pod["metadata"]["namespace"])["spec"]
                 .get("nodeName")) == "gpu-a"
+        written = api.get_object("gpuquotas", quota["metadata"]["name"], quota["metadata"]["namespace"])
+        assert (written.get("status") or {}).get("conditions"), "the leading extender wrote no GPUQuota status"
         check(api, scheduler["serviceAccountName"])
 
     assert not problems, "calls the manifests' RBAC would refuse (403 on a real cluster):\n" + "\n".join(problems)
