@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tensorai.scheduler.core.cluster import cluster_from_nodes
 from tensorai.scheduler.core.fit import node_feasibility
@@ -162,3 +163,36 @@ def test_place_returns_none_when_nothing_fits_and_breaks_ties_by_node_order():
     assert place(cluster, demand(whole(2)), "fgd") is None
     order = np.array([2, 0, 1])
     assert place(cluster, demand(share(100)), "fgd", node_order=order).node_index == 2
+
+
+REPORTED_NODES = [  # the names NVML reports on real nodes (proto/gpumodels.py has the rules)
+    NodeSpec("h100-sxm", 8000, 8192, 1, "NVIDIA H100 80GB HBM3", 81559, 600),
+    NodeSpec("h100-nvl", 8000, 8192, 1, "NVIDIA H100 NVL", 95830, 600),
+    NodeSpec("a100-40", 8000, 8192, 1, "NVIDIA A100-PCIE-40GB", 40960, 600),
+    NodeSpec("a100-80", 8000, 8192, 1, "NVIDIA A100-SXM4-80GB", 81920, 600),
+    NodeSpec("l40s", 8000, 8192, 1, "NVIDIA L40S", 46068, 600),
+    NodeSpec("l4", 8000, 8192, 1, "NVIDIA L4", 23034, 600),
+]
+
+
+@pytest.mark.parametrize(("allowed", "excluded", "feasible"), [
+    ({"H100"}, set(), {"h100-sxm", "h100-nvl"}),
+    ({"A100", "H100"}, set(), {"h100-sxm", "h100-nvl", "a100-40", "a100-80"}),
+    ({"A100-80GB"}, set(), {"a100-80"}),
+    ({"h100"}, {"H100-NVL"}, {"h100-sxm"}),
+    ({"L4"}, set(), {"l4"}),
+    (None, {"A100", "L40S"}, {"h100-sxm", "h100-nvl", "l4"}),
+    ({"H100-SXM5"}, set(), set()),
+])
+@pytest.mark.parametrize("policy", ["tensorai", "fgd", "binpack"])
+def test_model_lists_as_users_write_them_match_the_names_gpus_report(
+    allowed: set[str] | None, excluded: set[str], feasible: set[str], policy: str
+) -> None:
+    cluster = cluster_from_nodes(REPORTED_NODES)
+    pod = demand(share(100), allowed_models=None if allowed is None else frozenset(allowed),
+                 excluded_models=frozenset(excluded))
+    mask, _ = node_feasibility(cluster, pod)
+    assert {cluster.node_names[i] for i in np.flatnonzero(mask)} == feasible
+    # the compiled one-GPU scorer (the score cache's path) applies the same rule
+    placement = place(cluster, pod, policy)
+    assert (placement.node_name if placement else None) in (feasible or {None})

@@ -99,3 +99,13 @@ def test_online_workload_keeps_the_common_shapes_and_never_more_than_twice_its_c
         assert len(online.counts) <= 16
     assert online.counts.most_common(1)[0] == (shape_of(common), 200)
     assert online.seen == 400
+
+
+def test_a_shapes_model_lists_match_the_names_gpus_report() -> None:
+    reported = ["NVIDIA A100-SXM4-80GB", "NVIDIA A100-PCIE-40GB", "NVIDIA H100 NVL", "NVIDIA L40S"]
+    shape = shape_of(simple_demand(1000, 100, 500, 1, allowed_models=frozenset({"A100", "H100"})))
+    assert workload((shape, 1.0)).arrays(reported).model_ok.tolist() == [[True, True, True, False]]
+    narrowed = Shape(1000, 500, 1, frozenset({"A100"}), frozenset({"A100-40GB"}))
+    assert workload((narrowed, 1.0)).arrays(reported).model_ok.tolist() == [[True, False, False, False]]
+    anything_but = Shape(1000, 500, 1, None, frozenset({"L40S"}))
+    assert workload((anything_but, 1.0)).arrays(reported).model_ok.tolist() == [[True, True, True, False]]

@@ -188,3 +188,12 @@ def test_more_than_64_gpu_containers_in_one_pod_is_a_demand_error():
     with pytest.raises(DemandError, match="more than 64 containers"):
         pod_demand(pod(many))
     assert len(pod_demand(pod(many[:64])).containers) == 64
+
+
+@pytest.mark.parametrize("key", [contract.ANNOTATION_GPU_MODEL, contract.ANNOTATION_GPU_MODEL_EXCLUDE])
+def test_a_gpu_model_entry_that_names_no_model_is_a_demand_error(key):
+    """`NVIDIA` or `-` could match no GPU (proto/gpumodels.py): the pod would wait forever, so it is refused."""
+    with pytest.raises(DemandError, match=rf"annotations\[{key}\]: 'NVIDIA' names no GPU model"):
+        pod_demand(pod([container(milli="250")], annotations={key: "H100, NVIDIA"}))
+    kept = pod_demand(pod([container(milli="250")], annotations={key: "NVIDIA H100 80GB HBM3, a100-80gb"}))
+    assert (kept.allowed_models or kept.excluded_models) == {"NVIDIA H100 80GB HBM3", "a100-80gb"}  # as written

@@ -96,3 +96,31 @@ def test_status_used_has_the_units_of_spec_hard() -> None:
         "memory": "4096Mi",
         "models": {"H100": "2.5"},
     }
+
+
+H100_SXM, H100_PCIE, A100_40, A100_80 = ("NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA A100-PCIE-40GB",
+                                         "NVIDIA A100-SXM4-80GB")
+
+
+def test_a_per_model_limit_counts_every_gpu_its_name_matches() -> None:
+    """`models: {H100: "1"}` holds the H100s of real nodes, whose GPUs report NVML's long names."""
+    limits = [parse_gpu_quota(quota("team", models={"H100": "1", "A100-80GB": "0.5"}))]
+    used = Usage(1250, 0, {H100_SXM: 500, H100_PCIE: 250, A100_40: 500})
+    reasons = quota_violations(limits, used, Usage(500, 0, {H100_SXM: 500}))
+    assert reasons == ["GPUQuota ml/team: H100 GPUs used 0.75 + 0.5 > hard 1"]
+    assert quota_violations(limits, used, Usage(250, 0, {H100_PCIE: 250})) == []
+    assert quota_violations(limits, used, Usage(1000, 0, {A100_40: 1000})) == []  # a 40 GB A100: not limited
+    assert quota_violations(limits, used, Usage(1000, 0, {A100_80: 1000})) == [
+        "GPUQuota ml/team: A100-80GB GPUs used 0 + 1 > hard 0.5"]
+
+
+def test_the_status_of_a_quota_shows_its_own_model_keys() -> None:
+    limits = parse_gpu_quota(quota("team", models={"H100": "2", "L4": "1"}))
+    used = Usage(1250, 0, {H100_SXM: 500, H100_PCIE: 250, A100_40: 500})
+    assert status_used(used, limits)["models"] == {"H100": "0.75", "L4": "0"}
+
+
+@pytest.mark.parametrize("name", ["NVIDIA", "-"])
+def test_a_quota_model_that_names_no_model_is_refused(name: str) -> None:
+    with pytest.raises(QuotaError, match=rf"spec.hard.models: '{name}' names no GPU model"):
+        parse_gpu_quota(quota("team", models={"H100": "1", name: "1"}))

@@ -9,6 +9,7 @@ import pytest
 from test_extender_support import ExtenderStack, assigned_pod, bind_args, filter_args, node, pod, post, quota, wait_for
 
 from tensorai.demo.kube_standin import KubeStandin
+from tensorai.proto import contract
 from tensorai.scheduler.quota_controller import ANNOTATION_QUOTA_REQUEUE
 
 
@@ -89,6 +90,22 @@ def test_per_model_quota_turns_away_only_nodes_of_that_model(api: KubeStandin) -
         assert result["NodeNames"] == ["l"]
         assert "H100 GPUs used 0 + 0.25 > hard 0.2" in result["FailedNodes"]["h"]
         # and the bind re-checks it exactly
+        assert "H100" in post(stack.url + "/bind", bind_args(worker, "h"))[1]["Error"]
+
+
+def test_models_as_users_write_them_work_on_nodes_that_report_nvml_names(api: KubeStandin) -> None:
+    """The README's `tensor.ai/gpu-model: A100,H100` and a GPUQuota `models: {H100: ...}` on real names."""
+    api.add_object("nodes", node("h", 1, model="NVIDIA H100 80GB HBM3"))
+    api.add_object("nodes", node("a", 1, model="NVIDIA A100-SXM4-40GB", memory_mib=40960, reserved_mib=500))
+    api.add_object("nodes", node("l", 1, model="NVIDIA L40S", memory_mib=46068, reserved_mib=500))
+    api.add_object("gpuquotas", quota("team", models={"H100": "0.2"}))
+    with ExtenderStack(api) as stack:
+        assert wait_for(lambda: stack.view.quotas("ml"))
+        worker = _admit(stack, api, pod("w", 250, annotations={contract.ANNOTATION_GPU_MODEL: "A100,H100"}))
+        _, result = post(stack.url + "/filter", filter_args(worker, ["h", "a", "l"]))
+        assert result["NodeNames"] == ["a"]
+        assert "H100 GPUs used 0 + 0.25 > hard 0.2" in result["FailedNodes"]["h"]
+        assert "GPU model not allowed" in result["FailedAndUnresolvableNodes"]["l"]
         assert "H100" in post(stack.url + "/bind", bind_args(worker, "h"))[1]["Error"]
 
 

@@ -8,8 +8,9 @@ Rules (docs/scheduling.md has the user-facing version):
   its own on the node's current free capacity;
 - memory defaults to floor(milli/1000 x usable memory) of the chosen GPU (floor, so that shares that
   fit by milli always fit by memory), unless the pod gives `tensor.ai/vgpu-memory`;
-- GPU model and UUID include/exclude lists, `exclusive` (only untouched GPUs; nothing may share them
-  later) and anti-affinity groups (no GPU already holding the group) filter GPUs;
+- GPU model include/exclude lists (names as users write them, matched word by word against the
+  reported names: proto/gpumodels.py), UUID include/exclude lists, `exclusive` (only untouched GPUs;
+  nothing may share them later) and anti-affinity groups (no GPU already holding the group) filter GPUs;
 - an unschedulable node (stale inventory, cordoned) is infeasible and preemption cannot fix it;
 - multi-GPU containers prefer GPUs on one NUMA node (a preference, never a requirement).
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tensorai.proto.contract import MILLI_PER_GPU
+from tensorai.proto.gpumodels import matches_any
 from tensorai.scheduler.core.initchain import anchors, held_arrays, held_sequence
 from tensorai.scheduler.core.types import ClusterArrays, ContainerDemand, PodDemand
 
@@ -79,7 +81,9 @@ class Evaluation:
 
 
 def _model_ids(cluster: ClusterArrays, names: frozenset[str]) -> np.ndarray:
-    return np.array([index for index, model in enumerate(cluster.models) if model in names], dtype=np.int32)
+    """Ids of the cluster's reported models that one of the user's names matches (proto/gpumodels.py)."""
+    return np.array([index for index, model in enumerate(cluster.models) if matches_any(names, model)],
+                    dtype=np.int32)
 
 
 def _gpu_filter(cluster: ClusterArrays, demand: PodDemand, nodes: np.ndarray) -> np.ndarray:

@@ -8,7 +8,9 @@ view's lock, so that concurrent binds can never push a namespace past its quota.
 GPUQuota (`tensor.ai/v1alpha1`, namespaced) `spec.hard`, every key optional:
   gpus           quantity in GPUs, fractional allowed ("2.5" = 2500 milli-GPU)
   memory         GPU memory quantity ("80Gi")
-  models         {model name: quantity in GPUs} - model names as the device plugin reports them
+  models         {model name: quantity in GPUs} - names as users write them (`H100`, `A100-80GB`):
+                 a limit counts every GPU whose reported name it matches (proto/gpumodels.py), so
+                 `H100` holds `NVIDIA H100 80GB HBM3` and `NVIDIA H100 PCIe` together
   maxGpusPerPod  quantity in GPUs: the most one pod may ask for
 Several GPUQuotas in one namespace all apply (like ResourceQuota).
 """
@@ -19,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from tensorai.proto import contract
+from tensorai.proto.gpumodels import ModelNameError, check_model_name, model_matches
 from tensorai.proto.quantity import QuantityError, bytes_to_mib, quantity_to_milli
 from tensorai.scheduler.core.initchain import held_per_gpu, held_sequence
 from tensorai.scheduler.core.requests import total_gpu_milli
@@ -53,7 +56,11 @@ class Usage:
 
     gpus_milli: int = 0
     memory_mib: int = 0
-    models_milli: Mapping[str, int] = field(default_factory=dict)
+    models_milli: Mapping[str, int] = field(default_factory=dict)  # keyed by the reported model name
+
+    def model_milli(self, wanted: str) -> int:
+        """Milli-GPU held on GPUs whose reported model the user's name `wanted` matches (a quota key)."""
+        return sum(milli for model, milli in self.models_milli.items() if model_matches(wanted, model))
 
     def plus(self, other: Usage) -> Usage:
         """The sum of two usages."""
@@ -123,6 +130,11 @@ def parse_gpu_quota(obj: object) -> QuotaLimits:
     models = {
         str(model): _gpus_milli(value, f"{where} spec.hard.models[{model!r}]") for model, value in models_raw.items()
     }
+    for model in models:
+        try:
+            check_model_name(model)
+        except ModelNameError as error:
+            raise QuotaError(f"{where} spec.hard.models: {error}") from error
     per_pod = None
     if HARD_MAX_GPUS_PER_POD in hard:
         per_pod = _gpus_milli(hard[HARD_MAX_GPUS_PER_POD], f"{where} spec.hard.maxGpusPerPod")
@@ -212,11 +224,11 @@ def quota_violations(limits: Iterable[QuotaLimits], used: Usage, pod: Usage) -> 
             )
         if quota.memory_mib is not None and used.memory_mib + pod.memory_mib > quota.memory_mib:
             reasons.append(f"{name}: memory used {used.memory_mib}Mi + {pod.memory_mib}Mi > hard {quota.memory_mib}Mi")
-        for model, milli in pod.models_milli.items():
-            hard = quota.models_milli.get(model)
-            if hard is not None and used.models_milli.get(model, 0) + milli > hard:
+        for model, hard in quota.models_milli.items():  # user's names: each counts every GPU it matches
+            milli = pod.model_milli(model)
+            if milli and used.model_milli(model) + milli > hard:
                 reasons.append(
-                    f"{name}: {model} GPUs used {_gpus_text(used.models_milli.get(model, 0))} + "
+                    f"{name}: {model} GPUs used {_gpus_text(used.model_milli(model))} + "
                     f"{_gpus_text(milli)} > hard {_gpus_text(hard)}"
                 )
     return reasons
@@ -227,10 +239,15 @@ def never_fits(limits: Iterable[QuotaLimits], pod: Usage) -> bool:
     return bool(quota_violations(limits, Usage(), pod))
 
 
-def status_used(used: Usage) -> dict[str, object]:
-    """`status.used` of a GPUQuota: the same keys and units as spec.hard."""
-    return {
-        HARD_GPUS: _gpus_text(used.gpus_milli),
-        HARD_MEMORY: f"{used.memory_mib}Mi",
-        HARD_MODELS: {model: _gpus_text(milli) for model, milli in sorted(used.models_milli.items()) if milli},
-    }
+def status_used(used: Usage, limits: QuotaLimits | None = None) -> dict[str, object]:
+    """`status.used` of a GPUQuota: the same keys and units as spec.hard.
+
+    With the quota's `limits`, `models` has exactly its spec.hard.models keys, each with what it
+    counts (`H100: "0.75"` for shares of `NVIDIA H100 80GB HBM3`); without, the reported model names
+    that hold something.
+    """
+    if limits is not None:
+        models = {model: _gpus_text(used.model_milli(model)) for model in sorted(limits.models_milli)}
+    else:
+        models = {model: _gpus_text(milli) for model, milli in sorted(used.models_milli.items()) if milli}
+    return {HARD_GPUS: _gpus_text(used.gpus_milli), HARD_MEMORY: f"{used.memory_mib}Mi", HARD_MODELS: models}

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tensorai.proto import contract
+from tensorai.proto.gpumodels import ModelNameError, check_model_name
 from tensorai.proto.quantity import QuantityError, bytes_to_mib, quantity_to_int, quantity_to_milli
 from tensorai.scheduler.core.initchain import held_sequence
 from tensorai.scheduler.core.policies import POLICY_NAMES
@@ -168,6 +169,21 @@ def _comma_list(annotations: Mapping[str, Any], key: str) -> frozenset[str] | No
     return items
 
 
+def _model_list(annotations: Mapping[str, Any], key: str) -> frozenset[str] | None:
+    """A comma list of GPU model names as users write them (proto/gpumodels.py matches them).
+
+    Kept as written: fit and quota match them against the reported names. A name that can match no
+    GPU (only brand words or punctuation) is refused here rather than leaving the pod Pending forever.
+    """
+    items = _comma_list(annotations, key)
+    for item in sorted(items or ()):
+        try:
+            check_model_name(item)
+        except ModelNameError as error:
+            raise DemandError(f"metadata.annotations[{key}]: {error}") from error
+    return items
+
+
 def _annotations(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
     annotations = _mapping(metadata.get("annotations"), "metadata.annotations")
     for key, value in annotations.items():
@@ -253,8 +269,8 @@ def pod_demand(pod: Any) -> PodDemand:
         containers=tuple(containers),
         cpu_milli=cpu_milli,
         memory_mib=memory_mib,
-        allowed_models=_comma_list(annotations, contract.ANNOTATION_GPU_MODEL) or None,
-        excluded_models=_comma_list(annotations, contract.ANNOTATION_GPU_MODEL_EXCLUDE) or frozenset(),
+        allowed_models=_model_list(annotations, contract.ANNOTATION_GPU_MODEL) or None,
+        excluded_models=_model_list(annotations, contract.ANNOTATION_GPU_MODEL_EXCLUDE) or frozenset(),
         allowed_uuids=_comma_list(annotations, contract.ANNOTATION_GPU_UUID) or None,
         excluded_uuids=_comma_list(annotations, contract.ANNOTATION_GPU_UUID_EXCLUDE) or frozenset(),
         exclusive=exclusive_text.lower() in _TRUE,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tensorai.proto.contract import MILLI_PER_GPU
+from tensorai.proto.gpumodels import matches_any
 from tensorai.scheduler.core.types import PodDemand
 
 FGD_COVERAGE = 0.95  # FGD keeps the most frequent shapes until they cover 95 % of pods
@@ -21,12 +22,23 @@ FGD_COVERAGE = 0.95  # FGD keeps the most frequent shapes until they cover 95 % 
 
 @dataclass(frozen=True, slots=True)
 class Shape:
-    """What fragmentation depends on: CPU, per-GPU milli, GPU count and the allowed models."""
+    """What fragmentation depends on: CPU, per-GPU milli, GPU count and the allowed models.
+
+    `models` and `excluded_models` are the pod's lists as written; a reported model is allowed when
+    it matches one of `models` (any, if None) and none of `excluded_models` (proto/gpumodels.py).
+    """
 
     cpu_milli: int
     gpu_milli: int
     gpu_count: int
     models: frozenset[str] | None = None  # None = any model
+    excluded_models: frozenset[str] = frozenset()
+
+    def allows(self, model: str) -> bool:
+        """True when a task of this shape may use a GPU that reports `model`."""
+        return (self.models is None or matches_any(self.models, model)) and not (
+            self.excluded_models and matches_any(self.excluded_models, model)
+        )
 
     @property
     def total_gpu_milli(self) -> int:
@@ -36,15 +48,13 @@ class Shape:
 def shape_of(demand: PodDemand) -> Shape:
     """The shape of a pod; several GPU containers count as whole GPUs or, if fractional, the largest share."""
     app = [c for c in demand.containers if not c.init]
-    models = demand.allowed_models
-    if demand.excluded_models and models is not None:
-        models = models - demand.excluded_models
+    models, excluded = demand.allowed_models, demand.excluded_models
     if not app:
-        return Shape(demand.cpu_milli, 0, 0, models)
+        return Shape(demand.cpu_milli, 0, 0, models, excluded)
     whole = sum(c.gpu_count for c in app if c.milli >= MILLI_PER_GPU)
     if whole:
-        return Shape(demand.cpu_milli, MILLI_PER_GPU, whole, models)
-    return Shape(demand.cpu_milli, max(c.milli for c in app), 1, models)
+        return Shape(demand.cpu_milli, MILLI_PER_GPU, whole, models, excluded)
+    return Shape(demand.cpu_milli, max(c.milli for c in app), 1, models, excluded)
 
 
 @dataclass(slots=True)
@@ -125,7 +135,7 @@ class TargetWorkload:
         cached = self._arrays.get(key)
         if cached is None:
             model_ok = np.array(
-                [[shape.models is None or model in shape.models for model in models] for shape in self.shapes],
+                [[shape.allows(model) for model in models] for shape in self.shapes],
                 dtype=bool,
             ).reshape(len(self.shapes), len(models))
             cached = ShapeArrays(

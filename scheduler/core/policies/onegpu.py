@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit
 
 from tensorai.proto.contract import MILLI_PER_GPU
+from tensorai.proto.gpumodels import matches_any
 from tensorai.scheduler.core.context import PolicyContext
 from tensorai.scheduler.core.fit import CPU, GPU, MEMORY, MODEL, NO_GPUS, OK, UNSCHEDULABLE, UUID
 from tensorai.scheduler.core.policies.fgd import DEFAULT_WORKLOAD, quantise_one
@@ -165,8 +166,9 @@ def _score_rows(nodes, schedulable, gpu_count, node_model, cpu_free, memory_free
 
 def _model_allowed(cluster: ClusterArrays, demand: PodDemand) -> np.ndarray:
     """(models,) bool: the pod's tensor.ai/gpu-model include/exclude lists over the cluster's model ids."""
-    allowed = [(demand.allowed_models is None or model in demand.allowed_models)
-               and model not in demand.excluded_models for model in cluster.models]
+    allowed = [(demand.allowed_models is None or matches_any(demand.allowed_models, model))
+               and not (demand.excluded_models and matches_any(demand.excluded_models, model))
+               for model in cluster.models]
     return np.array(allowed or [False], dtype=bool)
 
 
