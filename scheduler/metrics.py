@@ -76,7 +76,7 @@ class _ViewCollector(Collector):
                 used.add_metric([*labels, "memory_mib"], usage.memory_mib)
                 hard.add_metric([*labels, "memory_mib"], limits.memory_mib)
             for model, hard_milli in limits.models_milli.items():
-                used.add_metric([*labels, f"gpus/{model}"], usage.models_milli.get(model, 0) / 1000)
+                used.add_metric([*labels, f"gpus/{model}"], usage.model_milli(model) / 1000)  # names it matches
                 hard.add_metric([*labels, f"gpus/{model}"], hard_milli / 1000)
         yield used
         yield hard

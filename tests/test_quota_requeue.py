@@ -135,8 +135,8 @@ def test_waiting_pod_is_requeued_once_per_quota_change_and_only_when_it_fits() -
 def test_quota_metrics_show_used_and_hard(api: KubeStandin) -> None:
     import urllib.request
 
-    api.add_object("nodes", node("a", 1))
-    api.add_object("gpuquotas", quota("team", gpus="2", memory="100Gi"))
+    api.add_object("nodes", node("a", 1, model="NVIDIA H100 80GB HBM3"))
+    api.add_object("gpuquotas", quota("team", gpus="2", memory="100Gi", models={"H100": "1"}))
     with ExtenderStack(api) as stack:
         assert wait_for(lambda: stack.view.quotas("ml"))
         worker = _admit(stack, api, pod("w", 250))
@@ -145,6 +145,8 @@ def test_quota_metrics_show_used_and_hard(api: KubeStandin) -> None:
         with urllib.request.urlopen(stack.url + "/metrics", timeout=5) as response:
             text = response.read().decode()
         assert 'tensorai_quota_used{namespace="ml",quota="team",resource="gpus"} 0.25' in text
+        # a per-model limit as the user wrote it counts the GPUs whose reported name it matches
+        assert 'tensorai_quota_used{namespace="ml",quota="team",resource="gpus/H100"} 0.25' in text
         assert 'tensorai_quota_hard{namespace="ml",quota="team",resource="memory_mib"} 102400.0' in text
         assert 'tensorai_extender_binds_total{result="bound"} 1.0' in text
 
