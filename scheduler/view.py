@@ -812,8 +812,10 @@ class ClusterView:
         The extender writes exactly the demand (per container `gpu_count` GPUs of its milli, its explicit
         memory or its share of the GPU's usable memory), so a mismatch is a forged or stale Assignment:
         each share is counted with the larger of what it says and what its container asks, and the
-        mismatch is logged once and counted (`distrusted_assignments`). GPUs the node does not have
-        cannot be counted anywhere (the device plugin refuses to allocate them); they are reported too.
+        mismatch is logged once and counted (`distrusted_assignments`). A share of a container that asks
+        for no GPU is not counted (kubelet allocates it no device; counting it would let a forged
+        Assignment take capacity instead). GPUs the node does not have cannot be counted anywhere (the
+        device plugin refuses to allocate them); they are reported too.
         """
         demand = record.demand
         if demand is None or not (written or demand.containers):
@@ -824,9 +826,8 @@ class ClusterView:
         counted: list[Share] = []
         for share in written:
             container = wanted.get(share.container)
-            if container is None:
+            if container is None:  # kubelet allocates no device to it, so the share holds nothing: not counted
                 problems.append(f"gives container {share.container!r} a GPU share it does not ask for")
-                counted.append(share)
                 continue
             if share.milli != container.milli:
                 problems.append(f"gives container {share.container!r} {share.milli} milli on {share.uuid}, "

@@ -143,6 +143,17 @@ def test_a_forged_assignment_seen_first_is_counted_as_the_pod_asks() -> None:
     assert rebuilt.snapshot() == view.snapshot()
 
 
+def test_a_forged_share_of_a_container_that_asks_for_no_gpu_takes_nothing() -> None:
+    """kubelet allocates no device to such a container: counting the share would let a forged Assignment
+    block a GPU for everyone else."""
+    share = assigned_pod("share", "a", [(0, 600)])
+    forged = _with_assignment(share, [("c0", 0, 600, share_memory_mib(600)), ("ghost", 1, 1000, USABLE_MIB)])
+    view = _view(forged)
+    assert _free(view)[0] == (400, 1000)
+    assert view.used("ml").gpus_milli == 600
+    assert view.distrusted_assignments[DISTRUST_CONTRADICTS_POD] == 1
+
+
 def test_an_assignment_the_extender_wrote_is_taken_as_written() -> None:
     pods = [assigned_pod("quarter", "a", [(0, 250)]), assigned_pod("pair", "a", [(1, 500), (1, 250)]),
             assigned_pod("explicit", "a", [(0, 500)], memory="10Gi")]
