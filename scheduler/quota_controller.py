@@ -305,10 +305,11 @@ class QuotaController:
     def _write_status(self, namespace: str) -> None:
         if self._custom is None:
             return
-        used = status_used(self.view.used(namespace))
+        usage = self.view.used(namespace)
         waiting = self.view.waiting(namespace)
         now = self.wall_clock().strftime("%Y-%m-%dT%H:%M:%SZ")
         for limits in self.view.quotas(namespace):
+            used = status_used(usage, limits)  # models: this quota's own keys, each counting what it matches
             key = (namespace, limits.name)
             observed = self.view.quota_object(namespace, limits.name) or {}
             generation = (observed.get("metadata") or {}).get("generation")
