@@ -277,3 +277,36 @@ def test_a_new_leader_writes_the_status_within_a_second_of_taking_the_lease(api:
     finally:
         new.stop()
         old.stop()
+
+
+def test_a_replica_that_does_not_lead_neither_requeues_nor_records_events(api: KubeStandin) -> None:
+    """A leader that lost the lease still remembers its waiting pods: the requeue is the new leader's."""
+    from tensorai.scheduler.events import EventRecorder
+    from tensorai.scheduler.extender import ExtenderService
+    from tensorai.scheduler.quota_controller import ANNOTATION_QUOTA_REQUEUE, QuotaController
+    from tensorai.scheduler.view import ClusterView
+
+    _hold(api, "sched-1_77aa", time.time(), duration_s=3600)
+    view = ClusterView(stale_seconds=0)
+    holder = assigned_pod("holder", "a", [(0, 500)])
+    big = api.add_pod(pod("big", 1000))
+    view.replace("nodes", [node("a", 2)])
+    view.replace("pods", [holder, big])
+    view.replace("gpuquotas", [api.add_object("gpuquotas", quota("team", gpus="1"))])
+    leader = _follow(api, "sched-0")
+    events = EventRecorder()
+    controller = QuotaController(view, api_client=api.api_client(), events=events, leader=leader)
+    try:
+        assert ExtenderService(view).filter(filter_args(big, ["a"]))["NodeNames"] == []
+        view.upsert_pod({**holder, "status": {"phase": "Succeeded"}})  # quota frees
+        assert controller.sync_namespace("ml") == 0
+        annotations = api.get_object("pods", "big", "ml")["metadata"].get("annotations") or {}
+        assert ANNOTATION_QUOTA_REQUEUE not in annotations
+        assert not [e for e in events.recent if e.reason == "TensorAIQuotaFreed"]
+        _hold(api, "sched-0_5f1e", time.time())
+        assert wait_for(leader.is_leader, 1.0)
+        assert controller.sync_namespace("ml") == 1
+        assert ANNOTATION_QUOTA_REQUEUE in api.get_object("pods", "big", "ml")["metadata"]["annotations"]
+        assert [e.pod_name for e in events.recent if e.reason == "TensorAIQuotaFreed"] == ["big"]
+    finally:
+        leader.stop()
