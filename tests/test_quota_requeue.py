@@ -147,6 +147,9 @@ def test_quota_metrics_show_used_and_hard(api: KubeStandin) -> None:
         assert 'tensorai_quota_used{namespace="ml",quota="team",resource="gpus"} 0.25' in text
         # a per-model limit as the user wrote it counts the GPUs whose reported name it matches
         assert 'tensorai_quota_used{namespace="ml",quota="team",resource="gpus/H100"} 0.25' in text
+        # and status.used.models has spec.hard.models' keys, not the reported names
+        assert wait_for(lambda: api.get_object("gpuquotas", "team", "ml").get("status", {}).get("used", {}).get(
+            "models") == {"H100": "0.25"})
         assert 'tensorai_quota_hard{namespace="ml",quota="team",resource="memory_mib"} 102400.0' in text
         assert 'tensorai_extender_binds_total{result="bound"} 1.0' in text
 
