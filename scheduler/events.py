@@ -3,6 +3,11 @@
 Events are written by a background thread from a bounded queue: a slow or failing API server must
 never slow a bind down, and an event storm drops events (counted) rather than memory. Without an
 API client (cluster-file mode) events are only logged and kept in `recent` (tests read it).
+
+No leadership check here: with two scheduler replicas, the events of the verbs come only from the
+leader's extender (only the leading kube-scheduler calls verbs), and they record what happened
+(a Binding created, a pod turned away) even in the instant before this replica's Lease watch
+reports the take-over; the quota controller's requeue Events are gated with its requeues.
 """
 
 from __future__ import annotations
