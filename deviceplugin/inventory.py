@@ -1,10 +1,12 @@
-"""The node's Inventory: built from backend + health, published as a Node annotation.
+"""The node's Inventory: built from backend + health, published as a Node annotation, plus node labels.
 
 The extender reads `tensor.ai/inventory` (protobuf JSON of tensorai.v1.Inventory) to know each
 node's GPUs, their memory, reserve, NUMA node and health. The publisher writes it at start, every
 `interval_s` (the heartbeat the extender checks for staleness) and at once when a GPU's health
 flips. It also carries out the admin's return-to-service requests: UUIDs listed in the Node
 annotation `tensor.ai/recover-gpus` are recovered in the HealthTracker and removed from the list.
+In the same patch it keeps the node's `tensor.ai/gpu.*` labels (`node_labels`) current, so
+nodeSelector and node affinity can choose GPUs too; they are sent only when one differs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from tensorai.deviceplugin.gpus import BackendError, GPUBackend
 from tensorai.deviceplugin.health import HealthTracker
 from tensorai.deviceplugin.kubeapi import RawCoreApi
-from tensorai.proto import contract
+from tensorai.proto import contract, gpumodels
 from tensorai.proto import tensorai_v1_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,32 @@ def build_inventory(
         )
     contract.validate_inventory(inventory)
     return inventory
+
+
+def node_labels(inventory: pb.Inventory, sharing_mode: str) -> dict[str, str | None]:
+    """The `tensor.ai/gpu.*` labels of the node (contract.PLUGIN_NODE_LABELS), None = remove the label.
+
+    What GPU feature discovery's `nvidia.com/gpu.*` labels say, under our own prefix so both can run:
+    the product name the GPUs report as a label value (`NVIDIA-H100-80GB-HBM3`), its short model
+    (`H100`, proto/gpumodels.py), the memory of one GPU in MiB, the GPU count and the sharing mode.
+    On a node with GPUs of several models the most common model speaks for the node (the lowest GPU
+    index breaks a tie) and memory is its smallest GPU's; `count` counts every GPU, healthy or not.
+    Every value is valid label syntax (at most 63 characters of [A-Za-z0-9_.-], alphanumeric at both
+    ends), whatever name a GPU reports.
+    """
+    gpus = sorted(inventory.gpus, key=lambda gpu: gpu.index)
+    counts: dict[str, int] = {}
+    for gpu in gpus:
+        counts[gpu.model] = counts.get(gpu.model, 0) + 1
+    model = max(counts, key=lambda name: counts[name]) if counts else None  # dicts keep first-seen order
+    memory = min((gpu.memory_mib for gpu in gpus if gpu.model == model), default=None)
+    return {
+        contract.LABEL_GPU_PRODUCT: gpumodels.label_value(model) if model is not None else None,
+        contract.LABEL_GPU_MODEL: gpumodels.short_model(model) if model is not None else None,
+        contract.LABEL_GPU_MEMORY: str(memory) if memory is not None else None,
+        contract.LABEL_GPU_COUNT: str(len(gpus)),
+        contract.LABEL_GPU_SHARING_MODE: sharing_mode,
+    }
 
 
 def parse_recover_list(text: str | None) -> list[str]:
@@ -143,6 +171,10 @@ class InventoryPublisher:
         )
         patch_annotations: dict[str, str | None] = {contract.ANNOTATION_INVENTORY: contract.encode_inventory(inventory)}
         metadata: dict[str, Any] = {"annotations": patch_annotations}
+        labels = node_labels(inventory, self.sharing_mode)
+        current_labels = node_metadata.get("labels") or {}
+        if any(current_labels.get(key) != value for key, value in labels.items()):
+            metadata["labels"] = labels  # same patch: the labels never say what the Inventory does not
         if requested:
             # Remove the handled request. The resourceVersion precondition makes the API server
             # refuse (409) if an admin changed the list since we read it; we then retry with theirs.

@@ -46,6 +46,15 @@ SCHEDULER_NAME = "tensorai-scheduler"  # the kube-scheduler profile that calls t
 
 # --- labels --------------------------------------------------------------------------------------
 LABEL_GPU_NODE = "tensor.ai/gpu-node"  # Node label selecting where the device plugin runs
+# Node labels the device plugin publishes with its Inventory, for nodeSelector / node affinity (the way
+# GPU feature discovery publishes nvidia.com/gpu.*; docs/deviceplugin.md). Only these may it change
+# (manifests/base/policies/device-plugin-own-node.yaml).
+LABEL_GPU_PRODUCT = "tensor.ai/gpu.product"  # the name the GPUs report, as a label value: NVIDIA-H100-80GB-HBM3
+LABEL_GPU_MODEL = "tensor.ai/gpu.model"  # the short model (proto/gpumodels.py): H100
+LABEL_GPU_MEMORY = "tensor.ai/gpu.memory"  # MiB of one GPU: 81559
+LABEL_GPU_COUNT = "tensor.ai/gpu.count"  # GPUs on the node: 8
+LABEL_GPU_SHARING_MODE = "tensor.ai/gpu.sharing-mode"  # --sharing: timeslice, mps or exclusive
+PLUGIN_NODE_LABELS = (LABEL_GPU_PRODUCT, LABEL_GPU_MODEL, LABEL_GPU_MEMORY, LABEL_GPU_COUNT, LABEL_GPU_SHARING_MODE)
 
 # --- environment given to containers by Allocate --------------------------------------------------
 ENV_VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"

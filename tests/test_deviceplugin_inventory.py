@@ -4,15 +4,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 
 import kubernetes
 import pytest
 
-from tensorai.deviceplugin.backends import parse_sim_gpus
+from tensorai.deviceplugin.backends import SimGPUSpec, parse_sim_gpus
 from tensorai.deviceplugin.gpus import BackendError
 from tensorai.deviceplugin.health import HealthTracker
-from tensorai.deviceplugin.inventory import InventoryPublisher, build_inventory, parse_recover_list
+from tensorai.deviceplugin.inventory import InventoryPublisher, build_inventory, node_labels, parse_recover_list
 from tensorai.deviceplugin.kubeapi import RawCoreApi
 from tensorai.deviceplugin.simulated import SimulatedBackend
 from tensorai.proto import contract
@@ -242,3 +243,69 @@ def test_publisher_validates_its_settings() -> None:
         InventoryPublisher(None, backend, tracker, node_name=NODE, sharing_mode="mps", plugin_version="1", interval_s=0)
     with pytest.raises(ValueError, match="sharing mode"):
         InventoryPublisher(None, backend, tracker, node_name=NODE, sharing_mode="vgpu", plugin_version="1")
+
+
+# --- node labels ----------------------------------------------------------------------------------------
+def _inventory(*gpus: tuple[int, str, int], mode: str = "timeslice") -> pb.Inventory:
+    """An Inventory of `count x (model, memory_mib)` GPUs, as the NVML backend would report them."""
+    backend = SimulatedBackend([SimGPUSpec(count, model, memory_mib) for count, model, memory_mib in gpus],
+                               node_name=NODE)
+    tracker = HealthTracker([gpu.uuid for gpu in backend.gpus()])
+    return build_inventory(backend, tracker, node_name=NODE, sharing_mode=mode, plugin_version="v")
+
+
+def test_node_labels_say_what_gpu_feature_discovery_says_under_our_prefix() -> None:
+    labels = node_labels(_inventory((8, "NVIDIA H100 80GB HBM3", 81559), mode="mps"), "mps")
+    assert labels == {
+        contract.LABEL_GPU_PRODUCT: "NVIDIA-H100-80GB-HBM3",
+        contract.LABEL_GPU_MODEL: "H100",
+        contract.LABEL_GPU_MEMORY: "81559",
+        contract.LABEL_GPU_COUNT: "8",
+        contract.LABEL_GPU_SHARING_MODE: "mps",
+    }
+    assert set(labels) == set(contract.PLUGIN_NODE_LABELS)
+
+
+def test_on_a_mixed_node_the_most_common_model_labels_it_and_the_first_gpu_breaks_ties() -> None:
+    mixed = node_labels(_inventory((1, "NVIDIA A100-PCIE-40GB", 40960), (2, "NVIDIA A100 80GB PCIe", 81920)), "mps")
+    assert (mixed[contract.LABEL_GPU_PRODUCT], mixed[contract.LABEL_GPU_MEMORY]) == ("NVIDIA-A100-80GB-PCIe", "81920")
+    assert mixed[contract.LABEL_GPU_COUNT] == "3"
+    tie = node_labels(_inventory((1, "NVIDIA L4", 23034), (1, "NVIDIA L40S", 46068)), "mps")
+    assert tie[contract.LABEL_GPU_MODEL] == "L4"
+
+
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+
+
+@pytest.mark.parametrize("reported", [
+    "  NVIDIA (rev. 2) / Prototype ", "NVIDIA Graphics Device", "GPU 名前 ++", "NVIDIA " + "VeryLongName-" * 9,
+    "ü", "NVIDIA",
+])
+def test_node_labels_are_valid_label_values_whatever_name_the_gpu_reports(reported: str) -> None:
+    labels = node_labels(_inventory((2, reported, 16384)), "timeslice")
+    for key, value in labels.items():
+        assert value is None or _LABEL_VALUE.fullmatch(value), (key, value)
+    product = labels[contract.LABEL_GPU_PRODUCT]
+    assert (product is None) == (reported in ("ü",))  # nothing valid left: no label rather than a bad one
+    assert labels[contract.LABEL_GPU_MODEL] is None or reported not in ("NVIDIA", "ü")
+
+
+def test_a_node_without_gpus_has_count_zero_and_no_model_labels() -> None:
+    labels = node_labels(pb.Inventory(node_name=NODE), "timeslice")
+    assert labels[contract.LABEL_GPU_COUNT] == "0"
+    assert labels[contract.LABEL_GPU_PRODUCT] is labels[contract.LABEL_GPU_MODEL] is labels[
+        contract.LABEL_GPU_MEMORY] is None
+
+
+def test_publish_sets_the_labels_keeps_the_admins_and_restores_a_changed_one(cluster) -> None:
+    api, core = cluster
+    backend = SimulatedBackend([SimGPUSpec(2, "NVIDIA H100 80GB HBM3", 81559)], node_name=NODE)
+    tracker = HealthTracker([gpu.uuid for gpu in backend.gpus()])
+    publisher = InventoryPublisher(core, backend, tracker, node_name=NODE, sharing_mode="timeslice", plugin_version="1")
+    publisher.publish_once()
+    labels = api.get_object("nodes", NODE)["metadata"]["labels"]
+    assert labels[contract.LABEL_GPU_NODE] == "true"  # the admin's label stays
+    assert (labels[contract.LABEL_GPU_MODEL], labels[contract.LABEL_GPU_COUNT]) == ("H100", "2")
+    core.patch_node(NODE, {"metadata": {"labels": {contract.LABEL_GPU_MODEL: "A100"}}})  # someone else's edit
+    publisher.publish_once()
+    assert api.get_object("nodes", NODE)["metadata"]["labels"][contract.LABEL_GPU_MODEL] == "H100"

@@ -214,8 +214,9 @@ def _plugin_policy(rendered: dict[str, list[dict]]) -> Any:
     return failures
 
 
-def _node(name: str, annotations: dict[str, str], **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "annotations": annotations}, "spec": spec}
+def _node(name: str, annotations: dict[str, str], labels: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    metadata = {"name": name, "annotations": annotations, **({"labels": labels} if labels is not None else {})}
+    return {"apiVersion": "v1", "kind": "Node", "metadata": metadata, "spec": spec}
 
 
 def _bound_pod(node: str | None, annotations: dict[str, str], labels: dict[str, str] | None = None) -> dict[str, Any]:
@@ -253,6 +254,28 @@ def test_device_plugin_policy_allows_only_its_own_annotations_on_its_own_node(re
     assert failures(_bound_pod("gpu-2", {allocated: "x"}), _bound_pod("gpu-2", {}), "gpu-1")
     assert failures(_bound_pod(None, {allocated: "x"}), _bound_pod(None, {}), "gpu-1")
     assert failures(_bound_pod("gpu-1", {}, {"app": "stolen"}), _bound_pod("gpu-1", {}), "gpu-1")
+
+
+def test_device_plugin_policy_allows_exactly_its_gpu_labels_on_its_own_node(rendered: dict[str, list[dict]]) -> None:
+    """The labels deviceplugin/inventory.py publishes (contract.PLUGIN_NODE_LABELS), and nothing else."""
+    policy = _one(rendered["production"], "ValidatingAdmissionPolicy", PLUGIN_POLICY)["spec"]
+    (owned,) = [v["expression"] for v in policy["variables"] if v["name"] == "ownedLabels"]
+    assert re.findall(r"'([^']+)'", owned) == list(contract.PLUGIN_NODE_LABELS)  # the contract's, no more
+    failures = _plugin_policy(rendered)
+    admin = {contract.LABEL_GPU_NODE: "true", "kubernetes.io/hostname": "gpu-1"}
+    before = _node("gpu-1", {}, {**admin, contract.LABEL_GPU_MODEL: "A100"})
+    published = {key: "x" for key in contract.PLUGIN_NODE_LABELS}
+    assert failures(_node("gpu-1", {}, {**admin, **published}), before, "gpu-1") == []
+    assert failures(_node("gpu-1", {}, admin), before, "gpu-1") == []  # removing its own
+    for key in contract.PLUGIN_NODE_LABELS:  # each alone
+        assert failures(_node("gpu-1", {}, {**admin, key: "y"}), before, "gpu-1") == [], key
+    assert failures(_node("gpu-2", {}, {**admin, **published}), _node("gpu-2", {}, admin), "gpu-1")  # other node
+    for changed in ({**admin, contract.LABEL_GPU_NODE: "false"}, {"kubernetes.io/hostname": "gpu-1"},
+                    {**admin, "tensor.ai/gpu.other": "x"}, {**admin, "nvidia.com/gpu.product": "x"}):
+        (message,) = failures(_node("gpu-1", {}, changed), _node("gpu-1", {}, admin), "gpu-1")
+        assert "may change only the labels ' + variables.ownedLabels" in message  # the label rule, alone
+    pod_labels = {contract.LABEL_GPU_MODEL: "H100"}  # on a Pod, not even those
+    assert failures(_bound_pod("gpu-1", {}, pod_labels), _bound_pod("gpu-1", {}), "gpu-1")
 
 
 # --- the accounting policy (issue 13) -------------------------------------------------------------

@@ -111,10 +111,29 @@ def test_the_plugin_publishes_on_its_own_node_only(cluster: Any) -> None:
     assert contract.ANNOTATION_INVENTORY not in _annotations(cluster, "node", OTHER_NODE)
 
 
+def test_the_plugin_publishes_its_gpu_labels_on_its_own_node_only(cluster: Any) -> None:
+    """The labels InventoryPublisher sends with the Inventory (deviceplugin/inventory.py node_labels)."""
+    here = cluster.node_name
+    labels = {contract.LABEL_GPU_PRODUCT: "NVIDIA-H100-80GB-HBM3", contract.LABEL_GPU_MODEL: "H100",
+              contract.LABEL_GPU_MEMORY: "81559", contract.LABEL_GPU_COUNT: "8",
+              contract.LABEL_GPU_SHARING_MODE: "timeslice"}
+    assert set(labels) == set(contract.PLUGIN_NODE_LABELS)
+    _plugin_patch(cluster, f"/api/v1/nodes/{here}", {"annotations": {contract.ANNOTATION_INVENTORY: "{}"},
+                                                     "labels": labels})
+    node_labels = json.loads(cluster.kubectl("get", "node", here, "-o", "json"))["metadata"]["labels"]
+    assert {key: node_labels.get(key) for key in labels} == labels and node_labels["gpu"] == "yes"
+    _plugin_patch(cluster, f"/api/v1/nodes/{here}", {"labels": {contract.LABEL_GPU_MODEL: None}})  # and removes
+    assert contract.LABEL_GPU_MODEL not in json.loads(cluster.kubectl("get", "node", here, "-o", "json"))[
+        "metadata"]["labels"]
+    message = _refused(lambda: _plugin_patch(cluster, f"/api/v1/nodes/{OTHER_NODE}", {"labels": labels}))
+    assert f"node {here} may change only its own Node, not {OTHER_NODE}" in message
+
+
 @pytest.mark.parametrize(("change", "reason"), [
     ({"metadata": {"annotations": {"team/owner": "mallory"}}}, "it changed team/owner"),
-    ({"metadata": {"labels": {"gpu": "no"}}}, "never labels"),
-    ({"metadata": {"finalizers": ["stolen/keep"]}}, "never labels, finalizers"),
+    ({"metadata": {"labels": {"gpu": "no"}}}, "of a Node; it changed label gpu"),
+    ({"metadata": {"labels": {"gpu": None}}}, "it changed label gpu"),  # removing one is a change too
+    ({"metadata": {"finalizers": ["stolen/keep"]}}, "never finalizers"),
     ({"spec": {"taints": [{"key": "dedicated", "value": "plugin", "effect": "NoSchedule"}]}}, "or spec"),
     ({"spec": {"unschedulable": True}}, "or spec"),  # kubectl cordon
 ])
@@ -155,7 +174,9 @@ def test_the_plugin_annotates_only_pods_bound_to_its_node(cluster: Any) -> None:
             contract.ANNOTATION_ALLOCATED: "forged"}}))
         assert f"may change only pods bound to it, not {NAMESPACE}/{pod} ({where})" in message
     message = _refused(lambda: _patch_pod(cluster, "here", {"labels": {"app": "stolen"}}))
-    assert "never labels" in message
+    assert "may change no label of a Pod; it changed label app" in message
+    gpu_label = {"labels": {contract.LABEL_GPU_MODEL: "H100"}}  # a Node's label is not a Pod's
+    assert "it changed label tensor.ai/gpu.model" in _refused(lambda: _patch_pod(cluster, "here", gpu_label))
     message = _refused(lambda: _patch_pod(cluster, "here", {"annotations": {"team/owner": "mallory"}}))
     assert "it changed team/owner" in message
     # removing one it does not own (the user's placement rule) counts as a change too
