@@ -102,8 +102,9 @@ def label_value(text: str) -> str | None:
 
     Runs of characters outside `[A-Za-z0-9_.-]` become one `-` (GPU feature discovery writes
     `NVIDIA-H100-80GB-HBM3` the same way), the value begins and ends with a letter or digit, and a
-    longer one is cut to 63 characters at a word boundary. Separators stay separators and no word is
-    cut, so the value still matches the GPU it was made from.
+    longer one is cut to 63 characters at the last word boundary (inside a word only when its first
+    word alone is longer). Separators stay separators, so the value still matches the GPU it was
+    made from unless that one word had to be cut.
     """
     value = _LABEL_INVALID.sub("-", text).strip("-_.")
     if len(value) > LABEL_VALUE_MAX:  # cut at a word boundary, so no cut word is left to match nothing

@@ -112,6 +112,10 @@ def test_a_per_model_limit_counts_every_gpu_its_name_matches() -> None:
     assert quota_violations(limits, used, Usage(1000, 0, {A100_40: 1000})) == []  # a 40 GB A100: not limited
     assert quota_violations(limits, used, Usage(1000, 0, {A100_80: 1000})) == [
         "GPUQuota ml/team: A100-80GB GPUs used 0 + 1 > hard 0.5"]
+    nested = [parse_gpu_quota(quota("team", models={"H100": "2", "H100-PCIe": "0.5"}))]  # every key that matches
+    assert quota_violations(nested, used, Usage(500, 0, {H100_PCIE: 500})) == [
+        "GPUQuota ml/team: H100-PCIe GPUs used 0.25 + 0.5 > hard 0.5"]
+    assert quota_violations(nested, used, Usage(500, 0, {H100_SXM: 500})) == []
 
 
 def test_the_status_of_a_quota_shows_its_own_model_keys() -> None:
