@@ -341,16 +341,18 @@ def value_specs() -> list[Value]:
               "at the cost of the plugin seeing every process of the node"),
         Value("devicePlugin.runtimeClassName", string, "components/nvidia-runtime: `nvidia` where it is not the "
               "default runtime", True),
-        Value("devicePlugin.priorityClassName", string, "empty: none"),
+        Value("devicePlugin.priorityClassName", string, "the device plugin pods' priority class; empty: none "
+              "(some clusters allow system-node-critical only in kube-system)"),
         Value("devicePlugin.resources", RESOURCES, "device plugin container resources"),
-        Value("devicePlugin.nodeSelector", mapping, "added to the node affinity on `tensor.ai/gpu-node=true`", True),
+        Value("devicePlugin.nodeSelector", mapping, "a node selector on top of `devicePlugin.affinity` (both must "
+              "match)", True),
         Value("devicePlugin.tolerations", array, "default: the `nvidia.com/gpu` and `tensor.ai/gpu-node` taints, "
               "CriticalAddonsOnly", True),
         Value("devicePlugin.affinity", mapping, "default: nodes labelled `tensor.ai/gpu-node=true`, linux"),
         Value("devicePlugin.extraArgs", {"type": "array", "items": string}, "more `tensorai-device-plugin` flags"),
         Value("scheduler.replicas", {"type": "integer", "minimum": 1}, "scheduler pods (leader election); "
               "a PodDisruptionBudget when above 1", True),
-        Value("scheduler.priorityClassName", string, "empty: none"),
+        Value("scheduler.priorityClassName", string, "the scheduler pods' priority class; empty: none"),
         Value("scheduler.nodeSelector", mapping, "scheduler pods' node selector"),
         Value("scheduler.tolerations", array, "scheduler pods' tolerations"),
         Value("scheduler.affinity", mapping, "default: replicas preferably on different nodes"),
@@ -367,9 +369,10 @@ def value_specs() -> list[Value]:
         Value("scheduler.extender.resources", RESOURCES, "extender container resources"),
         Value("scheduler.extender.extraArgs", {"type": "array", "items": string}, "more `tensorai-extender` flags"),
         Value("webhook.replicas", {"type": ["integer", "null"], "minimum": 1}, "null: 1 with self-signed TLS "
-              "(each replica would make its own CA; more is refused), 2 with cert-manager", True),
+              "(each replica would make its own CA; more is refused), with cert-manager as components/cert-manager "
+              "sets it (2)", True),
         Value("webhook.logLevel", {"enum": LOG_LEVELS}, "webhook log level"),
-        Value("webhook.priorityClassName", string, "empty: none"),
+        Value("webhook.priorityClassName", string, "the webhook pods' priority class; empty: none"),
         Value("webhook.resources", RESOURCES, "webhook container resources"),
         Value("webhook.nodeSelector", mapping, "webhook pods' node selector"),
         Value("webhook.tolerations", array, "webhook pods' tolerations"),
@@ -755,7 +758,8 @@ def chart_from(base: list[dict[str, Any]], parts: dict[str, list[dict[str, Any]]
             templates.append(Template(f"{name}/{kind.lower()}-{object_name}.yaml", obj, s, condition))
 
     ks_default = values.pop("_baseKubeSchedulerTag", "")
-    helpers = HELPERS.format(helper=HELPER, config=config_template, ks_default=ks_default)
+    helpers = HELPERS.format(helper=HELPER, config=config_template, ks_default=ks_default,
+                             cm_replicas=cm_webhook["spec"]["replicas"])
     return values, templates, helpers
 
 
@@ -855,7 +859,7 @@ app.kubernetes.io/version: {{{{ .Chart.AppVersion | quote }}}}
 {{{{/* Self-signed TLS: each replica would make its own CA, so exactly one. */}}}}
 {{{{- define "{helper}.webhookReplicas" -}}}}
 {{{{- if eq .Values.tls.mode "cert-manager" -}}}}
-{{{{ .Values.webhook.replicas | default 2 }}}}
+{{{{ .Values.webhook.replicas | default {cm_replicas} }}}}
 {{{{- else if and .Values.webhook.replicas (gt (int .Values.webhook.replicas) 1) -}}}}
 {{{{ fail "webhook.replicas above 1 needs tls.mode=cert-manager: each self-signed replica would make its own CA" }}}}
 {{{{- else -}}}}
@@ -996,8 +1000,9 @@ helm install tensorai-vgpu charts/tensorai-vgpu --set tls.mode=cert-manager --se
 ```
 
 The chart makes its own namespace (`namespace.name`, Pod Security labels as in the manifests), so the
-release needs no `-n`/`--create-namespace`: Helm keeps the release record in the namespace it is run
-in (`default`). Cluster-scoped objects (CRD, ClusterRoles, the webhook configuration, the admission
+release needs no `-n`/`--create-namespace`: Helm keeps the release record in the namespace it runs in
+(your kubeconfig's, usually `default`). With `namespace.create=false` the namespace must exist, with
+the Pod Security labels of `manifests/base/namespace.yaml` if your cluster enforces any. Cluster-scoped objects (CRD, ClusterRoles, the webhook configuration, the admission
 policies) have fixed names: one release per cluster. The step-by-step guide is docs/install.md.
 
 ## One source of truth: generated from manifests/

@@ -99,16 +99,17 @@ class LocalCluster:
     def __init__(self, workdir: Path | None = None, *, sim_gpus: str = SIM_GPUS, with_node: bool = True,
                  scheduler_config_edit: Callable[[dict[str, Any]], None] | None = None,
                  scheduler_args: tuple[str, ...] = (), extender_log_level: str = "DEBUG",
-                 install: bool = True) -> None:
+                 install: bool | Callable[[LocalCluster], list[dict[str, Any]]] = True) -> None:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="tensorai-e2e-"))
         self.logs = self.workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.sim_gpus = sim_gpus
         self.with_node = with_node
-        # False: the control plane only (etcd, kube-apiserver, kube-controller-manager, and the node when
-        # with_node): nothing of ours applied or started, for tests that install the project themselves
-        # (test_e2e_helm.py installs the chart).
-        self.with_install = install
+        # True: the kustomize install below. False: the control plane only (etcd, kube-apiserver,
+        # kube-controller-manager, and the node when with_node), nothing of ours applied or started. A
+        # callable installs the project itself (test_e2e_helm.py: the Helm chart) and returns the objects
+        # it applied; our programs then run on the host as after the kustomize install.
+        self.installer = install
         self._node_lock: Any = None
         self.node_name = NODE_NAME
         self.scheduler_config_edit = scheduler_config_edit
@@ -138,16 +139,18 @@ class LocalCluster:
             self._start_etcd()
             self._start_apiserver()
             self._start_controller_manager()
-            if self.with_install:
+            if self.installer is True:
                 self._apply_install()
+            elif self.installer:
+                self.install = self.installer(self)
             if self.with_node:
                 self._node_lock = binaries.hold_node_lock()
                 self._start_containerd()
                 self._start_kubelet()
                 self._prepare_node()
-                if self.with_install:
+                if self.installer:
                     self.start_device_plugin()
-            if self.with_install:
+            if self.installer:
                 self.start_extender()
                 self._start_schedulers()
                 self.start_webhook()

@@ -1,10 +1,15 @@
-"""The Helm chart's life cycle on a real API server: install, upgrade, rollback, uninstall.
+"""The Helm chart on a real API server: its life cycle, and a fractional pod on what it installed.
 
-A control plane of its own (`LocalCluster(with_node=False, install=False)`: etcd, kube-apiserver,
-kube-controller-manager; nothing of ours applied, no kubelet, so it does not wait for the node lock):
-the suite's usual cluster already holds the kustomize install, and the chart's cluster-scoped objects
-have the same names. Without a node the Deployments' pods stay Pending: this checks what Helm and the
-API server do with the chart's objects, not our programs (the suite's other tests run those).
+Each test has a cluster of its own: the suite's usual cluster already holds the kustomize install,
+and the chart's cluster-scoped objects have the same names.
+
+- life cycle: `LocalCluster(with_node=False, install=False)` (etcd, kube-apiserver,
+  kube-controller-manager; no kubelet, so it does not wait for the node lock): install, upgrade,
+  rollback, uninstall. Without a node the Deployments' pods stay Pending.
+- a quarter-GPU pod: `LocalCluster(install=<helm install>)`: the chart's namespace, CRD, RBAC,
+  admission policies, webhook configuration and scheduler configuration, with our three programs on
+  the host under the chart's ServiceAccounts as the harness runs them after the kustomize install (no
+  registry here, so the chart's own pods are kept off the node with a node selector).
 """
 
 from __future__ import annotations
@@ -13,14 +18,18 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tensorai.proto import contract
+from tensorai.proto.kubeclient import kube_api_client
+
 from . import binaries
 from .cluster import LocalCluster, wait_until
+from .pods import NAMESPACE as TEST_NAMESPACE
+from .pods import Placement, PodClient, assignment_of, env_from_log, gpu_pod
 
 CHART = binaries.REPO_ROOT / "charts" / "tensorai-vgpu"
 RELEASE = "tensorai-vgpu"
@@ -52,17 +61,18 @@ class Helm:
             raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result.stdout
 
-    def template(self, *sets: str) -> str:
+    def template(self, *args: str) -> str:
         version = json.loads(self.cluster.kubectl("version", "-o", "json"))["serverVersion"]["gitVersion"]
-        return self("template", RELEASE, str(CHART), "--kube-version", version, *sets)
+        return self("template", RELEASE, str(CHART), "--kube-version", version, *args)
 
 
 @pytest.fixture(scope="module")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Helm]:
+def helm() -> Iterator[Helm]:
     reason = _why_not()
     if reason:
         pytest.skip(f"helm end-to-end test skipped: {reason}")
-    cluster = LocalCluster(tmp_path_factory.mktemp("helm-cluster"), with_node=False, install=False).start()
+    # the workdir (/tmp/tensorai-e2e-*, kept with its logs) is not pytest's: other sessions prune those
+    cluster = LocalCluster(with_node=False, install=False).start()
     try:
         yield Helm(cluster)
     finally:
@@ -88,7 +98,7 @@ def revisions(helm: Helm) -> dict[int, str]:
     return {int(r["metadata"]["labels"]["version"]): r["metadata"]["labels"]["status"] for r in records}
 
 
-def test_install_upgrade_rollback_uninstall_leaves_only_the_kept_crd(helm: Helm, tmp_path: Path) -> None:
+def test_install_upgrade_rollback_uninstall_leaves_only_the_kept_crd(helm: Helm) -> None:
     cluster = helm.cluster
     manifest = helm.template()
     wanted = expected(manifest)
@@ -140,3 +150,47 @@ def test_install_upgrade_rollback_uninstall_leaves_only_the_kept_crd(helm: Helm,
                                "validatingadmissionpolicies,validatingadmissionpolicybindings",
                                "-l", "app.kubernetes.io/part-of=tensorai-vgpu", "-o", "name")
     assert leftover.strip() == ""
+
+
+# The chart's pods cannot start here (no registry): keep them off the node, which runs our programs on the host.
+OFF_THE_NODE = {part: {"nodeSelector": {"tensor.ai/helm-e2e": "no-such-node"}}
+                for part in ("devicePlugin", "scheduler", "webhook")}
+
+
+def install_with_helm(cluster: LocalCluster) -> list[dict[str, Any]]:
+    """LocalCluster's install step done by `helm install`; the objects the chart applied."""
+    helm = Helm(cluster)
+    values = cluster.workdir / "helm-values.yaml"
+    values.write_text(yaml.safe_dump(OFF_THE_NODE))
+    helm("install", RELEASE, str(CHART), "-f", str(values))
+    # Our webhook runs on the host, not behind the Service: point the configuration at it, as the
+    # harness does for the kustomize install (the webhook then patches in its caBundle).
+    url = f"https://127.0.0.1:{cluster.ports['webhook']}/mutate"
+    cluster.kubectl("patch", "mutatingwebhookconfiguration", "tensorai-vgpu", "--type=json", "-p", json.dumps([
+        {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
+        {"op": "add", "path": "/webhooks/0/clientConfig/url", "value": url}]))
+    cluster.kubectl("create", "namespace", TEST_NAMESPACE)
+    return [doc for doc in yaml.safe_load_all(helm.template("-f", str(values))) if doc]
+
+
+def test_a_quarter_gpu_pod_runs_on_what_the_chart_installed() -> None:
+    reason = _why_not()
+    if reason:
+        pytest.skip(f"helm end-to-end test skipped: {reason}")
+    cluster = LocalCluster(install=install_with_helm).start()
+    try:
+        pods = PodClient(kube_api_client(cluster.kubeconfig("admin")))
+        pods.create(gpu_pod("helm-quarter", "0.25", seconds=0.5))
+        pod = pods.wait_phase(["helm-quarter"], timeout_s=90)["helm-quarter"]
+        assert pod["status"]["phase"] == "Succeeded", pods.events_for("helm-quarter")
+        assert pod["spec"]["schedulerName"] == "tensorai-scheduler"
+        assert pod["spec"]["containers"][0]["resources"]["limits"][contract.RESOURCE_VGPU_MILLI] == "250"
+        assignment = assignment_of(pod)
+        assert assignment["main"].milli == 250
+        meta = pod["metadata"]
+        env = env_from_log(cluster.container_log(meta["namespace"], meta["name"], meta["uid"], "main"))
+        assert Placement.from_env(env) == assignment["main"]
+        config_maps = [o["metadata"]["name"] for o in cluster.install if o["kind"] == "ConfigMap"]
+        assert any(name.startswith("tensorai-scheduler-config-") for name in config_maps)  # the chart's, in use
+    finally:
+        cluster.stop()
