@@ -127,6 +127,38 @@ def decode_inventory(text: str) -> pb.Inventory:
     return inventory
 
 
+_HEARTBEAT_FIELD = "heartbeatTime"  # Inventory.heartbeat_time in protobuf JSON (lowerCamelCase)
+
+
+def inventory_heartbeat(text: str) -> tuple[dict, float] | None:
+    """(the Inventory's JSON object without its heartbeat, the heartbeat in Unix seconds), or None.
+
+    Every node's device plugin rewrites its Inventory every 30 s only to move the heartbeat: at
+    1,000 nodes that is 33 Node updates a second, and decoding each through protobuf's ParseDict
+    cost ~1 ms - half of the extender's CPU through a real kube-scheduler. A reader that already
+    holds the decoded Inventory of an equal object (compared in C) needs only the new time.
+    None when the text is not a JSON object with a plain RFC 3339 heartbeat: decode_inventory then
+    decides (and explains) as before."""
+    if not isinstance(text, str) or len(text) > 1 << 20:
+        return None
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    stamp = document.pop(_HEARTBEAT_FIELD, None)
+    if not isinstance(stamp, str) or not stamp.endswith("Z"):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    if moment.tzinfo is None or moment.utcoffset() != dt.timedelta(0):
+        return None
+    return document, moment.timestamp()
+
+
 def validate_inventory(inventory: pb.Inventory) -> None:
     """Raise ContractError unless every GPU has a unique UUID, index and sane memory figures."""
     seen_uuids: set[str] = set()

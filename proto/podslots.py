@@ -9,7 +9,7 @@ means the scheduler never imports the device plugin. Pure functions over the API
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,13 +224,15 @@ def parse_pod(pod: Mapping[str, Any], node_name: str, seen_order: int) -> PodSta
                     _started_init_containers(pod))
 
 
-def ambiguous_with(candidate: Mapping[str, Any], bound: Iterable[Mapping[str, Any]], node_name: str) -> list[str]:
+def ambiguous_with(candidate: Mapping[str, Any], bound: Iterable[Mapping[str, Any]], node_name: str,
+                   parse: Callable[[Mapping[str, Any], str], PodState | None] | None = None) -> list[str]:
     """The scheduler's side of the protocol: pods that make binding `candidate` to `node_name` unsafe now.
 
     `candidate` carries the Assignment about to be written; `bound` are the pods already bound to the
     node. Returns "namespace/name" of every bound pod with a container still waiting for Allocate (no
     `tensor.ai/allocated` entry) of the same size as one of the candidate's but of a different class.
-    The extender delays the bind while this is non-empty (see docs/deviceplugin.md).
+    The extender delays the bind while this is non-empty (see docs/deviceplugin.md). `parse` reads a
+    bound pod as `parse_pod(pod, node_name, 0)` does (a caller may remember the answers).
     """
     pending = dict(candidate)
     pending["spec"] = {**(candidate.get("spec") or {}), "nodeName": node_name}
@@ -246,7 +248,7 @@ def ambiguous_with(candidate: Mapping[str, Any], bound: Iterable[Mapping[str, An
     conflicts: list[str] = []
     for pod in bound:
         try:
-            state = parse_pod(pod, node_name, 0)
+            state = parse(pod, node_name) if parse is not None else parse_pod(pod, node_name, 0)
         except (AttributeError, TypeError, ValueError):
             continue
         if state is None or state.terminal or state.uid == meta["uid"]:

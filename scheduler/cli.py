@@ -122,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="always write (one replica whose kube-scheduler runs without leader election); implied by --cluster-file",
     )
+    parser.add_argument(
+        "--max-feasible-nodes",
+        type=int,
+        default=None,
+        help="filter keeps at most this many of the nodes that fit, the ones prioritize ranks first; "
+        "0 keeps all (default 32: kube-scheduler then scores 32 nodes, not the whole cluster)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
 
@@ -145,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the extender until SIGTERM/SIGINT; returns the exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.max_feasible_nodes is not None and args.max_feasible_nodes < 0:
+        print("tensorai-extender: --max-feasible-nodes must be 0 (all) or more", file=sys.stderr)
+        return 2
     if bool(args.tls_cert) != bool(args.tls_key):
         print("tensorai-extender: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
@@ -159,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     from tensorai.scheduler.core.context import PolicyContext
     from tensorai.scheduler.core.shapes import OnlineWorkload, default_workload
     from tensorai.scheduler.events import EventRecorder
-    from tensorai.scheduler.extender import ExtenderService
+    from tensorai.scheduler.extender import DEFAULT_MAX_FEASIBLE_NODES, ExtenderService
     from tensorai.scheduler.extender_http import metrics_limits, serve, serve_metrics, verbs_limits
     from tensorai.scheduler.metrics import ExtenderMetrics
     from tensorai.scheduler.quota_controller import QuotaController
@@ -199,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     service = ExtenderService(
         view, policy=args.policy, api_client=api_client, events=events, metrics=metrics, context=context,
         scheduler_name=args.scheduler_name,
+        max_feasible_nodes=DEFAULT_MAX_FEASIBLE_NODES if args.max_feasible_nodes is None else args.max_feasible_nodes,
     )
     log.info("scoring code warmed up in %.1fs", service.warm_up())
     from tensorai.scheduler.leader import AlwaysLeader, LeaseLeader

@@ -68,6 +68,10 @@ class NodeRecord:
     cpu_allocatable_milli: int = UNLIMITED
     memory_allocatable_mib: int = UNLIMITED
     fingerprint: tuple | None = None  # everything but the heartbeat, to skip rebuilds on heartbeats
+    # the Inventory last decoded and its JSON object without the heartbeat: a heartbeat-only update
+    # (every 30 s per node) reuses it instead of decoding again (contract.inventory_heartbeat)
+    inventory_body: dict | None = None
+    inventory: object | None = None
 
 
 @dataclass(slots=True)
@@ -387,15 +391,15 @@ class ClusterView:
             return
         annotations = metadata.get("annotations") or {}
         inventory = None
+        heartbeat_only = None
         problem = None
         text = annotations.get(contract.ANNOTATION_INVENTORY) if isinstance(annotations, dict) else None
         if text is None:
             problem = f"node has no {contract.ANNOTATION_INVENTORY} annotation (no tensor.ai device plugin)"
         else:
-            try:
-                inventory = contract.decode_inventory(text)
-            except contract.ContractError as error:
-                problem = f"node's {contract.ANNOTATION_INVENTORY} annotation is invalid: {error}"
+            inventory, heartbeat_only = self._decode_inventory(name, text)
+            if isinstance(inventory, str):
+                problem, inventory = inventory, None
                 log.warning("node %s unusable: %s", name, problem)
         spec = node.get("spec") or {}
         if problem is None and isinstance(spec, dict) and spec.get("unschedulable"):
@@ -421,8 +425,11 @@ class ClusterView:
                 self.row_of[name] = record.index
                 self.node_generation += 1
             heartbeat = np.nan
-            if inventory is not None and inventory.HasField("heartbeat_time"):
+            if heartbeat_only is not None:
+                heartbeat = heartbeat_only[1]
+            elif inventory is not None and inventory.HasField("heartbeat_time"):
                 heartbeat = inventory.heartbeat_time.seconds + inventory.heartbeat_time.nanos / 1e9
+            record.inventory_body, record.inventory = (heartbeat_only[0], inventory) if heartbeat_only else (None, None)
             fingerprint = (
                 tuple((g.uuid, g.index, g.model, g.memory_mib, g.reserved_mib, g.numa_node, g.healthy) for g in gpus),
                 problem,
@@ -437,6 +444,21 @@ class ClusterView:
             record.problem = problem
             record.cpu_allocatable_milli, record.memory_allocatable_mib = cpu_milli, memory_mib
             self._rebuild_node(record, gpus, heartbeat)
+
+    def _decode_inventory(self, name: str, text: str) -> tuple[object, tuple[dict, float] | None]:
+        """(the node's Inventory, or why its annotation is invalid as a str; its heartbeat split off).
+
+        Runs on the watch thread only (the one writer of `inventory_body`): a heartbeat-only update
+        reuses the Inventory decoded for an equal object; anything else is decoded and validated."""
+        split = contract.inventory_heartbeat(text)
+        record = self._nodes.get(name)
+        known = (record.inventory_body, record.inventory) if record is not None else (None, None)
+        if split is not None and known[1] is not None and known[0] == split[0]:
+            return known[1], split
+        try:
+            return contract.decode_inventory(text), split
+        except contract.ContractError as error:
+            return f"node's {contract.ANNOTATION_INVENTORY} annotation is invalid: {error}", None
 
     def _rebuild_node(self, record: NodeRecord, gpus: list, heartbeat_s: float) -> None:
         """Reset the node's row from its GPUs, then re-apply every pod that holds shares there."""

@@ -127,3 +127,15 @@ def test_device_ids_map_back_to_their_gpu() -> None:
     assert contract.gpu_of_device_id(device) == "GPU-fef8089b-4820-abfc-e83e-94318197576e"
     with pytest.raises(contract.ContractError):
         contract.gpu_of_device_id("GPU-1")
+
+
+def test_inventory_heartbeat_splits_off_the_time_and_refuses_what_it_cannot_read() -> None:
+    inventory = pb.Inventory(node_name="n1")
+    inventory.gpus.add(uuid="GPU-a", index=0, model="H100", memory_mib=81559)
+    inventory.heartbeat_time.CopyFrom(contract.timestamp_now(FIXED_TIME + dt.timedelta(microseconds=1500)))
+    body, seconds = contract.inventory_heartbeat(contract.encode_inventory(inventory))
+    assert "heartbeatTime" not in body and body["nodeName"] == "n1"
+    assert seconds == pytest.approx(FIXED_TIME.timestamp() + 0.0015)
+    for text in ("not json", "[]", '{"heartbeatTime": 5}', '{"heartbeatTime": "2026-11-23T12:00:00+01:00"}',
+                 '{"heartbeatTime": "yesterday Z"}', '{"nodeName": "n1"}'):
+        assert contract.inventory_heartbeat(text) is None, text

@@ -158,3 +158,38 @@ def test_the_extender_orders_any_requested_subset_as_stable_node_order_does(pick
         extender_module.node_order_key = ranking_module.node_order_key = original
     expected_keys = None if not collide else np.full(len(requested), 7, dtype=np.uint64)
     np.testing.assert_array_equal(got, stable_node_order(requested, expected_keys))
+
+
+@pytest.mark.parametrize("policy", DETERMINISTIC_POLICIES)
+def test_filter_keeps_only_the_best_nodes_and_prioritize_s_ten_is_among_them(policy: str) -> None:
+    view = _view_with_tied_nodes(120)
+    for index in range(0, 120, 7):  # partly used nodes, so the policies disagree about the best ones
+        view.upsert_pod(assigned_pod(f"running-{index}", f"gpu-{index}", [(index % 2, 250 + 125 * (index % 4))]))
+    names = [f"gpu-{index}" for index in range(120)]
+    args = {"Pod": pod("p", 250), "Nodes": None, "NodeNames": names}
+    everything = ExtenderService(view, policy=policy, max_feasible_nodes=0)
+    assert len(everything.filter(args)["NodeNames"]) == 120
+    full = {entry["Host"]: entry["Score"] for entry in everything.prioritize(args)}
+    best = ExtenderService(view, policy=policy, max_feasible_nodes=32)
+    answer = best.filter(args)
+    kept = answer["NodeNames"]
+    assert len(kept) == 32 and answer["FailedNodes"] == {} and answer["FailedAndUnresolvableNodes"] == {}
+    assert kept == [name for name in names if name in set(kept)], "request order kept"
+    winner = next(host for host, score in full.items() if score == 10)
+    assert winner in kept
+    # the 32 are the first 32 of prioritize's ranking over all nodes (its scores fall in bands: compare sets)
+    assert min(full[name] for name in kept) >= max(full[name] for name in names if name not in kept)
+    narrowed = {entry["Host"]: entry["Score"] for entry in best.prioritize({**args, "NodeNames": kept})}
+    assert narrowed[winner] == 10
+
+
+def test_filter_keeps_every_fitting_node_when_few_fit() -> None:
+    view = _view_with_tied_nodes(40)
+    for index in range(40):
+        if index % 4:  # 30 of 40 nodes full
+            view.upsert_pod(assigned_pod(f"full-{index}", f"gpu-{index}", [(0, 1000), (1, 1000)]))
+    names = [f"gpu-{index}" for index in range(40)]
+    answer = ExtenderService(view, policy="tensorai", max_feasible_nodes=32).filter(
+        {"Pod": pod("p", 250), "Nodes": None, "NodeNames": names})
+    assert answer["NodeNames"] == [f"gpu-{index}" for index in range(0, 40, 4)]
+    assert len(answer["FailedNodes"]) == 30

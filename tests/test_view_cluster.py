@@ -295,3 +295,30 @@ def test_placement_log_names_the_rows_binds_and_deletions_changed_and_nothing_el
     assert view.placement_rows_since(after_binds) is None
     assert view.placement_rows_since(view.version) == []
     assert view.placement_rows_since(view.version + 1) is None  # a token from the future is never trusted
+
+
+def test_heartbeat_only_update_reuses_the_decoded_inventory() -> None:
+    """33 heartbeats a second at 1,000 nodes: an unchanged Inventory is not decoded again."""
+    start = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    clock = FakeClock(start.timestamp() + 200)
+    view = _view([node("a", 2, heartbeat=start)], stale_seconds=120, clock=clock)
+    decoded = view.node_record("a").inventory
+    assert decoded is not None
+    view.upsert_node(node("a", 2, heartbeat=start + dt.timedelta(seconds=190, microseconds=250)))
+    assert view.node_record("a").inventory is decoded
+    assert view.node_problem("a") is None  # the new heartbeat counts although nothing was decoded
+    with view.lock:
+        assert view._heartbeat_s[view.node_index("a")] == pytest.approx(start.timestamp() + 190.00025)
+
+
+def test_inventory_change_with_a_new_heartbeat_is_decoded_again() -> None:
+    start = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    view = _view([node("a", 2, heartbeat=start)], stale_seconds=0)
+    view.upsert_node(node("a", 2, heartbeat=start + dt.timedelta(seconds=30), unhealthy=frozenset({1})))
+    with view.lock:
+        assert view.cluster.gpu_healthy[view.node_index("a"), :2].tolist() == [True, False]
+    broken = node("a", 2, heartbeat=start + dt.timedelta(seconds=60))
+    text = broken["metadata"]["annotations"][contract.ANNOTATION_INVENTORY]
+    broken["metadata"]["annotations"][contract.ANNOTATION_INVENTORY] = text.replace('"memoryMib":', '"memoryMib":-')
+    view.upsert_node(broken)
+    assert "invalid" in view.node_problem("a")

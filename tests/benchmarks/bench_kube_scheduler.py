@@ -345,7 +345,7 @@ def benchmark(nodes: int, pods: int, rounds: int, qps: float | None, burst: int 
               timeout_s: float, out: Callable[[str], None] = print, workdir: Path | None = None) -> dict:
     """Run the comparison; returns {"rounds": [...], "summary": {...}}; prints the table through `out`."""
     cluster = LocalCluster(workdir, with_node=False, scheduler_config_edit=set_client_rate(qps, burst),
-                           scheduler_args=ALLOW_METRICS)
+                           scheduler_args=ALLOW_METRICS, extender_log_level="INFO")  # the shipped level
     try:
         cluster.start()
         config = cluster.scheduler_config()
