@@ -216,10 +216,12 @@ class QuotaController:
             dirty = self.view.wait_dirty(0.0 if self._leadership_flipped.is_set() else max(0.0, due - time.monotonic()))
             if self._stop.is_set():
                 return
+            flipped = self._leadership_flipped.is_set()  # also lost and regained between two passes
             self._leadership_flipped.clear()
             now = time.monotonic()
-            if self.may_write() != leading:
-                leading = not leading
+            writing = self.may_write()
+            if writing != leading or flipped:
+                leading = writing
                 self._forget_writes()
                 if leading:  # took over (or started): every quota's status at once, this view's numbers
                     dirty |= self._all_namespaces()
