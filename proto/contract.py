@@ -28,8 +28,8 @@ ANNOTATION_INVENTORY = "tensor.ai/inventory"  # Node: Inventory JSON, written by
 ANNOTATION_ASSIGNMENT = "tensor.ai/assignment"  # Pod: Assignment JSON, written by the extender at bind
 ANNOTATION_ALLOCATED = "tensor.ai/allocated"  # Pod: GPUs actually allocated, written by the plugin
 ANNOTATION_VGPU_REQUESTED = "tensor.ai/vgpu-requested"  # Pod/template: the user's original request
-ANNOTATION_GPU_MODEL = "tensor.ai/gpu-model"  # Pod: comma list of allowed GPU models
-ANNOTATION_GPU_MODEL_EXCLUDE = "tensor.ai/gpu-model-exclude"  # Pod: comma list of refused models
+ANNOTATION_GPU_MODEL = "tensor.ai/gpu-model"  # Pod: comma list of allowed GPU models (matched: gpumodels.py)
+ANNOTATION_GPU_MODEL_EXCLUDE = "tensor.ai/gpu-model-exclude"  # Pod: comma list of refused models (likewise)
 ANNOTATION_GPU_UUID = "tensor.ai/gpu-uuid"  # Pod: comma list of allowed GPU UUIDs
 ANNOTATION_GPU_UUID_EXCLUDE = "tensor.ai/gpu-uuid-exclude"  # Pod: comma list of refused UUIDs
 ANNOTATION_EXCLUSIVE = "tensor.ai/exclusive"  # Pod: "true" = no other pod on its GPUs
