@@ -124,8 +124,8 @@ class PendingPod:
     name: str
     resource_version: str
     demand: PodDemand | None
-    demand_error: str | None
-    spec_containers: tuple[tuple[str, bool, bool], ...]
+    demand_error: str | None  # a pod whose demand is unreadable keeps only why: bind refuses it anyway, and
+    # its container list (up to the API server's object size, ~240 KiB for 2,000 containers) is not kept
     seen_at: float  # time.monotonic() of the last filter/prioritize call that named it
 
 
@@ -966,8 +966,7 @@ class ClusterView:
                 self._pending.move_to_end(uid)
                 return entry
         demand, error = self._demand_of(pod)  # outside the lock: a big pod body takes a while to read
-        entry = PendingPod(uid, namespace, name, version, demand, error,
-                           _spec_containers(pod) if demand is None else (), now)
+        entry = PendingPod(uid, namespace, name, version, demand, error, now)
         with self.lock:
             self._pending[uid] = entry
             self._pending.move_to_end(uid)
@@ -1013,8 +1012,7 @@ class ClusterView:
             entry = self._pending.pop(uid, None)
             if entry is None:
                 return None
-            record = PodRecord(uid, entry.namespace, entry.name, entry.demand, entry.demand_error,
-                               entry.spec_containers)
+            record = PodRecord(uid, entry.namespace, entry.name, entry.demand, entry.demand_error)
             self._pods[uid] = record
             return record
 

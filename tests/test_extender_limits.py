@@ -145,3 +145,27 @@ def test_the_online_workload_remembers_uids_by_hash_not_their_text() -> None:
         assert service.filter(args)["Error"] == ""
     assert len(service._observed) == 5 and all(isinstance(key, int) for key in service._observed)
     assert service.context.online.seen == 5
+
+
+def test_filter_bodies_of_unreadable_pods_keep_no_container_lists() -> None:
+    """A pending entry of a pod whose demand fails keeps only why: 2,000 container names were 240 KiB each."""
+    import tracemalloc
+
+    view = ClusterView(stale_seconds=0)
+    view.replace("nodes", [node("gpu-a", 1)])
+    view.replace("pods", [])
+    view.replace("gpuquotas", [])
+    service = ExtenderService(view)
+    many = pod("wide", [250] * 2000)  # over the per-pod limit of GPU containers: the demand is an error
+    for index, container in enumerate(many["spec"]["containers"]):
+        container["name"] = f"container-with-a-long-name-{index:05d}"
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for index in range(20):
+        many["metadata"]["uid"], many["metadata"]["name"] = f"uid-{index}", f"wide-{index}"
+        answer = service.filter({"Pod": many, "Nodes": None, "NodeNames": ["gpu-a"]})
+        assert answer["Error"]
+    kept = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert view.pending_count() == 20
+    assert kept < 20 * 16_384, f"{kept} bytes kept for 20 pending pods"
