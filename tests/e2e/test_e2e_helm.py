@@ -104,7 +104,8 @@ def test_install_upgrade_rollback_uninstall_leaves_only_the_kept_crd(helm: Helm)
     wanted = expected(manifest)
 
     # install: every object the chart renders exists, owned by the release
-    helm("install", RELEASE, str(CHART))
+    printed = helm("install", RELEASE, str(CHART))
+    assert "kubectl label node <gpu-node> tensor.ai/gpu-node=true" in printed, printed  # NOTES.txt
     objects = live(cluster, manifest)
     assert set(objects) == wanted, f"missing after install: {sorted(wanted - set(objects))}"
     for key, obj in objects.items():
