@@ -281,6 +281,27 @@ def test_placement_values_reach_every_workload(helm: str, tmp_path: Path) -> Non
         assert generate.container(obj, container_name)["resources"]["requests"]["cpu"] == "7m"
 
 
+def test_image_pull_secrets_extra_args_and_scrapers_reach_their_fields(helm: str, tmp_path: Path) -> None:
+    values = {"image": {"repository": "registry.example.com/vgpu", "tag": "9.9.9", "pullPolicy": "Always"},
+              "imagePullSecrets": [{"name": "pull"}], "monitoring": {"prometheusNamespace": "observability"},
+              "devicePlugin": {"extraArgs": ["--health-interval=5"]},
+              "scheduler": {"extender": {"extraArgs": ["--quota-resync=60"]}},
+              "webhook": {"extraArgs": ["--max-body-bytes=1024"]}}
+    objects = template(helm, tmp_path, values)
+    for kind, name, container_name, extra in (
+            ("DaemonSet", "tensorai-device-plugin", "device-plugin", "--health-interval=5"),
+            ("Deployment", "tensorai-scheduler", "extender", "--quota-resync=60"),
+            ("Deployment", "tensorai-webhook", "webhook", "--max-body-bytes=1024")):
+        obj = generate.find(objects, kind, name)
+        ours = generate.container(obj, container_name)
+        assert (ours["image"], ours["imagePullPolicy"]) == ("registry.example.com/vgpu:9.9.9", "Always")
+        assert ours["args"][-1] == extra
+        assert obj["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "pull"}]
+    policy = generate.find(objects, "NetworkPolicy", "tensorai-metrics-from-monitoring")
+    peers = [peer["namespaceSelector"]["matchLabels"] for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+    assert {"kubernetes.io/metadata.name": "observability"} in peers
+
+
 # --- helm lint, schemas --------------------------------------------------------------------------
 
 LINT_CASES = {
