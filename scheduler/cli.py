@@ -113,9 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--leader-lease",
         type=parse_lease_ref,
-        default="tensorai-system/tensorai-scheduler",
+        default=None,
         help="NAMESPACE/NAME of the Lease this pod's kube-scheduler elects its leader with: quota status, requeue "
-        "patches and their Events are written only while it holds it (default tensorai-system/tensorai-scheduler)",
+        "patches and their Events are written only while it holds it (default: tensorai-scheduler in this pod's "
+        "namespace; tensorai-system/tensorai-scheduler outside a pod)",
     )
     parser.add_argument(
         "--no-leader-lease",
@@ -212,11 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         max_feasible_nodes=DEFAULT_MAX_FEASIBLE_NODES if args.max_feasible_nodes is None else args.max_feasible_nodes,
     )
     log.info("scoring code warmed up in %.1fs", service.warm_up())
-    from tensorai.scheduler.leader import AlwaysLeader, LeaseLeader
+    from tensorai.scheduler.leader import AlwaysLeader, LeaseLeader, default_lease_ref
 
     leader: AlwaysLeader | LeaseLeader = AlwaysLeader()
     if api_client is not None and not args.no_leader_lease:
-        lease_namespace, lease_name = args.leader_lease
+        lease_namespace, lease_name = args.leader_lease or default_lease_ref()
         leader = LeaseLeader(api_client, namespace=lease_namespace, name=lease_name).start()
     controller = QuotaController(
         view, api_client=api_client, interval_s=args.requeue_interval_seconds, metrics=metrics, events=events,

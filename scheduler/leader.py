@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_NAMESPACE = "tensorai-system"  # manifests/base/scheduler/scheduler-config.yaml, leaderElection
 DEFAULT_LEASE_NAME = "tensorai-scheduler"
+# Where a pod's own namespace is mounted (client-go's in-cluster config reads the same file).
+POD_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 LeaderCallback = Callable[[bool], None]
 
@@ -78,6 +80,22 @@ def parse_lease_ref(text: str) -> tuple[str, str]:
             f"a Lease is named NAMESPACE/NAME, e.g. tensorai-system/tensorai-scheduler; got {text!r}"
         )
     return namespace, name
+
+
+def default_lease_ref(namespace_file: str = POD_NAMESPACE_FILE) -> tuple[str, str]:
+    """The Lease when `--leader-lease` is not given: `tensorai-scheduler` in this pod's own namespace.
+
+    The install puts kube-scheduler's lease in the namespace the scheduler pods run in (the kustomize
+    base: tensorai-system; the Helm chart: its `namespace.name`), so the pod's namespace follows a
+    renamed install without a flag. Outside a pod (a kubeconfig on a laptop, the e2e harness):
+    tensorai-system.
+    """
+    try:
+        with open(namespace_file, encoding="utf-8") as handle:
+            namespace = handle.read().strip()
+    except OSError:
+        namespace = ""
+    return (namespace or DEFAULT_LEASE_NAMESPACE), DEFAULT_LEASE_NAME
 
 
 def _parse_micro_time(value: object) -> float | None:

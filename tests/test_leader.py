@@ -310,3 +310,13 @@ def test_a_replica_that_does_not_lead_neither_requeues_nor_records_events(api: K
         assert [e.pod_name for e in events.recent if e.reason == "TensorAIQuotaFreed"] == ["big"]
     finally:
         leader.stop()
+
+
+def test_the_default_lease_is_in_the_pods_own_namespace(tmp_path) -> None:
+    """A Helm install in another namespace moves kube-scheduler's lease there; the extender follows."""
+    from tensorai.scheduler.leader import default_lease_ref
+
+    mounted = tmp_path / "namespace"
+    mounted.write_text("gpu-scheduling\n")
+    assert default_lease_ref(str(mounted)) == ("gpu-scheduling", DEFAULT_LEASE_NAME)
+    assert default_lease_ref(str(tmp_path / "absent")) == (DEFAULT_LEASE_NAMESPACE, DEFAULT_LEASE_NAME)

@@ -635,13 +635,19 @@ def test_leader_election_lease_is_granted_to_the_scheduler(rendered: dict[str, l
 def test_extender_follows_the_lease_its_kube_scheduler_elects_with_and_may_only_read_it(
         rendered: dict[str, list[dict]], overlay: str) -> None:
     from tensorai.scheduler.cli import build_parser
+    from tensorai.scheduler.leader import DEFAULT_LEASE_NAME
 
     config = _scheduler_configuration(rendered[overlay])["leaderElection"]
     scheduler = _one(rendered[overlay], "Deployment", "tensorai-scheduler")["spec"]["template"]["spec"]
     (sidecar,) = [c for c in scheduler["containers"] if c["name"] == "extender"]
     args = build_parser().parse_args(sidecar.get("args", []))
     assert not args.no_leader_lease, "with two replicas the standby's extender would overwrite the leader's status"
-    assert args.leader_lease == (config["resourceNamespace"], config["resourceName"])
+    if args.leader_lease is None:  # the default: tensorai-scheduler in the pod's own namespace
+        deployment = _one(rendered[overlay], "Deployment", "tensorai-scheduler")
+        assert (deployment["metadata"]["namespace"], DEFAULT_LEASE_NAME) == (config["resourceNamespace"],
+                                                                             config["resourceName"])
+    else:
+        assert args.leader_lease == (config["resourceNamespace"], config["resourceName"])
     role = _one(rendered[overlay], "Role", "tensorai-extender-leader-lease")
     assert role["metadata"]["namespace"] == config["resourceNamespace"]
     assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
