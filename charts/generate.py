@@ -1034,10 +1034,19 @@ keep annotation), each component's value is that component's render, the dev val
 kube-scheduler; the chart follows the cluster's version) |
 | `overlays/cert-manager` | `tls.mode=cert-manager`, `monitoring.enabled=true` |
 | `overlays/dev` | `image.tag=dev`, `devicePlugin.backend=sim`, `devicePlugin.priorityClassName=""`, \
-`scheduler.replicas=1`, debug log levels |
+`scheduler.replicas=1`, `scheduler.kubeScheduler.verbosity=4`, `DEBUG` log levels |
 | `components/mps` | `sharing.mode=mps` |
 | `components/nvidia-runtime` | `devicePlugin.runtimeClassName=nvidia` |
 | `components/device-plugin-host-pid` | `devicePlugin.hostPID=true` |
+
+## Upgrade
+
+`helm upgrade tensorai-vgpu charts/tensorai-vgpu --reuse-values --set image.tag=<new>`. As with
+kustomize: a changed scheduler configuration gets a new ConfigMap name (a hash of its content), which
+rolls the scheduler pods; the caBundle the self-signed webhook patches into its configuration is not
+in the chart, so upgrades leave it alone. `helm rollback tensorai-vgpu <revision>` returns to an
+earlier revision's values. `tests/e2e/test_e2e_helm.py` runs install, upgrade, rollback and uninstall
+on a real API server, and a quarter-GPU pod on what `helm install` applied.
 
 ## The GPUQuota CRD
 
