@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="NAMESPACE/NAME of the Lease this pod's kube-scheduler elects its leader with: quota status, requeue "
         "patches and their Events are written only while it holds it (default: tensorai-scheduler in this pod's "
-        "namespace; tensorai-system/tensorai-scheduler outside a pod)",
+        "namespace; tensorai-system/tensorai-scheduler with --kubeconfig or outside a pod)",
     )
     parser.add_argument(
         "--no-leader-lease",
@@ -213,11 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         max_feasible_nodes=DEFAULT_MAX_FEASIBLE_NODES if args.max_feasible_nodes is None else args.max_feasible_nodes,
     )
     log.info("scoring code warmed up in %.1fs", service.warm_up())
-    from tensorai.scheduler.leader import AlwaysLeader, LeaseLeader, default_lease_ref
+    from tensorai.scheduler.leader import POD_NAMESPACE_FILE, AlwaysLeader, LeaseLeader, default_lease_ref
 
     leader: AlwaysLeader | LeaseLeader = AlwaysLeader()
     if api_client is not None and not args.no_leader_lease:
-        lease_namespace, lease_name = args.leader_lease or default_lease_ref()
+        in_pod = None if args.kubeconfig else POD_NAMESPACE_FILE  # a kubeconfig is not the pod's identity
+        lease_namespace, lease_name = args.leader_lease or default_lease_ref(in_pod)
         leader = LeaseLeader(api_client, namespace=lease_namespace, name=lease_name).start()
     controller = QuotaController(
         view, api_client=api_client, interval_s=args.requeue_interval_seconds, metrics=metrics, events=events,

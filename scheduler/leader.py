@@ -19,7 +19,7 @@ taking the lease; a clock thread notices expiry when no renewal comes.
 No Lease of that name at all means nobody elects (one kube-scheduler with `leaderElect: false`, or
 the demo without any kube-scheduler): this extender is then the only one and writes. With leader
 election on, kube-scheduler creates the Lease within seconds of starting and never deletes it
-(a clean hand-over only empties `holderIdentity`, which makes nobody leader), so two replicas share
+(client-go releasing a lease only empties `holderIdentity`, which makes nobody leader), so two replicas share
 that state only before the first kube-scheduler starts, when no pod has been scheduled and both
 views count the same pods. A Lease that cannot be read (403, API down) never makes us leader.
 
@@ -82,19 +82,22 @@ def parse_lease_ref(text: str) -> tuple[str, str]:
     return namespace, name
 
 
-def default_lease_ref(namespace_file: str = POD_NAMESPACE_FILE) -> tuple[str, str]:
+def default_lease_ref(namespace_file: str | None = POD_NAMESPACE_FILE) -> tuple[str, str]:
     """The Lease when `--leader-lease` is not given: `tensorai-scheduler` in this pod's own namespace.
 
     The install puts kube-scheduler's lease in the namespace the scheduler pods run in (the kustomize
     base: tensorai-system; the Helm chart: its `namespace.name`), so the pod's namespace follows a
-    renamed install without a flag. Outside a pod (a kubeconfig on a laptop, the e2e harness):
-    tensorai-system.
+    renamed install without a flag. `namespace_file` None (the extender was given a kubeconfig, so
+    it is not using its pod's identity: a laptop, the e2e harness, a CI runner that is itself a
+    pod) or no file there: tensorai-system.
     """
-    try:
-        with open(namespace_file, encoding="utf-8") as handle:
-            namespace = handle.read().strip()
-    except OSError:
-        namespace = ""
+    namespace = ""
+    if namespace_file is not None:
+        try:
+            with open(namespace_file, encoding="utf-8") as handle:
+                namespace = handle.read().strip()
+        except OSError:
+            namespace = ""
     return (namespace or DEFAULT_LEASE_NAMESPACE), DEFAULT_LEASE_NAME
 
 
@@ -115,7 +118,7 @@ def lease_expiry_s(lease: dict | None) -> float | None:
     """Epoch seconds when the lease's holder stops holding it unless it renews; None if it holds nothing."""
     spec = (lease or {}).get("spec") or {}
     if not spec.get("holderIdentity"):
-        return None  # released (kube-scheduler clears it on a clean hand-over) or never taken
+        return None  # released (client-go empties the holder when it lets go) or never taken
     renewed_s = _parse_micro_time(spec.get("renewTime")) or _parse_micro_time(spec.get("acquireTime"))
     duration_s = spec.get("leaseDurationSeconds")
     if renewed_s is None or not isinstance(duration_s, int) or isinstance(duration_s, bool) or duration_s <= 0:

@@ -56,7 +56,7 @@ def _lease(holder: str | None, renewed_s: float | None = None, duration_s: int =
         (_lease("sched-1_77aa", NOW_S), NOW_S + 1, False),  # the other replica leads
         (_lease("sched-0x_77aa", NOW_S), NOW_S + 1, False),  # a longer hostname with ours as its start
         (_lease("sched-0", NOW_S), NOW_S + 1, False),  # not kube-scheduler's <hostname>_<uuid> form
-        (_lease("", NOW_S), NOW_S + 1, False),  # released on a clean hand-over
+        (_lease("", NOW_S), NOW_S + 1, False),  # released: client-go empties the holder when it lets go
         (_lease(None, NOW_S), NOW_S + 1, False),
         (_lease("sched-0_5f1e"), NOW_S + 1, False),  # never renewed: cannot be dated, not trusted
         (_lease("sched-0_5f1e", NOW_S, duration_s=0), NOW_S, False),
@@ -320,3 +320,4 @@ def test_the_default_lease_is_in_the_pods_own_namespace(tmp_path) -> None:
     mounted.write_text("gpu-scheduling\n")
     assert default_lease_ref(str(mounted)) == ("gpu-scheduling", DEFAULT_LEASE_NAME)
     assert default_lease_ref(str(tmp_path / "absent")) == (DEFAULT_LEASE_NAMESPACE, DEFAULT_LEASE_NAME)
+    assert default_lease_ref(None) == (DEFAULT_LEASE_NAMESPACE, DEFAULT_LEASE_NAME)  # --kubeconfig given

@@ -642,7 +642,8 @@ def test_extender_follows_the_lease_its_kube_scheduler_elects_with_and_may_only_
     (sidecar,) = [c for c in scheduler["containers"] if c["name"] == "extender"]
     args = build_parser().parse_args(sidecar.get("args", []))
     assert not args.no_leader_lease, "with two replicas the standby's extender would overwrite the leader's status"
-    if args.leader_lease is None:  # the default: tensorai-scheduler in the pod's own namespace
+    if args.leader_lease is None:  # the default: tensorai-scheduler in the pod's own namespace (in-cluster config)
+        assert args.kubeconfig is None
         deployment = _one(rendered[overlay], "Deployment", "tensorai-scheduler")
         assert (deployment["metadata"]["namespace"], DEFAULT_LEASE_NAME) == (config["resourceNamespace"],
                                                                              config["resourceName"])
