@@ -20,7 +20,6 @@ it in the same critical section as the reservation.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tensorai.proto import contract
+from tensorai.proto.kubeclient import RawCoreApi
 from tensorai.proto.podslots import TERMINAL_PHASES, PodState, ambiguous_with, parse_pod
 from tensorai.scheduler.core.context import PolicyContext
 from tensorai.scheduler.core.fit import node_feasibility
@@ -153,11 +153,7 @@ class Binder:
         self.context = context
         self.events = events or EventRecorder()
         self.metrics = metrics or ExtenderMetrics()
-        self._core = None
-        if api_client is not None:
-            from kubernetes import client
-
-            self._core = client.CoreV1Api(api_client)
+        self._core = RawCoreApi(api_client) if api_client is not None else None
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
 
@@ -183,10 +179,8 @@ class Binder:
         else:
             api_pod = None if record is None else record.pod
             if record is None or (api_pod is None and record.node_name is None):
-                response = self._core.read_namespaced_pod(
-                    request.pod_name, request.pod_namespace, _preload_content=False, _request_timeout=API_TIMEOUT_S
-                )
-                api_pod = json.loads(response.data)
+                api_pod = self._core.read_pod(request.pod_namespace, request.pod_name,
+                                              request_timeout_s=API_TIMEOUT_S)
                 api_uid = (api_pod.get("metadata") or {}).get("uid")
                 if api_uid != uid:
                     raise BindError(
@@ -272,9 +266,7 @@ class Binder:
                          "annotations": {contract.ANNOTATION_ASSIGNMENT: text}},
             "target": {"apiVersion": "v1", "kind": "Node", "name": request.node},
         }
-        _release(core.create_namespaced_pod_binding(
-            request.pod_name, request.pod_namespace, binding, _preload_content=False, _request_timeout=API_TIMEOUT_S
-        ))
+        core.create_pod_binding(request.pod_namespace, request.pod_name, binding, request_timeout_s=API_TIMEOUT_S)
 
     def _track(self, delta: int) -> None:
         with self._in_flight_lock:
@@ -337,10 +329,8 @@ class AssumedReconciler:
     """
 
     def __init__(self, view: ClusterView, api_client: object, *, max_age_s: float = 30.0, interval_s: float = 15.0):
-        from kubernetes import client
-
         self.view = view
-        self.core = client.CoreV1Api(api_client)
+        self.core = RawCoreApi(api_client)
         self.max_age_s = max_age_s
         self.interval_s = interval_s
         self._stop = threading.Event()
@@ -353,10 +343,7 @@ class AssumedReconciler:
         settled = 0
         for record in self.view.assumed_older_than(self.max_age_s):
             try:
-                response = self.core.read_namespaced_pod(
-                    record.name, record.namespace, _preload_content=False, _request_timeout=API_TIMEOUT_S
-                )
-                pod = json.loads(response.data)
+                pod = self.core.read_pod(record.namespace, record.name, request_timeout_s=API_TIMEOUT_S)
             except ApiException as error:
                 if error.status == 404:
                     self.view.forget_pod_uid(record.uid)
@@ -392,23 +379,6 @@ class AssumedReconciler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
-
-
-def _release(response: object) -> None:
-    """Read a `_preload_content=False` answer to its end and hand its connection back to the pool.
-
-    Unread, the connection stays checked out: the next call opens a new TLS connection (the pool keeps
-    only `connection_pool_maxsize`), which under kube-scheduler's concurrent binds cost the extender a
-    TLS handshake per API write - most of its CPU - and the API server as much again."""
-    read = getattr(response, "read", None)
-    if read is None:  # a test double's plain return value
-        return
-    try:
-        read()
-    finally:
-        release = getattr(response, "release_conn", None)
-        if release is not None:
-            release()
 
 
 def _short(error: Exception) -> str:

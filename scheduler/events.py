@@ -20,6 +20,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
+from tensorai.proto.kubeclient import RawCoreApi
+
 log = logging.getLogger(__name__)
 
 COMPONENT = "tensorai-extender"
@@ -45,11 +47,7 @@ class EventRecorder:
     """Queues pod events and writes them as core/v1 Events from one thread."""
 
     def __init__(self, api_client: object | None = None, *, max_queue: int = 10_000, keep_recent: int = 1000) -> None:
-        self._core = None
-        if api_client is not None:
-            from kubernetes import client
-
-            self._core = client.CoreV1Api(api_client)
+        self._core = RawCoreApi(api_client) if api_client is not None else None
         self._queue: queue.Queue[PodEvent | None] = queue.Queue(max_queue)
         self.recent: deque[PodEvent] = deque(maxlen=keep_recent)
         self.dropped = 0
@@ -118,12 +116,8 @@ class EventRecorder:
             if event is None:
                 return
             try:
-                # the answer read raw: building the generated CoreV1Event model cost more CPU than the write
-                response = self._core.create_namespaced_event(  # type: ignore[union-attr]
-                    event.namespace, self._body(event), _preload_content=False
-                )
-                response.read()
-                response.release_conn()
+                # raw JSON: the generated client's validation and CoreV1Event model cost more CPU than the write
+                self._core.create_event(event.namespace, self._body(event))  # type: ignore[union-attr]
             except Exception as error:  # an event is advice; losing one must not stop the others
                 self.failed += 1
                 log.debug("could not write event for %s/%s: %s", event.namespace, event.pod_name, error)
