@@ -24,10 +24,11 @@ from tensorai.demo.processes import StepError
 from tensorai.demo.scenario import DEFAULT_SCENARIO, ScenarioError, load_scenario
 from tensorai.demo.state import DemoState
 from tensorai.demo.view import BusiestScreen, live_view, print_summary
+from tensorai.proto import cliutil
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cliutil.ArgumentParser(
         prog="tensorai-demo",
         description="Run the whole tensor.ai vGPU path locally: webhook -> extender -> device plugin -> worker, "
         "on simulated GPUs, without a cluster or a GPU.",
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--live", dest="live", action="store_true", default=None,
                       help="rich live view (default when stdout is a terminal)")
     view.add_argument("--no-live", dest="live", action="store_false", help="print one line per event instead")
+    cliutil.add_version_flag(parser)
     return parser
 
 

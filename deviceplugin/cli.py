@@ -2,6 +2,11 @@
 
 Precedence: command-line flag > environment (`TENSORAI_DEVICE_PLUGIN_<FLAG>`, e.g.
 `TENSORAI_DEVICE_PLUGIN_SHARING=mps`; the node name also from `NODE_NAME`) > default.
+An environment value is checked like the flag's own (booleans only true/false/1/0/yes/no, numbers
+must parse and be in range, choices must be one of them): a DaemonSet's typo exits 2 naming the
+variable instead of being read as false or raising a traceback. Paths must be absolute: they are
+kubelet's and the host's directories, and a relative one would depend on the plugin's working
+directory (grpc's bind failed on it with a traceback).
 `Plugin` is the assembled program; tests and the demo start it in-process with a `PluginConfig`.
 """
 
@@ -14,7 +19,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,14 +38,14 @@ from tensorai.deviceplugin.registration import DEFAULT_PLUGIN_DIR, DEFAULT_SOCKE
 from tensorai.deviceplugin.service import DevicePluginServicer, VGPUManager
 from tensorai.deviceplugin.sharing import DEFAULT_MPS_PIPE_DIR, SharingPolicy
 from tensorai.deviceplugin.slices import SliceTable
-from tensorai.proto import contract
+from tensorai.proto import cliutil, contract
 from tensorai.proto.kubeclient import kube_api_client
 
 log = logging.getLogger("tensorai.deviceplugin")
 
 ENV_PREFIX = contract.ENV_DEVICE_PLUGIN_PREFIX
 ENV_NODE_NAME = contract.ENV_NODE_NAME
-PLUGIN_VERSION = "0.1.0"
+PLUGIN_VERSION = cliutil.version()  # reported in the Inventory annotation
 
 
 @dataclass
@@ -63,6 +68,7 @@ class PluginConfig:
     recovery_probes: int = 3
     mps_pipe_dir: str = DEFAULT_MPS_PIPE_DIR
     log_level: str = "INFO"
+    log_format: str = "text"
     probe_interval_s: float = 5.0
     catch_up_s: float = 3.0
     reconcile_interval_s: float = 10.0
@@ -176,48 +182,86 @@ class Plugin:
         self.stop()
 
 
-def _env(name: str, default: Any) -> Any:
-    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+class EnvValueError(ValueError):
+    """A TENSORAI_DEVICE_PLUGIN_* variable whose value its flag would refuse."""
+
+
+def _env(name: str, default: Any, parse: Callable[[str], Any] | None = None) -> Any:
+    """The flag's value from its environment variable, checked by `parse` as the flag's type would be."""
+    key = ENV_PREFIX + name.upper().replace("-", "_")
+    raw = os.environ.get(key)
+    if raw is None:
+        return default
+    if parse is None:
+        return raw
+    try:
+        return parse(raw)
+    except (ValueError, argparse.ArgumentTypeError) as error:
+        raise EnvValueError(f"{key}: {error}") from None
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def absolute_path(text: str) -> str:
+    """An absolute path (argparse type): kubelet's directories and sockets, the host's MPS pipes."""
+    if not os.path.isabs(text):
+        raise argparse.ArgumentTypeError(f"expected an absolute path, got {text!r}")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cliutil.ArgumentParser(
         prog="tensorai-device-plugin",
         description=f"Advertise fractional GPUs to kubelet as {contract.RESOURCE_VGPU_MILLI} (1000 per GPU). "
         f"Every flag can also be set as {ENV_PREFIX}<FLAG> (flags win).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
-    add("--backend", choices=list(backends.BACKEND_NAMES), default=_env("backend", "nvml"),
+    port, probes = cliutil.port, cliutil.int_at_least(1)
+    interval, quiet = cliutil.seconds(allow_zero=False), cliutil.seconds(allow_zero=True)
+    backend_names, sharing_names = list(backends.BACKEND_NAMES), sorted(contract.SHARING_MODE_NAMES)
+    log_levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
+    cliutil.add_version_flag(parser)
+    add("--backend", choices=backend_names, default=_env("backend", "nvml", _one_of(backend_names)),
         help="GPU source: real GPUs through NVML, or simulated GPUs")
     add("--sim-gpus", default=_env("sim_gpus", None),
         help="simulated GPUs for --backend sim, COUNTxMODEL:MEMORY_MIB[,...], e.g. 2xH100:81559")
-    add("--sharing", choices=sorted(contract.SHARING_MODE_NAMES), default=_env("sharing", "timeslice"),
+    add("--sharing", choices=sharing_names, default=_env("sharing", "timeslice", _one_of(sharing_names)),
         help="how containers share a GPU (see docs/deviceplugin.md for what each mode enforces)")
-    add("--device-plugin-dir", default=_env("device_plugin_dir", DEFAULT_PLUGIN_DIR),
-        help="kubelet's device-plugin directory (holds kubelet.sock and our socket)")
-    add("--pod-resources-socket", default=_env("pod_resources_socket", DEFAULT_POD_RESOURCES_SOCKET),
-        help="kubelet's pod-resources v1 socket, read to reconcile allocations")
+    add("--device-plugin-dir", type=absolute_path, default=_env("device_plugin_dir", DEFAULT_PLUGIN_DIR, absolute_path),
+        help="kubelet's device-plugin directory (holds kubelet.sock and our socket); absolute")
+    add("--pod-resources-socket", type=absolute_path,
+        default=_env("pod_resources_socket", DEFAULT_POD_RESOURCES_SOCKET, absolute_path),
+        help="kubelet's pod-resources v1 socket, read to reconcile allocations; absolute")
     add("--node-name", default=os.environ.get(ENV_PREFIX + "NODE_NAME", os.environ.get(ENV_NODE_NAME, "")),
         help=f"this node's name (default: ${ENV_NODE_NAME})")
     add("--kubeconfig", default=_env("kubeconfig", None),
         help="kubeconfig file (default: in-cluster config, else ~/.kube/config)")
-    add("--no-kube", action="store_true", default=str(_env("no_kube", "")).lower() in ("1", "true", "yes"),
-        help="standalone: no API server, no inventory, no pod identity; binpack choice")
-    add("--metrics-port", type=int, default=int(_env("metrics_port", 9400)),
+    add("--no-kube", action="store_true", default=_env("no_kube", False, cliutil.parse_bool),
+        help="standalone: no API server, no inventory, no pod identity; binpack choice "
+        "(environment: true/false, 1/0, yes/no)")
+    add("--metrics-port", type=port, default=_env("metrics_port", 9400, port),
         help="Prometheus /metrics port; 0 disables")
-    add("--inventory-interval", type=float, default=float(_env("inventory_interval", 30.0)),
+    add("--inventory-interval", type=interval, default=_env("inventory_interval", 30.0, interval),
         help="seconds between Inventory annotation heartbeats")
     add("--ignored-xids", default=_env("ignored_xids", ",".join(map(str, sorted(DEFAULT_IGNORED_XIDS)))),
         help="comma list of application XIDs that never mark a GPU unhealthy")
-    add("--recovery-quiet-seconds", type=float, default=float(_env("recovery_quiet_seconds", 300.0)),
+    add("--recovery-quiet-seconds", type=quiet, default=_env("recovery_quiet_seconds", 300.0, quiet),
         help="an unhealthy GPU may recover only after this long without a critical event")
-    add("--recovery-probes", type=int, default=int(_env("recovery_probes", 3)),
+    add("--recovery-probes", type=probes, default=_env("recovery_probes", 3, probes),
         help="... and this many consecutive clean probes")
-    add("--mps-pipe-dir", default=_env("mps_pipe_dir", DEFAULT_MPS_PIPE_DIR),
-        help="host directory of the MPS control daemon's pipes, mounted into containers with --sharing mps")
-    add("--log-level", default=_env("log_level", "INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    add("--mps-pipe-dir", type=absolute_path, default=_env("mps_pipe_dir", DEFAULT_MPS_PIPE_DIR, absolute_path),
+        help="host directory of the MPS control daemon's pipes, mounted into containers with --sharing mps; absolute")
+    add("--log-level", default=_env("log_level", "INFO", _one_of(log_levels)), choices=log_levels,
         help="log verbosity")
+    cliutil.add_log_format_flag(parser, default=_env("log_format", "text", _one_of(cliutil.LOG_FORMATS)))
     return parser
 
 
@@ -229,24 +273,37 @@ def config_from_args(args: argparse.Namespace) -> PluginConfig:
         metrics_port=args.metrics_port, inventory_interval_s=args.inventory_interval,
         ignored_xids=parse_xid_list(args.ignored_xids), recovery_quiet_s=args.recovery_quiet_seconds,
         recovery_probes=args.recovery_probes, mps_pipe_dir=args.mps_pipe_dir, log_level=args.log_level,
+        log_format=args.log_format,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the plugin until SIGTERM/SIGINT; 2 for bad flags or a backend that cannot start."""
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except EnvValueError as error:
+        print(f"tensorai-device-plugin: {error}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
     except ValueError as error:
         parser.error(str(error))
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cliutil.setup_logging(config.log_level, config.log_format)
     if not config.node_name:
         parser.error(f"node name is empty: pass --node-name or set {ENV_NODE_NAME}")
     footprint.limit_malloc_arenas()  # before any thread starts: the cap applies to arenas made later
     footprint.keep_freed_buffers()
+    api_client = None
+    if not config.no_kube:
+        try:
+            api_client = kube_api_client(config.kubeconfig)
+        except Exception as error:  # the kubernetes loader raises several unrelated types
+            print(f"tensorai-device-plugin: {cliutil.kube_client_problem(error, config.kubeconfig)}; "
+                  "or run standalone with --no-kube", file=sys.stderr)
+            return 2
     try:
-        plugin = Plugin(config)
+        plugin = Plugin(config, api_client=api_client)
     except gpus.BackendUnavailableError as error:
         print(f"tensorai-device-plugin: {error}", file=sys.stderr)
         return 2

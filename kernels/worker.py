@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from tensorai.proto import contract
+from tensorai.proto import cliutil, contract
 
 LOG = logging.getLogger("tensorai.worker")
 
@@ -67,7 +67,7 @@ def read_env(environ: dict[str, str] | os._Environ[str] | None = None) -> Worker
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cliutil.ArgumentParser(
         prog="tensorai-worker",
         description=(
             "Run Numba CUDA tensor kernels inside a tensor.ai GPU share. The share comes from "
@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity"
     )
+    cliutil.add_log_format_flag(parser)
+    cliutil.add_version_flag(parser)
     return parser
 
 
@@ -332,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `tensorai-worker`; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cliutil.setup_logging(args.log_level, args.log_format)
     if args.iterations is not None and args.iterations < 1:
         parser.error("--iterations must be >= 1")
     if args.duration_s is not None and not args.duration_s > 0:

@@ -17,7 +17,7 @@ import threading
 
 import numpy as np
 
-from tensorai.proto import contract
+from tensorai.proto import cliutil, contract
 from tensorai.proto.kubeclient import kube_api_client, share_tls_context
 from tensorai.scheduler.core.policies import DEFAULT_POLICY, POLICY_NAMES
 from tensorai.scheduler.leader import parse_lease_ref
@@ -35,7 +35,7 @@ IDLE_TIMEOUT_S = 120.0
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags (the manifests rely on these exact names)."""
-    parser = argparse.ArgumentParser(
+    parser = cliutil.ArgumentParser(
         prog="tensorai-extender",
         description="kube-scheduler extender for tensor.ai fractional GPUs: POST /filter, /prioritize, /bind, "
         "/preempt and GET /healthz, /readyz on the verbs listener; GET /metrics, /healthz, /readyz on the metrics "
@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         "0 keeps all (default 32: kube-scheduler then scores 32 nodes, not the whole cluster)",
     )
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    cliutil.add_log_format_flag(parser)
+    cliutil.add_version_flag(parser)
     return parser
 
 
@@ -152,7 +154,7 @@ def _http_flag_problem(args: argparse.Namespace) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """Run the extender until SIGTERM/SIGINT; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cliutil.setup_logging(args.log_level, args.log_format)
     if args.max_feasible_nodes is not None and args.max_feasible_nodes < 0:
         print("tensorai-extender: --max-feasible-nodes must be 0 (all) or more", file=sys.stderr)
         return 2
@@ -191,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         log.info("loaded %s from %s", counts, args.cluster_file)
     else:
-        api_client = share_tls_context(kube_api_client(args.kubeconfig, pool_size=API_POOL_SIZE))
+        try:
+            api_client = share_tls_context(kube_api_client(args.kubeconfig, pool_size=API_POOL_SIZE))
+        except Exception as error:  # the kubernetes loader raises several unrelated types
+            print(f"tensorai-extender: {cliutil.kube_client_problem(error, args.kubeconfig)}; "
+                  "or read a static cluster with --cluster-file", file=sys.stderr)
+            return 2
         if not api_client.configuration.verify_ssl:  # say it once, not in a warning per API call
             import urllib3
 

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from tensorai.proto import cliutil
 from tensorai.proto.kubeclient import kube_api_client
 from tensorai.scheduler import certs
 from tensorai.scheduler.webhook import WebhookConfig
@@ -27,7 +28,7 @@ CA_PATCH_RETRY_SECONDS = (1, 2, 5, 10, 30)  # then every 30 s: the configuration
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cliutil.ArgumentParser(
         prog="tensorai-webhook",
         description="Mutating admission webhook of tensor.ai vGPU: rewrites tensor.ai/vgpu (GPUs, e.g. 0.25) "
         "into the integer tensor.ai/vgpu-milli (e.g. 250) in Pods and workload templates. Serves HTTPS only.",
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no Kubernetes API access: no GPUQuota lookups, no caBundle patching")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="log level (default %(default)s)")
+    cliutil.add_log_format_flag(parser)
+    cliutil.add_version_flag(parser)
     return parser
 
 
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _validate(args, parser)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cliutil.setup_logging(args.log_level, args.log_format)
     if not return_large_buffers_to_the_os():
         log.info("could not fix malloc's mmap threshold (not glibc); peak memory may be higher under large reviews")
 
@@ -137,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             api_client = kube_api_client(args.kubeconfig)
         except Exception as error:  # the kubernetes loader raises several unrelated types
-            log.error("cannot configure the Kubernetes client (%s); use --no-kube to run without it", error)
+            print(f"tensorai-webhook: {cliutil.kube_client_problem(error, args.kubeconfig)}; "
+                  "or run without GPUQuota lookups with --no-kube", file=sys.stderr)
+            if bundle is not None:
+                shutil.rmtree(cert_path.parent, ignore_errors=True)  # the generated private key leaves with us
             return 2
 
     metrics = WebhookMetrics()
