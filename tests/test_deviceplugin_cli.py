@@ -18,7 +18,7 @@ from tensorai.deviceplugin.cli import ENV_PREFIX, build_parser, config_from_args
 FLAGS = [
     "--backend", "--sim-gpus", "--sharing", "--device-plugin-dir", "--pod-resources-socket", "--node-name",
     "--kubeconfig", "--no-kube", "--metrics-port", "--inventory-interval", "--ignored-xids",
-    "--recovery-quiet-seconds", "--recovery-probes", "--mps-pipe-dir", "--log-level",
+    "--recovery-quiet-seconds", "--recovery-probes", "--mps-pipe-dir", "--log-level", "--log-format", "--version",
 ]
 
 
@@ -52,6 +52,18 @@ def test_ignored_xids_are_parsed_and_bad_ones_are_a_usage_error(capsys: pytest.C
     with pytest.raises(SystemExit) as exit_info:
         main(["--ignored-xids", "13,x", "--node-name", "n", "--no-kube"])
     assert exit_info.value.code == 2 and "'x'" in capsys.readouterr().err
+
+
+def test_environment_values_are_typed_like_their_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DaemonSet sets these as strings; the plugin must read them as the flag's type, never as raw text."""
+    monkeypatch.setenv(ENV_PREFIX + "NO_KUBE", "Yes")
+    monkeypatch.setenv(ENV_PREFIX + "INVENTORY_INTERVAL", "12.5")
+    monkeypatch.setenv(ENV_PREFIX + "RECOVERY_PROBES", "5")
+    monkeypatch.setenv(ENV_PREFIX + "LOG_FORMAT", "json")
+    args = build_parser().parse_args([])
+    assert (args.no_kube, args.inventory_interval, args.recovery_probes, args.log_format) == (True, 12.5, 5, "json")
+    monkeypatch.setenv(ENV_PREFIX + "NO_KUBE", "off")
+    assert main(["--node-name", "n"]) == 2
 
 
 def test_missing_node_name_is_a_usage_error(

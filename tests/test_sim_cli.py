@@ -73,6 +73,24 @@ def test_bad_arguments_exit_2_with_a_message(trace, capsys):
     assert "clusterdata" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("arrive", ["-1", "0", "1.0", "nan", "inf", "11", "lots"])
+def test_arrive_outside_1_3_to_10_is_one_line_and_exit_2(trace, capsys, arrive):
+    """Below 1.3 the stream has no 130 % point (the report was NaN and exit 0); past 10 is a runaway replay."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--nodes", str(trace / "nodes.csv"), "--pods", str(trace / "pods.csv"), "--arrive", arrive,
+              "--no-progress"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--arrive" in line and repr(arrive) in line and "1.3" in line
+
+
+def test_arrive_at_its_bounds_replays(trace, capsys):
+    for arrive in ("1.3", "10"):
+        assert main(["--nodes", str(trace / "nodes.csv"), "--pods", str(trace / "pods.csv"), "--arrive", arrive,
+                     "--seeds", "1", "--policies", "binpack", "--no-progress"]) == 0
+    assert "nan" not in capsys.readouterr().out.lower()
+
+
 def test_no_arguments_runs_the_builtin_synthetic_comparison(capsys):
     assert main([]) == 0
     output = capsys.readouterr().out
