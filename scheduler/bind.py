@@ -213,8 +213,11 @@ class Binder:
         if metadata.get("deletionTimestamp"):
             raise BindError(f"{where} is being deleted")
 
-    def _reserve(self, request: BindRequest, record: PodRecord) -> tuple[str, object]:
-        """Fit, choose GPUs, check quota and assume - atomically. Returns (assignment JSON, placement)."""
+    def _reserve(self, request: BindRequest, record: PodRecord) -> tuple[str, str]:
+        """Fit, choose GPUs, check quota and assume - atomically.
+
+        Returns (assignment JSON, the bound Event's message): the message reads the node's pods and
+        arrays, so it is built here, under the lock the reservation already holds, not in a second one."""
         demand = record.demand
         if demand is None:
             raise BindError(f"pod {record.namespace}/{record.name}: {record.demand_error}")
@@ -247,7 +250,7 @@ class Binder:
             if blockers:
                 raise BindError(waiting_reason(request.node, blockers))
             view.assume(record.uid, placement, text)
-            return text, placement
+            return text, bound_message(view, record.uid, placement, policy)
 
     def _write(self, request: BindRequest, record: PodRecord, text: str) -> None:
         """One Binding that carries the Assignment: the API server sets spec.nodeName and copies the
@@ -278,7 +281,7 @@ class Binder:
         """Bind a pod; returns "" on success or the error text for ExtenderBindingResult.Error."""
         try:
             record = self._pod_record(request)
-            text, placement = self._reserve(request, record)
+            text, message = self._reserve(request, record)
         except BindError as error:
             self.metrics.binds.labels("rejected").inc()
             self.events.record(
@@ -306,18 +309,84 @@ class Binder:
         finally:
             self._track(-1)
         self.metrics.binds.labels("bound").inc()
-        gpus = ", ".join(f"{c.container}: {c.uuid} ({c.milli} milli, {c.memory_mib} MiB)" for c in placement.choices)
-        policy = (record.demand.policy if record.demand else None) or self.policy
-        self.events.record(
-            PodEvent(
-                request.pod_namespace,
-                request.pod_name,
-                request.pod_uid,
-                REASON_BOUND,
-                f"bound to {request.node}, GPUs [{gpus or 'none'}], policy {policy} score {placement.score:.3g}",
-            )
-        )
+        self.events.record(PodEvent(request.pod_namespace, request.pod_name, request.pod_uid, REASON_BOUND, message))
         return ""
+
+
+# What each policy prefers, in the words a pod's owner reads in `kubectl describe pod`
+POLICY_AIMS: dict[str, str] = {
+    "tensorai": "packs GPU shares tightly to keep whole GPUs free",
+    "fgd": "fragments the cluster's free GPU capacity least",
+    "binpack": "fills partly used GPUs before touching idle ones",
+    "bestfit": "leaves the least room unused on the node",
+    "spread": "leaves the most room free on the node",
+    "random": "picks at random among the GPUs that fit",
+}
+_MAX_GPUS_NAMED = 8  # an 8-GPU pod is named in full; beyond that the Event says how many more
+
+
+def _memory_words(memory_mib: int) -> str:
+    """MiB as a person reads it: "20 GiB", "79.6 GiB", "512 MiB"."""
+    if memory_mib < 1024:
+        return f"{memory_mib} MiB"
+    gib = memory_mib / 1024
+    return f"{gib:.0f} GiB" if memory_mib % 1024 == 0 else f"{gib:.1f} GiB"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def bound_message(view: ClusterView, uid: str, placement: Placement, policy: str) -> str:
+    """The TensorAIScheduled Event's text: where each container's GPU share went and why, in words.
+
+    Call under the view lock, after `assume`, so the node's pods and arrays include this pod. Says the
+    facts that explain a choice - the GPU's index and model, how many other pods share it, the whole
+    GPUs left free on the node, the policy and what it prefers - never the policy's internal score
+    (a number like -1e+07 means nothing to the pod's owner). Cost: the node's pods and GPUs only, no
+    API call; bind builds it once.
+    """
+    node = view.node_record(placement.node_name)
+    # (uuid, NVML index, model, ...) per array slot, in the Inventory's order (`ClusterView.upsert_node`)
+    described = node.fingerprint[0] if node is not None and node.fingerprint else ()
+    sharers: dict[str, int] = {}
+    if placement.choices:
+        for other in view.pods_on_node(placement.node_name):
+            if other.uid != uid:
+                for uuid in {share.uuid for share in other.shares}:
+                    sharers[uuid] = sharers.get(uuid, 0) + 1
+    parts = []
+    for choice in placement.choices[:_MAX_GPUS_NAMED]:
+        gpu_index, model = choice.gpu_slot, node.model if node is not None else None
+        if choice.gpu_slot < len(described):
+            gpu_index, model = described[choice.gpu_slot][1], described[choice.gpu_slot][2]
+        others = sharers.get(choice.uuid, 0)
+        share = "a whole GPU" if choice.milli >= contract.MILLI_PER_GPU else f"{choice.milli} milli-GPU"
+        parts.append(
+            f"container {choice.container} gets {share} ({_memory_words(choice.memory_mib)}) on GPU {gpu_index}"
+            + (f" ({model})" if model else "")
+            + (f", shared with {_plural(others, 'other pod')}" if others else "")
+        )
+    if len(placement.choices) > _MAX_GPUS_NAMED:
+        parts.append(f"and {len(placement.choices) - _MAX_GPUS_NAMED} more GPUs")
+    cluster, row = view.cluster, placement.node_index
+    count = int(cluster.gpu_count[row])
+    whole_free = int(((cluster.gpu_free_milli[row, :count] >= contract.MILLI_PER_GPU)
+                      & cluster.gpu_healthy[row, :count]).sum())
+    if not placement.choices:
+        did = "asks for no GPU"
+    elif any(sharers.get(choice.uuid) for choice in placement.choices):
+        did = "fills a partly used GPU"
+    elif all(choice.milli >= contract.MILLI_PER_GPU for choice in placement.choices):
+        did = f"takes {_plural(len(placement.choices), 'idle GPU')} whole"
+    else:
+        did = "opens an idle GPU"
+    aim = POLICY_AIMS.get(policy)
+    return (
+        f"bound to {placement.node_name}: {'; '.join(parts) or 'no GPU share'}; chosen by policy {policy}"
+        + (f" ({aim})" if aim else "")
+        + f": {did}, keeping {_plural(whole_free, 'whole GPU')} free on the node"
+    )
 
 
 class AssumedReconciler:

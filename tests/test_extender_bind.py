@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_extender_support import ExtenderStack, bind_args, filter_args, node, pod, post, quota, wait_for
+from test_extender_support import ExtenderStack, bind_args, filter_args, gpu_uuid, node, pod, post, quota, wait_for
 
 from tensorai.demo.kube_standin import KubeStandin
 from tensorai.proto import contract
@@ -309,3 +309,42 @@ def test_filter_body_entries_are_bounded_and_expire(monkeypatch: pytest.MonkeyPa
     time.sleep(0.1)
     view.remember_pending(pod("last", 250))
     assert view.pending_count() == 1, "entries without a filter call for longer than the TTL must go"
+
+
+def test_bound_event_explains_the_choice_in_words_without_internal_scores(api: KubeStandin) -> None:
+    """The TensorAIScheduled Event names the GPU by index and model, who else shares it, the whole GPUs
+    left and what the policy prefers: the facts a pod's owner can act on, not the policy's score."""
+    api.add_object("nodes", node("gpu-0", 4, model="NVIDIA H100 80GB HBM3"))
+    uuids = [gpu_uuid("gpu-0", index) for index in range(4)]
+    policy = "chosen by policy tensorai (packs GPU shares tightly to keep whole GPUs free)"
+    with ExtenderStack(api) as stack:
+        messages, indexes = [], []
+        for name, milli in (("share-0", 250), ("share-1", 250), ("share-2", 250), ("whole", 1000)):
+            worker = _create(api, pod(name, milli))
+            assert wait_for(lambda worker=worker: stack.view.pod(worker["metadata"]["uid"]) is not None)
+            assert post(stack.url + "/bind", bind_args(worker, "gpu-0"))[1] == {"Error": ""}
+            stored = api.get_object("pods", name, "ml")
+            assignment = contract.decode_assignment(stored["metadata"]["annotations"][contract.ANNOTATION_ASSIGNMENT])
+            indexes.append(uuids.index(assignment.containers[0].gpus[0].uuid))
+            messages.append(stack.events.recent[-1].message)
+    assert indexes[0] == indexes[1] == indexes[2] != indexes[3], "tensorai packs the three shares on one GPU"
+    shared = f"bound to gpu-0: container c0 gets 250 milli-GPU (19.7 GiB) on GPU {indexes[0]} (NVIDIA H100 80GB HBM3)"
+    assert messages == [
+        f"{shared}; {policy}: opens an idle GPU, keeping 3 whole GPUs free on the node",
+        f"{shared}, shared with 1 other pod; {policy}: fills a partly used GPU, keeping 3 whole GPUs free on the node",
+        f"{shared}, shared with 2 other pods; {policy}: fills a partly used GPU, keeping 3 whole GPUs free on the node",
+        f"bound to gpu-0: container c0 gets a whole GPU (78.6 GiB) on GPU {indexes[3]} (NVIDIA H100 80GB HBM3); "
+        f"{policy}: takes 1 idle GPU whole, keeping 2 whole GPUs free on the node",
+    ]
+
+
+def test_bound_event_of_a_many_gpu_pod_stays_within_the_event_limit(api: KubeStandin) -> None:
+    """A pod with many GPUs names the first few and counts the rest, so the message never hits events.py's cut."""
+    api.add_object("nodes", node("gpu-0", 16, model="NVIDIA H100 80GB HBM3"))
+    with ExtenderStack(api) as stack:
+        worker = _create(api, pod("big", [1000] * 12))
+        assert wait_for(lambda: stack.view.pod(worker["metadata"]["uid"]) is not None)
+        assert post(stack.url + "/bind", bind_args(worker, "gpu-0"))[1] == {"Error": ""}
+        message = stack.events.recent[-1].message
+    assert len(message) <= 1024 and message.count(" on GPU ") == 8 and "; and 4 more GPUs;" in message, message
+    assert message.endswith("takes 12 idle GPUs whole, keeping 4 whole GPUs free on the node"), message
