@@ -7,6 +7,8 @@ flips. It also carries out the admin's return-to-service requests: UUIDs listed 
 annotation `tensor.ai/recover-gpus` are recovered in the HealthTracker and removed from the list.
 In the same patch it keeps the node's `tensor.ai/gpu.*` labels (`node_labels`) current, so
 nodeSelector and node affinity can choose GPUs too; they are sent only when one differs.
+Alongside, from its own thread, `deviceplugin/events.py` writes a GPUUnhealthy / GPUHealthy Event on
+the Node for every health flip (started and stopped with the publisher, so no caller wires it).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from tensorai.deviceplugin.events import GPUHealthEvents
 from tensorai.deviceplugin.gpus import BackendError, GPUBackend
 from tensorai.deviceplugin.health import HealthTracker
 from tensorai.deviceplugin.kubeapi import RawCoreApi
@@ -120,6 +123,7 @@ class InventoryPublisher:
         interval_s: float = 30.0,
         retry_s: float = RETRY_AFTER_ERROR_S,
         clock: Callable[[], dt.datetime] | None = None,
+        health_events: bool = True,
     ) -> None:
         if interval_s <= 0 or retry_s <= 0:
             raise ValueError(f"interval_s and retry_s must be > 0, got {interval_s} and {retry_s}")
@@ -140,6 +144,8 @@ class InventoryPublisher:
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._health_events = health_events
+        self.events: GPUHealthEvents | None = None  # the Node's health Events, once started
 
     def publish_once(self) -> None:
         """Apply pending admin recoveries, then write the inventory annotation (one merge patch).
@@ -190,11 +196,20 @@ class InventoryPublisher:
             raise RuntimeError("InventoryPublisher already started")
         self._thread = threading.Thread(target=self._run, name="tensorai-inventory", daemon=True)
         self._thread.start()
+        if self._health_events:
+            try:
+                gpus = self.backend.gpus()
+            except BackendError as error:  # the inventory thread reports and retries this one
+                log.error("node %s: no GPU health Events, the GPU list cannot be read: %s", self.node_name, error)
+            else:
+                self.events = GPUHealthEvents(self.api, self.tracker, gpus, node_name=self.node_name).start()
 
     def stop(self, timeout_s: float = 2.0) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        if self.events is not None:
+            self.events.stop(timeout_s)
 
     def _try_publish(self) -> bool:
         try:

@@ -173,20 +173,26 @@ def test_every_namespaced_object_lands_in_tensorai_system_or_kube_system(rendere
 # --- the device plugin's permissions (issue 13) --------------------------------------------------
 
 PLUGIN_POLICY = "tensorai-device-plugin-own-node"
-# Every call of RawCoreApi, the plugin's only API client, and the (resource, verb) it needs.
-PLUGIN_CALLS = {"list_pods": ("pods", "list"), "watch_pods": ("pods", "watch"),
-                "patch_pod_annotations": ("pods", "patch"), "read_node": ("nodes", "get"),
-                "patch_node": ("nodes", "patch")}
+# Every call of RawCoreApi (shared by the plugin and the extender) and the (resource, verb) it needs.
+CORE_CALLS = {"list_pods": ("pods", "list"), "watch_pods": ("pods", "watch"),
+              "patch_pod_annotations": ("pods", "patch"), "read_pod": ("pods", "get"),
+              "create_pod_binding": ("pods/binding", "create"), "create_event": ("events", "create"),
+              "read_node": ("nodes", "get"), "patch_node": ("nodes", "patch")}
 
 
 def test_device_plugin_role_grants_exactly_the_api_calls_it_makes(rendered: dict[str, list[dict]]) -> None:
+    """The ClusterRole grants the calls deviceplugin/ makes through RawCoreApi, its only API client, and no more."""
     from tensorai.deviceplugin.kubeapi import RawCoreApi
 
-    assert {name for name in vars(RawCoreApi) if not name.startswith("_")} == set(PLUGIN_CALLS), \
-        "a new API call of the plugin needs its verb in device-plugin/rbac.yaml and in PLUGIN_CALLS"
+    assert {name for name in vars(RawCoreApi) if not name.startswith("_")} == set(CORE_CALLS), \
+        "a new RawCoreApi call needs its (resource, verb) in CORE_CALLS"
+    source = "\n".join(path.read_text() for path in sorted((REPO_ROOT / "deviceplugin").glob("*.py")))
+    called = {name for name in CORE_CALLS if re.search(rf"\.{name}\b", source)}
+    assert {"create_event", "patch_node", "list_pods"} <= called, called  # the search finds the calls
     role = _one(rendered["production"], "ClusterRole", "tensorai-device-plugin")
     granted = {(resource, verb) for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]}
-    assert granted == set(PLUGIN_CALLS.values())
+    assert granted == {CORE_CALLS[name] for name in called}, \
+        "a new API call of the plugin needs its verb in device-plugin/rbac.yaml"
     assert all(rule["apiGroups"] == [""] and "resourceNames" not in rule for rule in role["rules"])
 
 
