@@ -349,12 +349,13 @@ def bound_message(view: ClusterView, uid: str, placement: Placement, policy: str
     node = view.node_record(placement.node_name)
     # (uuid, NVML index, model, ...) per array slot, in the Inventory's order (`ClusterView.upsert_node`)
     described = node.fingerprint[0] if node is not None and node.fingerprint else ()
-    sharers: dict[str, int] = {}
-    if placement.choices:
+    chosen = {choice.uuid for choice in placement.choices}
+    sharers = dict.fromkeys(chosen, 0)  # other pods holding a share of each chosen GPU
+    if chosen:
         for other in view.pods_on_node(placement.node_name):
             if other.uid != uid:
-                for uuid in {share.uuid for share in other.shares}:
-                    sharers[uuid] = sharers.get(uuid, 0) + 1
+                for uuid in chosen.intersection([share.uuid for share in other.shares]):
+                    sharers[uuid] += 1
     parts = []
     for choice in placement.choices[:_MAX_GPUS_NAMED]:
         gpu_index, model = choice.gpu_slot, node.model if node is not None else None
@@ -385,7 +386,8 @@ def bound_message(view: ClusterView, uid: str, placement: Placement, policy: str
     return (
         f"bound to {placement.node_name}: {'; '.join(parts) or 'no GPU share'}; chosen by policy {policy}"
         + (f" ({aim})" if aim else "")
-        + f": {did}, keeping {_plural(whole_free, 'whole GPU')} free on the node"
+        + (f": {did}, keeping {_plural(whole_free, 'whole GPU')} free on the node" if whole_free
+           else f": {did}; no whole GPU is left free on the node")
     )
 
 

@@ -348,3 +348,14 @@ def test_bound_event_of_a_many_gpu_pod_stays_within_the_event_limit(api: KubeSta
         message = stack.events.recent[-1].message
     assert len(message) <= 1024 and message.count(" on GPU ") == 8 and "; and 4 more GPUs;" in message, message
     assert message.endswith("takes 12 idle GPUs whole, keeping 4 whole GPUs free on the node"), message
+
+
+def test_bound_event_says_when_no_whole_gpu_is_left_on_the_node(api: KubeStandin) -> None:
+    api.add_object("nodes", node("gpu-0", 1))
+    with ExtenderStack(api) as stack:
+        worker = _create(api, pod("last", 250))
+        assert wait_for(lambda: stack.view.pod(worker["metadata"]["uid"]) is not None)
+        assert post(stack.url + "/bind", bind_args(worker, "gpu-0"))[1] == {"Error": ""}
+        message = stack.events.recent[-1].message
+    assert message.endswith(": opens an idle GPU; no whole GPU is left free on the node"), message
+    assert "on GPU 0 (H100);" in message, message
