@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only the scenario's pods marked short: true (what the test runs)")
     parser.add_argument("--out", type=Path, default=Path("out/demo"),
                         help="where summary.json, allocation.png, worker reports and logs go (default out/demo)")
-    parser.add_argument("--timeout-s", type=float, default=DEFAULT_RUN_TIMEOUT_S,
+    parser.add_argument("--timeout-s", type=cliutil.seconds(allow_zero=False), default=DEFAULT_RUN_TIMEOUT_S,
                         help="give up (exit 1, naming the pods still unfinished) after this long "
                         f"(default {DEFAULT_RUN_TIMEOUT_S:.0f})")
     view = parser.add_mutually_exclusive_group()

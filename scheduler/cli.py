@@ -93,14 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-key", help="private key for --tls-cert (PEM)")
     parser.add_argument(
         "--node-stale-seconds",
-        type=float,
+        type=cliutil.seconds(allow_zero=True),
         default=None,
         help="a node whose inventory heartbeat is older gets no new pods; 0 disables "
         "(default 120; with --cluster-file the check is off unless this flag is given)",
     )
     parser.add_argument(
         "--requeue-interval-seconds",
-        type=float,
+        type=cliutil.seconds(allow_zero=False),
         default=5.0,
         help="safety-net period of the quota requeue and status loop; quota frees trigger it at once (default 5)",
     )

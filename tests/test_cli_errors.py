@@ -125,9 +125,17 @@ def test_an_unreadable_kubeconfig_is_one_condensed_line(tmp_path: Path, script: 
     assert_one_line_exit_2(missing, f"--kubeconfig {tmp_path / 'none'}: no such file")
 
 
-def test_extender_bad_port_value_is_one_line(tmp_path: Path) -> None:
-    result = run_script("tensorai-extender", "--port", "http", env=no_kube_env(tmp_path))
-    line = assert_one_line_exit_2(result, "--port", "'http'")
+@pytest.mark.parametrize(("script", "flag", "value"), [
+    ("tensorai-extender", "--port", "http"),
+    ("tensorai-extender", "--requeue-interval-seconds", "0"),
+    ("tensorai-extender", "--node-stale-seconds", "-5"),
+    ("tensorai-extender", "--node-stale-seconds", "nan"),
+    ("tensorai-demo", "--timeout-s", "-1"),
+    ("tensorai-worker", "--iterations", "0"),
+])
+def test_a_bad_numeric_flag_is_one_line(tmp_path: Path, script: str, flag: str, value: str) -> None:
+    result = run_script(script, flag, value, env=no_kube_env(tmp_path), cwd=tmp_path)
+    line = assert_one_line_exit_2(result, flag)
     assert len(result.stderr.strip().splitlines()) == 1, line
 
 
