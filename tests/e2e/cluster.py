@@ -402,6 +402,16 @@ state = "{root / 'state'}"
         self.kubectl("taint", "node", NODE_NAME, "node.kubernetes.io/not-ready:NoSchedule-", check=False)
 
     # ---- our programs --------------------------------------------------------------------------
+    def renew_device_plugin(self) -> ManagedProcess:
+        """After the Node object was deleted and registered again: the plugin's token was bound to the old
+        Node, and the API server refuses a bound token once its object is gone (401), as it would end a
+        DaemonSet pod's. Mint a token for the new Node and restart the plugin, as its DaemonSet would."""
+        self.kubeconfigs.pop("tensorai-device-plugin", None)
+        plugin = self.named.get("device-plugin")
+        if plugin is not None:
+            plugin.stop()
+        return self.start_device_plugin()
+
     def start_device_plugin(self) -> ManagedProcess:
         process = self._start("device-plugin", module_command(
             "tensorai.deviceplugin.cli", "--backend=sim", f"--sim-gpus={self.sim_gpus}", "--sharing=timeslice",

@@ -157,6 +157,8 @@ def _node_back(e2e: Any, timeout_s: float) -> str:
         cluster.start_kubelet()
         how = "kubelet registered after a restart"
     cluster._prepare_node()
+    if cluster.with_node:  # a new Node object: the plugin's Node-bound token died with the old one
+        cluster.renew_device_plugin()
     return how
 
 
