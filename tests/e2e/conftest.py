@@ -30,6 +30,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.timeout(E2E_TEST_TIMEOUT_S))
+    # Only one cluster with a kubelet can run per machine (the node lock), and the session's cluster holds
+    # it from its first test to the end of the session: a test that starts its own node cluster must run
+    # before that one starts, or it waits for the lock until it times out.
+    items.sort(key=lambda item: item.get_closest_marker("own_node") is None)  # stable: nothing else moves
 
 
 @dataclass

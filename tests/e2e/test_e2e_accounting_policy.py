@@ -13,7 +13,6 @@ a workload template that carries them gets no pods.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,8 +24,8 @@ from kubernetes.client.rest import ApiException
 from tensorai.proto import contract
 from tensorai.proto.kubeclient import kube_api_client
 
-from . import binaries
 from .binaries import KubectlError
+from .own_control_plane import skip_unless_own_control_plane
 from .pods import gpu_pod
 
 TENANT_NAMESPACE = "e2e"  # LocalCluster binds the `edit` ClusterRole to the identity "tenant" there
@@ -36,13 +35,7 @@ REFUSAL = "ValidatingAdmissionPolicy 'tensorai-accounting-annotations'"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    if os.environ.get("TENSORAI_E2E", "1") == "0":
-        pytest.skip("end-to-end suite skipped: TENSORAI_E2E=0")
-    if os.environ.get("TENSORAI_E2E_KUBECONFIG"):
-        pytest.skip("needs the suite's own control plane: the tenant and ServiceAccount tokens are made there")
-    missing = binaries.missing_for_local_cluster()
-    if missing:
-        pytest.skip(f"end-to-end suite skipped: {missing}")
+    skip_unless_own_control_plane("the tenant and ServiceAccount tokens are made there")
     from .cluster import LocalCluster
 
     local = LocalCluster(tmp_path_factory.mktemp("accounting"), with_node=False).start()

@@ -174,6 +174,7 @@ def install_with_helm(cluster: LocalCluster) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(helm.template("-f", str(values))) if doc]
 
 
+@pytest.mark.own_node  # its own cluster with a kubelet: runs before the session's cluster (conftest.py)
 def test_a_quarter_gpu_pod_runs_on_what_the_chart_installed() -> None:
     reason = _why_not()
     if reason:

@@ -13,7 +13,6 @@ API object with an inventory, enough for kube-scheduler to call filter.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from test_extender_support import node as gpu_node
 from tensorai.demo.processes import module_command
 from tensorai.proto import contract
 
-from . import binaries
+from .own_control_plane import skip_unless_own_control_plane
 from .pods import gpu_pod
 
 NAMESPACE = "e2e"
@@ -36,13 +35,7 @@ STANDBY_HOSTNAME = "standby-e2e"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    if os.environ.get("TENSORAI_E2E", "1") == "0":
-        pytest.skip("end-to-end suite skipped: TENSORAI_E2E=0")
-    if os.environ.get("TENSORAI_E2E_KUBECONFIG"):
-        pytest.skip("needs the suite's own control plane: the extender must run on the kube-scheduler's host")
-    missing = binaries.missing_for_local_cluster()
-    if missing:
-        pytest.skip(f"end-to-end suite skipped: {missing}")
+    skip_unless_own_control_plane("the extender must run on the kube-scheduler's host")
     from .cluster import LocalCluster
 
     local = LocalCluster(tmp_path_factory.mktemp("leader"), with_node=False).start()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import ssl
 import urllib.error
 import urllib.request
@@ -32,6 +31,7 @@ from tensorai.proto import contract
 from . import binaries
 from .binaries import KubectlError
 from .identities import write_kubeconfig
+from .own_control_plane import skip_unless_own_control_plane
 
 NAMESPACE = "e2e"
 PLUGIN = "tensorai-device-plugin"
@@ -41,13 +41,7 @@ REFUSAL = "ValidatingAdmissionPolicy 'tensorai-device-plugin-own-node'"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    if os.environ.get("TENSORAI_E2E", "1") == "0":
-        pytest.skip("end-to-end suite skipped: TENSORAI_E2E=0")
-    if os.environ.get("TENSORAI_E2E_KUBECONFIG"):
-        pytest.skip("needs the suite's own control plane: the plugin's token is minted there as its admin")
-    missing = binaries.missing_for_local_cluster()
-    if missing:
-        pytest.skip(f"end-to-end suite skipped: {missing}")
+    skip_unless_own_control_plane("the plugin's token is minted there as its admin")
     from .cluster import LocalCluster
 
     local = LocalCluster(tmp_path_factory.mktemp("plugin-policy"), with_node=False).start()
