@@ -16,42 +16,22 @@ Two measured, cheap levers (numbers in docs/deviceplugin.md):
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import gc
 import logging
-import os
-import platform
+
+from tensorai.proto.glibc import (
+    ENV_MALLOC_ARENA_MAX,
+    ENV_MALLOC_MMAP_THRESHOLD,
+    ENV_MALLOC_TRIM_THRESHOLD,
+    M_ARENA_MAX,
+    M_MMAP_THRESHOLD,
+    M_TRIM_THRESHOLD,
+)
+from tensorai.proto.glibc import mallopt as _mallopt
 
 log = logging.getLogger(__name__)
 
-M_ARENA_MAX = -8  # glibc malloc.h
-ENV_MALLOC_ARENA_MAX = "MALLOC_ARENA_MAX"  # glibc's own variable, not one of ours
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-MALLOC_KEEP_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")  # glibc's own variables win
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    """glibc, loaded once (find_library runs ldconfig in a subprocess)."""
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-def _mallopt(operator_env: tuple[str, ...], *settings: tuple[int, int]) -> bool:
-    """Apply glibc `mallopt(param, value)` settings; False off glibc, when the operator set one of
-    `operator_env` (glibc's own variables win), or when a setting is refused."""
-    if any(os.environ.get(name) for name in operator_env):
-        return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = _libc()
-        return all(bool(libc.mallopt(param, value)) for param, value in settings)
-    except (OSError, AttributeError) as error:
-        log.debug("mallopt unavailable: %s", error)
-        return False
+MALLOC_KEEP_ENV = (ENV_MALLOC_TRIM_THRESHOLD, ENV_MALLOC_MMAP_THRESHOLD)  # glibc's own variables win
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:
