@@ -27,7 +27,6 @@ from tensorai.deviceplugin import backends, footprint, gpus
 from tensorai.deviceplugin.allocations import AllocationBook, AllocationRecord
 from tensorai.deviceplugin.health import DEFAULT_IGNORED_XIDS, HealthMonitor, HealthTracker, parse_xid_list
 from tensorai.deviceplugin.identity import AllocatedAnnotationWriter, PodIdentity, PodWatch
-from tensorai.deviceplugin.kubeapi import RawCoreApi
 from tensorai.deviceplugin.podresources import (
     DEFAULT_POD_RESOURCES_SOCKET,
     PodResourcesClient,
@@ -39,7 +38,7 @@ from tensorai.deviceplugin.service import DevicePluginServicer, VGPUManager
 from tensorai.deviceplugin.sharing import DEFAULT_MPS_PIPE_DIR, SharingPolicy
 from tensorai.deviceplugin.slices import SliceTable
 from tensorai.proto import cliutil, contract
-from tensorai.proto.kubeclient import kube_api_client
+from tensorai.proto.kubeclient import RawCoreApi, kube_api_client
 
 log = logging.getLogger("tensorai.deviceplugin")
 

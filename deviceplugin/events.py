@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from tensorai.deviceplugin.gpus import GPUInfo
 from tensorai.deviceplugin.health import REASON_LOST, REASON_PROBE_FAILED, GPUHealth, HealthTracker
-from tensorai.deviceplugin.kubeapi import RawCoreApi
+from tensorai.proto.kubeclient import RawCoreApi
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ Two measured, cheap levers (numbers in docs/deviceplugin.md):
   `MALLOC_ARENA_MAX=2`; an explicit `MALLOC_ARENA_MAX` in the environment wins.
 - `gc.freeze()` after start moves the ~55,000 objects alive after start (grpc, protobuf and the
   kubernetes client's low-level layer; the typed API's pydantic models are never imported, see
-  kubeapi.py) out of the collector's reach, so a full collection during a kubelet call no longer walks
+  proto/kubeclient.py) out of the collector's reach, so a full collection during a kubelet call no longer walks
   them. It saves time, not memory.
 - fixed glibc trim/mmap thresholds (`keep_freed_buffers`), so request-sized buffers are reused
   instead of page-faulted back on every kubelet call.

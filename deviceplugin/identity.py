@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from tensorai.deviceplugin.allocations import AllocationBook
-from tensorai.deviceplugin.kubeapi import RawCoreApi
 from tensorai.deviceplugin.quiet import CallClock
 from tensorai.proto import contract
 from tensorai.proto import tensorai_v1_pb2 as pb
+from tensorai.proto.kubeclient import RawCoreApi
 from tensorai.proto.podslots import GPUPortion, GPUSet, PodState, Slot, SlotKey, parse_pod
 
 PodName = tuple[str, str]  # (namespace, name): how kubelet's pod-resources listing names a pod

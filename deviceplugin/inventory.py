@@ -22,9 +22,9 @@ from typing import Any
 from tensorai.deviceplugin.events import GPUHealthEvents
 from tensorai.deviceplugin.gpus import BackendError, GPUBackend
 from tensorai.deviceplugin.health import HealthTracker
-from tensorai.deviceplugin.kubeapi import RawCoreApi
 from tensorai.proto import contract, gpumodels
 from tensorai.proto import tensorai_v1_pb2 as pb
+from tensorai.proto.kubeclient import RawCoreApi
 
 log = logging.getLogger(__name__)
 

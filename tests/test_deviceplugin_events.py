@@ -17,9 +17,9 @@ from tensorai.deviceplugin.events import (
 from tensorai.deviceplugin.gpus import GPUInfo
 from tensorai.deviceplugin.health import HealthTracker
 from tensorai.deviceplugin.inventory import InventoryPublisher
-from tensorai.deviceplugin.kubeapi import RawCoreApi
 from tensorai.deviceplugin.simulated import SimulatedBackend
 from tensorai.proto import contract
+from tensorai.proto.kubeclient import RawCoreApi
 
 NODE = "gpu-node-1"
 H100 = "NVIDIA H100 80GB HBM3"

@@ -25,9 +25,9 @@ from tensorai.demo.stub_kubelet import AdmissionError, StubKubelet, wait_until
 from tensorai.deviceplugin.allocations import AllocationBook
 from tensorai.deviceplugin.cli import Plugin, PluginConfig
 from tensorai.deviceplugin.identity import IdentityError, PodIdentity, PodWatch
-from tensorai.deviceplugin.kubeapi import RawCoreApi
 from tensorai.proto import contract
 from tensorai.proto import tensorai_v1_pb2 as pb
+from tensorai.proto.kubeclient import RawCoreApi
 from tensorai.proto.podslots import GPUPortion, Owner, ambiguous_with, parse_pod
 
 NODE = "node-a"

@@ -14,10 +14,10 @@ from tensorai.deviceplugin.backends import SimGPUSpec, parse_sim_gpus
 from tensorai.deviceplugin.gpus import BackendError
 from tensorai.deviceplugin.health import HealthTracker
 from tensorai.deviceplugin.inventory import InventoryPublisher, build_inventory, node_labels, parse_recover_list
-from tensorai.deviceplugin.kubeapi import RawCoreApi
 from tensorai.deviceplugin.simulated import SimulatedBackend
 from tensorai.proto import contract
 from tensorai.proto import tensorai_v1_pb2 as pb
+from tensorai.proto.kubeclient import RawCoreApi
 
 NODE = "gpu-node-1"
 FIXED_TIME = dt.datetime(2026, 11, 23, 2, 0, 0, tzinfo=dt.UTC)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tensorai.demo.kube_standin import KubeStandin
 from tensorai.deviceplugin.identity import _raw_watch_class
-from tensorai.deviceplugin.kubeapi import RawCoreApi
+from tensorai.proto.kubeclient import RawCoreApi
 
 NODE = "node-a"
 

@@ -182,7 +182,7 @@ CORE_CALLS = {"list_pods": ("pods", "list"), "watch_pods": ("pods", "watch"),
 
 def test_device_plugin_role_grants_exactly_the_api_calls_it_makes(rendered: dict[str, list[dict]]) -> None:
     """The ClusterRole grants the calls deviceplugin/ makes through RawCoreApi, its only API client, and no more."""
-    from tensorai.deviceplugin.kubeapi import RawCoreApi
+    from tensorai.proto.kubeclient import RawCoreApi
 
     assert {name for name in vars(RawCoreApi) if not name.startswith("_")} == set(CORE_CALLS), \
         "a new RawCoreApi call needs its (resource, verb) in CORE_CALLS"

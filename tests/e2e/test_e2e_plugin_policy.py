@@ -139,7 +139,7 @@ def test_on_its_own_node_the_plugin_changes_nothing_but_its_annotations(
 
 
 def _plugin_patch(cluster: Any, path: str, metadata: dict[str, Any] | None = None, **body: Any) -> None:
-    """A merge patch as the plugin sends it (deviceplugin/kubeapi.py): no GET first, which `kubectl patch`
+    """A merge patch as the plugin sends it (proto/kubeclient.py, RawCoreApi): no GET first, which `kubectl patch`
     and `annotate` would need and the plugin's role does not grant."""
     token = yaml.safe_load(cluster.kubeconfig(PLUGIN).read_text())["users"][0]["user"]["token"]
     context = ssl.create_default_context()
